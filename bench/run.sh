@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Benchmark push-operator against restic on local directory stores.
+#
+#   bench/run.sh [--tools "push-operator restic"] [--datasets "linux pgdata ext4"]
+#                [--bin PATH] [--data DIR] [--out DIR] [--scratch DIR] [--keep]
+#
+#   --tools     tools to run (default: "push-operator restic")
+#   --datasets  datasets to run (default: "linux pgdata ext4"); see bench/prepare.sh
+#   --bin       push-operator binary (default: target/release/push-operator, relative to the repo)
+#   --data      dataset directory (default: /work/benchdata)
+#   --out       results directory (default: /work/benchdata/results): results.jsonl, results.md, logs/
+#   --scratch   working copies, stores and restores (default: DATA/scratch, removed per dataset)
+#   --keep      keep the scratch directory of each dataset
+#
+# Per dataset: one `cp -a` working copy; every tool pushes it into a fresh store
+# (a), pushes again unchanged (b); then mutate.py changes 1% of it ONCE (seed 42)
+# and every tool pushes that same state (c); each tool restores its latest
+# snapshot into an empty directory (or file) (d), checked with diff -rq / cmp;
+# store size is `du -sb` after c (e). Each command is timed with
+# /usr/bin/time -f '%e %M' after `sync` and a page-cache warming read.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HERE")
+
+TOOLS="push-operator restic"
+DATASETS="linux pgdata ext4"
+BIN=target/release/push-operator
+DATA=/work/benchdata
+OUT=/work/benchdata/results
+SCRATCH=
+KEEP=0
+PERCENT=1
+SEED=42
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --tools) TOOLS=$2; shift 2 ;;
+    --datasets) DATASETS=$2; shift 2 ;;
+    --bin) BIN=$2; shift 2 ;;
+    --data) DATA=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --scratch) SCRATCH=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+DATA=$(realpath -m "$DATA")
+OUT=$(realpath -m "$OUT")
+SCRATCH=$(realpath -m "${SCRATCH:-$DATA/scratch}")
+if [[ $BIN != /* ]]; then
+  if [[ -e $PWD/$BIN ]]; then BIN=$PWD/$BIN; else BIN=$REPO/$BIN; fi
+fi
+PY=python3
+REPORT=("$PY" "$HERE/report.py")
+export RESTIC_PASSWORD=bench
+export LC_ALL=C
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" | tee -a "$OUT/run.log" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+# ------------------------------------------------------------------ checks
+[[ -x /usr/bin/time ]] || die "/usr/bin/time missing (apt-get install time; or bench/prepare.sh)"
+for t in $TOOLS; do
+  case "$t" in
+    restic) command -v restic >/dev/null || die "restic missing (bench/prepare.sh)" ;;
+    push-operator) [[ -x $BIN ]] || die "push-operator binary not found at $BIN (cargo build --release, or --bin)" ;;
+    *) die "unknown tool: $t (push-operator, restic)" ;;
+  esac
+done
+declare -A DS_PATH=([linux]=$DATA/linux [pgdata]=$DATA/pgdata [ext4]=$DATA/ext4.img)
+for d in $DATASETS; do
+  [[ -n ${DS_PATH[$d]+x} ]] || die "unknown dataset: $d (linux, pgdata, ext4)"
+  [[ -e ${DS_PATH[$d]} ]] || die "dataset $d missing at ${DS_PATH[$d]} (run bench/prepare.sh)"
+done
+case "$SCRATCH/" in "${DATA}/linux/"*|"${DATA}/pgdata/"*) die "scratch must not be inside a dataset" ;; esac
+
+mkdir -p "$OUT/logs"
+JSONL=$OUT/results.jsonl
+: >"$JSONL"
+: >"$OUT/run.log"
+rm -f "$OUT"/logs/*
+LOGS=$OUT/logs
+
+# ------------------------------------------------------------------ meta
+version_of() {
+  case "$1" in
+    restic) restic version 2>/dev/null | head -n1 ;;
+    push-operator) "$BIN" --version 2>/dev/null | head -n1 || echo "unknown" ;;
+  esac
+}
+meta_args=(
+  "date=$(date -u '+%Y-%m-%d %H:%M:%SZ')"
+  "nproc:num=$(nproc)"
+  "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+  "mem=$(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)"
+  "kernel=$(uname -r)"
+  "percent:num=$PERCENT" "seed:num=$SEED"
+  "tools_run:json=$("$PY" -c 'import json,sys; print(json.dumps(sys.argv[1:]))' $TOOLS)"
+  "datasets_run:json=$("$PY" -c 'import json,sys; print(json.dumps(sys.argv[1:]))' $DATASETS)"
+)
+vers_json=$("$PY" - "$(version_of restic)" "$(for t in $TOOLS; do [[ $t == push-operator ]] && version_of push-operator; done)" <<'PY'
+import json, sys
+v = {}
+if sys.argv[1]: v["restic"] = sys.argv[1]
+if sys.argv[2]: v["push-operator"] = sys.argv[2]
+print(json.dumps(v))
+PY
+)
+meta_args+=("versions:json=$vers_json")
+info="{}"
+for d in $DATASETS; do
+  p=${DS_PATH[$d]}
+  if [[ -d $p ]]; then
+    b=$(du -sb "$p" | cut -f1); n=$(find "$p" -type f | wc -l)
+    info=$("$PY" -c 'import json,sys; i=json.loads(sys.argv[1]); i[sys.argv[2]]={"path":sys.argv[3],"bytes":int(sys.argv[4]),"files":int(sys.argv[5])}; print(json.dumps(i))' "$info" "$d" "$p" "$b" "$n")
+  else
+    b=$(stat -c %s "$p"); a=$(du -sB1 "$p" | cut -f1)
+    info=$("$PY" -c 'import json,sys; i=json.loads(sys.argv[1]); i[sys.argv[2]]={"path":sys.argv[3],"bytes":int(sys.argv[4]),"allocated":int(sys.argv[5])}; print(json.dumps(i))' "$info" "$d" "$p" "$b" "$a")
+  fi
+done
+meta_args+=("dataset_info:json=$info")
+rm -f "$OUT/meta.json.tmp"
+"${REPORT[@]}" record "$OUT/meta.json.tmp" "${meta_args[@]}"
+mv "$OUT/meta.json.tmp" "$OUT/meta.json"
+log "tools: $TOOLS; datasets: $DATASETS; out: $OUT; scratch: $SCRATCH"
+log "versions: $vers_json"
+
+# ------------------------------------------------------------------ helpers
+# warm PATH...: read every regular file once so the page cache is warm.
+# (GNU tar skips reading file data when the archive is /dev/null, so use cat.)
+warm() {
+  local p
+  for p in "$@"; do
+    if [[ -d $p ]]; then
+      find "$p" -type f -print0 | xargs -0 -r cat >/dev/null
+    elif [[ -f $p ]]; then
+      cat "$p" >/dev/null
+    fi
+  done
+}
+
+settle() { sync; }
+
+store_bytes() { if [[ -e $1 ]]; then du -sb "$1" | cut -f1; else echo ""; fi; }
+
+# measure DATASET TOOL OP -- CMD...   sets M_RC M_SECS M_RSS M_OUT (path of stdout)
+measure() {
+  local ds=$1 tool=$2 op=$3; shift 4
+  local base=$LOGS/$ds.$tool.$op
+  M_OUT=$base.out
+  M_RC=0
+  printf '%q ' "$@" >"$base.cmd"; echo >>"$base.cmd"
+  /usr/bin/time -f '%e %M' -o "$base.time" "$@" >"$M_OUT" 2>"$base.err" || M_RC=$?
+  read -r M_SECS M_RSS < <(tail -n1 "$base.time") || true
+  log "$ds $tool $op: ${M_SECS}s ${M_RSS}KiB rc=$M_RC"
+  if [[ $M_RC -ne 0 ]]; then
+    log "  stderr (tail): $(tail -n5 "$base.err" | tr '\n' ' ')"
+  fi
+}
+
+# Tool adapters. STORE is a fresh path per dataset and tool.
+tool_init() {  # TOOL STORE CACHE
+  case "$1" in
+    restic)
+      rm -rf "$2" "$3"; mkdir -p "$3"
+      restic init --repo "$2" --cache-dir "$3" >"$LOGS/$DS.restic.init.out" 2>&1 ;;
+    push-operator)
+      # An empty directory: push creates the store in it.
+      rm -rf "$2"; mkdir -p "$2" ;;
+  esac
+}
+# push_cmd / restore_cmd set CMD (an array) to the command line to time.
+push_cmd() {  # TOOL STORE CACHE SRC
+  case "$1" in
+    restic) CMD=(restic backup --repo "$2" --cache-dir "$3" -q --json "$4") ;;
+    push-operator) CMD=("$BIN" push "$4" --store "$2" --json) ;;
+  esac
+}
+restore_cmd() {  # TOOL STORE CACHE TARGET
+  case "$1" in
+    restic) CMD=(restic restore latest --repo "$2" --cache-dir "$3" --target "$4") ;;
+    push-operator) CMD=("$BIN" restore latest --store "$2" --target "$4") ;;
+  esac
+}
+# Where the restored copy of WORK lands for TOOL given the restore target.
+restored_path() {  # TOOL TARGET WORK
+  case "$1" in
+    restic) echo "$2/${3#/}" ;;   # restic recreates the absolute source path under --target
+    push-operator) echo "$2" ;;   # contents of the directory / the file itself
+  esac
+}
+
+record() {  # DATASET TOOL OP [extra key=value...]
+  local ds=$1 tool=$2 op=$3; shift 3
+  local out=""
+  [[ -s $M_OUT ]] && out=$(tail -c 100000 "$M_OUT")
+  "${REPORT[@]}" record "$JSONL" "dataset=$ds" "tool=$tool" "op=$op" \
+    "seconds:num=$M_SECS" "max_rss_kib:num=$M_RSS" "rc:num=$M_RC" "output:json=$out" "$@"
+}
+
+# ------------------------------------------------------------------ run
+for DS in $DATASETS; do
+  SRC=${DS_PATH[$DS]}
+  D=$SCRATCH/$DS
+  log "=== $DS ($SRC)"
+  rm -rf "$D"
+  mkdir -p "$D"
+  if [[ -d $SRC ]]; then KIND=dir; WORK=$D/src; else KIND=file; WORK=$D/$(basename "$SRC"); fi
+  t0=$EPOCHREALTIME
+  cp -a "$SRC" "$WORK"
+  log "copied working copy in $("$PY" -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.1f}")' "$t0" "$EPOCHREALTIME")s"
+
+  for T in $TOOLS; do tool_init "$T" "$D/store-$T" "$D/cache-$T"; done
+
+  # a. initial push, b. no-change push: every tool sees the pristine copy.
+  for OP in initial nochange; do
+    for T in $TOOLS; do
+      settle; warm "$WORK"
+      push_cmd "$T" "$D/store-$T" "$D/cache-$T" "$WORK"
+      measure "$DS" "$T" "$OP" -- "${CMD[@]}"
+      record "$DS" "$T" "$OP" "store_bytes:num=$(store_bytes "$D/store-$T")"
+    done
+  done
+
+  # The 1% change, once, shared by all tools.
+  "$PY" "$HERE/mutate.py" "$WORK" "$PERCENT" "$SEED" >"$LOGS/$DS.mutate.out"
+  M_SECS=; M_RSS=; M_RC=0; M_OUT=$LOGS/$DS.mutate.out
+  record "$DS" - mutate
+  log "mutated: $(cat "$LOGS/$DS.mutate.out" | cut -c1-200)"
+
+  # c. push after the change, e. store size
+  for T in $TOOLS; do
+    settle; warm "$WORK"
+    push_cmd "$T" "$D/store-$T" "$D/cache-$T" "$WORK"
+    measure "$DS" "$T" change -- "${CMD[@]}"
+    sb=$(store_bytes "$D/store-$T")
+    record "$DS" "$T" change "store_bytes:num=$sb"
+    M_SECS=; M_RSS=; M_RC=0; M_OUT=/dev/null
+    record "$DS" "$T" store "store_bytes:num=$sb"
+  done
+
+  # d. restore latest + check against the mutated working copy
+  for T in $TOOLS; do
+    if [[ $KIND == dir ]]; then
+      TARGET=$D/restore-$T; rm -rf "$TARGET"; mkdir -p "$TARGET"
+    else
+      if [[ $T == restic ]]; then TARGET=$D/restore-$T; rm -rf "$TARGET"; mkdir -p "$TARGET"
+      else TARGET=$D/restore-$T.img; rm -f "$TARGET"; fi
+    fi
+    settle; warm "$D/store-$T"
+    restore_cmd "$T" "$D/store-$T" "$D/cache-$T" "$TARGET"
+    measure "$DS" "$T" restore -- "${CMD[@]}"
+    R=$(restored_path "$T" "$TARGET" "$WORK")
+    if [[ ! -e $R ]]; then
+      check="FAIL: nothing at $R"; meta="{}"
+    elif [[ $KIND == dir ]]; then
+      if diff -rq --no-dereference "$WORK" "$R" >"$LOGS/$DS.$T.diff" 2>&1; then
+        check="ok (diff -rq)"
+      else
+        check="FAIL: $(wc -l <"$LOGS/$DS.$T.diff") differences (logs/$DS.$T.diff)"
+      fi
+      meta=$("${REPORT[@]}" treemeta "$WORK" "$R" 2>>"$LOGS/$DS.$T.diff" || echo '{}')
+    else
+      if cmp "$WORK" "$R" >"$LOGS/$DS.$T.diff" 2>&1; then
+        check="ok (cmp)"
+      else
+        check="FAIL: $(head -n1 "$LOGS/$DS.$T.diff")"
+      fi
+      meta=$("${REPORT[@]}" treemeta "$WORK" "$R" 2>>"$LOGS/$DS.$T.diff" || echo '{}')
+    fi
+    log "$DS $T restore check: $check"
+    record "$DS" "$T" restore "check=$check" "meta_check:json=$meta"
+    rm -rf "$TARGET"
+  done
+
+  if [[ $KEEP -eq 0 ]]; then rm -rf "$D"; fi
+  "${REPORT[@]}" render "$OUT"
+done
+
+"${REPORT[@]}" render "$OUT"
+log "done: $OUT/results.md"

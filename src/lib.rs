@@ -1,0 +1,6 @@
+//! push-operator: backs up application volumes to object storage with content-defined
+//! deduplication. The store engine lives in [`store`] and knows nothing of Kubernetes.
+
+pub mod location;
+pub mod progress;
+pub mod store;

@@ -1,0 +1,460 @@
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use indicatif::HumanBytes;
+use push_operator::location::{Location, S3Flags};
+use push_operator::progress::PushProgress;
+use push_operator::store::chunker::ChunkerParams;
+use push_operator::store::push::{Counters, ParentChoice, PushOptions, push};
+use push_operator::store::restore::{RestoreOptions, restore};
+use push_operator::store::verify::{VerifyOptions, verify};
+use push_operator::store::{InitOptions, Store};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Exit code of a push that completed but could not read some entries (as restic's 3).
+const EXIT_WARNINGS: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "push-operator",
+    version,
+    about = "Push volumes to object storage: deduplicated, verified, restorable"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log level (error, warn, info, debug, trace) or a RUST_LOG filter.
+    #[arg(long, global = true, default_value = "warn", env = "PUSH_OPERATOR_LOG")]
+    log: String,
+    /// Logs as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// The store: a path, file://PATH or s3://BUCKET/PREFIX.
+    #[arg(long, short = 's', env = "PUSH_OPERATOR_STORE")]
+    store: String,
+    /// S3 endpoint URL (default: AWS_ENDPOINT_URL, else AWS).
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// Path-style S3 addressing (default: on with a custom endpoint).
+    #[arg(long)]
+    s3_path_style: Option<bool>,
+}
+
+impl StoreArgs {
+    fn backend(&self) -> anyhow::Result<Arc<dyn push_operator::store::backend::Backend>> {
+        Location::parse(&self.store)?.open(&S3Flags {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+        })
+    }
+    fn open(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(self.backend()?)?)
+    }
+}
+
+#[derive(Args, Clone)]
+struct InitArgs {
+    /// Minimum chunk size in bytes (only when the store is created).
+    #[arg(long, default_value_t = ChunkerParams::default().min_size)]
+    chunk_min: u32,
+    /// Average chunk size in bytes.
+    #[arg(long, default_value_t = ChunkerParams::default().avg_size)]
+    chunk_avg: u32,
+    /// Maximum chunk size in bytes.
+    #[arg(long, default_value_t = ChunkerParams::default().max_size)]
+    chunk_max: u32,
+    /// zstd level, 1 (fast) to 22 (small).
+    #[arg(long, default_value_t = 3)]
+    compression_level: i32,
+    /// Target pack size in MiB.
+    #[arg(long, default_value_t = 16)]
+    pack_size_mib: u64,
+}
+
+impl InitArgs {
+    fn options(&self) -> InitOptions {
+        InitOptions {
+            chunker: ChunkerParams {
+                min_size: self.chunk_min,
+                avg_size: self.chunk_avg,
+                max_size: self.chunk_max,
+                ..ChunkerParams::default()
+            },
+            compression_level: self.compression_level,
+            pack_size: self.pack_size_mib << 20,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a store (push creates one with the defaults on first use).
+    Init {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        init: InitArgs,
+    },
+    /// Push a directory, a regular file or a block device into the store.
+    Push {
+        /// What to push.
+        source: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// A tag KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+        /// Skip paths matching this glob, relative to the source or by name (repeatable).
+        #[arg(long = "exclude")]
+        excludes: Vec<String>,
+        /// Identity of the source for finding the parent (default: its absolute path).
+        #[arg(long)]
+        source_name: Option<String>,
+        /// Parent snapshot: an id or prefix, or "none" to read everything (default: the latest
+        /// snapshot of the same source).
+        #[arg(long)]
+        parent: Option<String>,
+        /// Print one JSON object with the result.
+        #[arg(long)]
+        json: bool,
+        /// Recorded in the snapshot: the Repository (namespace/name).
+        #[arg(long, hide = true)]
+        repository: Option<String>,
+        /// Recorded in the snapshot: online or offline.
+        #[arg(long, hide = true)]
+        mode: Option<String>,
+        /// Recorded in the snapshot: consistent, crash-consistent or inconsistent.
+        #[arg(long, hide = true)]
+        consistency: Option<String>,
+        /// Recorded in the snapshot: the PushJob.
+        #[arg(long, hide = true)]
+        job: Option<String>,
+        #[command(flatten)]
+        init: InitArgs,
+    },
+    /// List the snapshots in the store, oldest first.
+    Snapshots {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot (an id, a unique prefix or "latest").
+    Restore {
+        snapshot: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Where to restore: a directory for a directory snapshot, a file or block device for a
+        /// file or device snapshot.
+        #[arg(long)]
+        target: PathBuf,
+        /// Restore only this path of the snapshot and what is below it (repeatable).
+        #[arg(long = "include")]
+        includes: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that every snapshot is restorable; with --read-data, read the data back too.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Read back and check every blob of PERCENT of the packs (default 100).
+        #[arg(long, num_args = 0..=1, default_missing_value = "100", value_parser = parse_percent)]
+        read_data: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("tag {s:?} is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("tag {s:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        return Err(format!("{s} is not in (0, 100]"));
+    }
+    Ok(v)
+}
+
+fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Init { store, init } => {
+            let s = Store::init(store.backend()?, &init.options())?;
+            println!("store {} at {}", s.config.id.short(), s.location());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Push {
+            source,
+            store,
+            tags,
+            excludes,
+            source_name,
+            parent,
+            json,
+            repository,
+            mode,
+            consistency,
+            job,
+            init,
+        } => {
+            let backend = store.backend()?;
+            let s = Store::open_or_init(backend, &init.options())?;
+            let mut opts = PushOptions::new(source);
+            opts.tags = tags.into_iter().collect::<BTreeMap<_, _>>();
+            opts.excludes = excludes;
+            opts.source_name = source_name;
+            opts.parent = match parent.as_deref() {
+                None => ParentChoice::Auto,
+                Some("none") => ParentChoice::None,
+                Some(p) => ParentChoice::Snapshot(p.to_string()),
+            };
+            (opts.repository, opts.mode, opts.consistency, opts.job) =
+                (repository, mode, consistency, job);
+            let counters = Arc::new(Counters::default());
+            let outcome = {
+                let _progress = PushProgress::start(counters.clone());
+                push(&s, &opts, &counters)?
+            };
+            let st = &outcome.snapshot.stats;
+            if json {
+                let mut v = serde_json::to_value(st)?;
+                let o = v.as_object_mut().expect("stats are an object");
+                o.insert("snapshot".into(), outcome.id.to_hex().into());
+                o.insert("source".into(), outcome.snapshot.source.clone().into());
+                o.insert("dedup_ratio".into(), st.dedup_ratio().into());
+                o.insert("warnings".into(), outcome.warnings.clone().into());
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!(
+                    "snapshot {} saved ({})",
+                    outcome.id.short(),
+                    outcome.snapshot.source
+                );
+                println!(
+                    "  files {} ({} unchanged), dirs {}, symlinks {}, skipped special {}",
+                    st.files, st.files_unchanged, st.dirs, st.symlinks, st.skipped_special
+                );
+                println!(
+                    "  read {}, new {} in {} chunks ({} reused), uploaded {}, in {:.2}s",
+                    HumanBytes(st.bytes_read),
+                    HumanBytes(st.bytes_new),
+                    st.chunks_new,
+                    st.chunks_reused,
+                    HumanBytes(st.bytes_uploaded),
+                    st.duration_seconds
+                );
+                for w in &outcome.warnings {
+                    eprintln!("warning: cannot read {w}");
+                }
+            }
+            if outcome.warnings.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "push completed with warnings: {} entries could not be read",
+                    outcome.warnings.len()
+                );
+                Ok(ExitCode::from(EXIT_WARNINGS))
+            }
+        }
+        Command::Snapshots { store, json } => {
+            let s = store.open()?;
+            let snaps = s.list_snapshots()?;
+            if json {
+                let v: Vec<serde_json::Value> = snaps
+                    .iter()
+                    .map(|(id, snap)| {
+                        let mut v = serde_json::to_value(snap).expect("snapshots serialize");
+                        v.as_object_mut()
+                            .unwrap()
+                            .insert("id".into(), id.to_hex().into());
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<10} {:<20} {:<8} {:>10}  {:<8} source / tags",
+                    "id", "time (UTC)", "kind", "size", "mode"
+                );
+                for (id, snap) in &snaps {
+                    let tags: Vec<String> =
+                        snap.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<10} {:<20} {:<8} {:>10}  {:<8} {} {}",
+                        id.short(),
+                        snap.time.format("%Y-%m-%d %H:%M:%S"),
+                        format!("{:?}", snap.kind).to_lowercase(),
+                        HumanBytes(snap.stats.bytes_total).to_string(),
+                        snap.mode.as_deref().unwrap_or("-"),
+                        snap.source,
+                        tags.join(",")
+                    );
+                }
+                println!("{} snapshots", snaps.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            snapshot,
+            store,
+            target,
+            includes,
+            json,
+        } => {
+            let s = store.open()?;
+            let (id, snap) = s.find_snapshot(&snapshot)?;
+            for inc in &includes {
+                if inc.is_absolute()
+                    || inc
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    anyhow::bail!(
+                        "--include {} must be a relative path inside the snapshot",
+                        inc.display()
+                    );
+                }
+            }
+            let stats = restore(
+                &s,
+                &snap,
+                &RestoreOptions {
+                    target: target.clone(),
+                    includes,
+                },
+            )
+            .with_context(|| format!("restore of snapshot {} failed", id.short()))?;
+            if json {
+                let mut v = serde_json::to_value(&stats)?;
+                v.as_object_mut()
+                    .unwrap()
+                    .insert("snapshot".into(), id.to_hex().into());
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!(
+                    "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {} hard links, {} ({} blobs checked) in {:.2}s",
+                    id.short(),
+                    target.display(),
+                    stats.files,
+                    stats.dirs,
+                    stats.symlinks,
+                    stats.hardlinks,
+                    HumanBytes(stats.bytes_total),
+                    stats.blobs_checked,
+                    stats.duration_seconds
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            store,
+            read_data,
+            json,
+        } => {
+            let s = store.open()?;
+            let report = verify(
+                &s,
+                &VerifyOptions {
+                    read_data_percent: read_data,
+                },
+            )?;
+            if json {
+                let mut v = serde_json::to_value(&report)?;
+                v.as_object_mut()
+                    .unwrap()
+                    .insert("ok".into(), report.ok().into());
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "checked {} snapshots, {} trees, {} index objects, {} packs ({} read back, {} blobs checked)",
+                    report.snapshots,
+                    report.trees_checked,
+                    report.index_objects,
+                    report.packs_indexed,
+                    report.packs_read,
+                    report.blobs_read
+                );
+                if report.packs_unindexed > 0 {
+                    println!(
+                        "{} packs are in no index (left by an interrupted push)",
+                        report.packs_unindexed
+                    );
+                }
+                for p in &report.problems {
+                    println!("damage: {p}");
+                }
+                for a in &report.affected {
+                    println!(
+                        "snapshot {} ({}, {}) cannot restore intact:",
+                        &a.id[..8],
+                        a.time,
+                        a.source
+                    );
+                    for p in &a.paths {
+                        println!("  {p}");
+                    }
+                }
+                println!(
+                    "{}",
+                    if report.ok() {
+                        "no damage found"
+                    } else {
+                        "DAMAGE FOUND"
+                    }
+                );
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

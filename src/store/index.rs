@@ -1,0 +1,255 @@
+//! The index: which pack holds each blob, where, and how long.
+//!
+//! Index objects (`index/<id>`) are written while a push runs, each after a few packs are safely
+//! stored, so a push that dies leaves packs the next push can find. Format:
+//!
+//! ```text
+//! "POINDEX1" | zstd(body)
+//! body: u32 n_supersedes, n × id[32]
+//!       u32 n_packs, n × ( pack id[32], u32 n_blobs, n × ( kind u8, compression u8, id[32],
+//!                                                          offset u32, length u32, raw_length u32 ) )
+//! ```
+//! All integers little-endian. `supersedes` names index objects this one replaces (written by a
+//! prune that consolidates; readers ignore the superseded ones).
+
+use super::id::Id;
+use super::pack::{BlobKind, Compression, PackEntry};
+use anyhow::{Context, bail};
+use std::collections::{HashMap, HashSet};
+
+pub const INDEX_MAGIC: &[u8; 8] = b"POINDEX1";
+
+/// One index object's content.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexFile {
+    pub supersedes: Vec<Id>,
+    pub packs: Vec<(Id, Vec<PackEntry>)>,
+}
+
+impl IndexFile {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
+        for id in &self.supersedes {
+            body.extend_from_slice(&id.0);
+        }
+        body.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
+        for (pack, entries) in &self.packs {
+            body.extend_from_slice(&pack.0);
+            body.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            for e in entries {
+                body.push(e.kind as u8);
+                body.push(e.compression as u8);
+                body.extend_from_slice(&e.id.0);
+                body.extend_from_slice(&e.offset.to_le_bytes());
+                body.extend_from_slice(&e.length.to_le_bytes());
+                body.extend_from_slice(&e.raw_length.to_le_bytes());
+            }
+        }
+        let mut out = INDEX_MAGIC.to_vec();
+        out.extend_from_slice(
+            &zstd::bulk::compress(&body, 3).expect("zstd compresses into memory"),
+        );
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> anyhow::Result<IndexFile> {
+        if bytes.len() < 8 || &bytes[..8] != INDEX_MAGIC {
+            bail!("not an index object (bad magic)");
+        }
+        let body =
+            zstd::stream::decode_all(&bytes[8..]).context("index object does not decompress")?;
+        let mut r = Reader { b: &body, pos: 0 };
+        let mut f = IndexFile::default();
+        for _ in 0..r.u32()? {
+            f.supersedes.push(r.id()?);
+        }
+        for _ in 0..r.u32()? {
+            let pack = r.id()?;
+            let n = r.u32()? as usize;
+            let mut entries = Vec::with_capacity(n.min(1 << 20));
+            for _ in 0..n {
+                entries.push(PackEntry {
+                    kind: BlobKind::from_u8(r.u8()?)?,
+                    compression: Compression::from_u8(r.u8()?)?,
+                    id: r.id()?,
+                    offset: r.u32()?,
+                    length: r.u32()?,
+                    raw_length: r.u32()?,
+                });
+            }
+            f.packs.push((pack, entries));
+        }
+        if r.pos != body.len() {
+            bail!("index object has {} trailing bytes", body.len() - r.pos);
+        }
+        Ok(f)
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> anyhow::Result<&[u8]> {
+        if self.pos + n > self.b.len() {
+            bail!("index object is truncated");
+        }
+        let s = &self.b[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> anyhow::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> anyhow::Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn id(&mut self) -> anyhow::Result<Id> {
+        Ok(Id(self.take(32)?.try_into().unwrap()))
+    }
+}
+
+/// Where one blob lives: 20 bytes beside its 32-byte id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLoc {
+    /// Position in [`Index::packs`].
+    pub pack: u32,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_length: u32,
+    pub kind: BlobKind,
+    pub compression: Compression,
+}
+
+/// The in-memory index of a store: every blob of every indexed pack.
+#[derive(Default)]
+pub struct Index {
+    pub packs: Vec<Id>,
+    pack_pos: HashMap<Id, u32>,
+    blobs: HashMap<Id, BlobLoc>,
+    /// Index objects loaded (their ids), superseded ones excluded.
+    pub files: Vec<Id>,
+}
+
+impl Index {
+    pub fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {
+        let pos = *self.pack_pos.entry(pack).or_insert_with(|| {
+            self.packs.push(pack);
+            (self.packs.len() - 1) as u32
+        });
+        self.blobs.reserve(entries.len());
+        for e in entries {
+            self.blobs.entry(e.id).or_insert(BlobLoc {
+                pack: pos,
+                offset: e.offset,
+                length: e.length,
+                raw_length: e.raw_length,
+                kind: e.kind,
+                compression: e.compression,
+            });
+        }
+    }
+
+    /// Builds the index from decoded index objects, dropping the superseded ones.
+    pub fn from_files(files: Vec<(Id, IndexFile)>) -> Index {
+        let superseded: HashSet<Id> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
+        let mut idx = Index::default();
+        for (id, f) in files {
+            if superseded.contains(&id) {
+                continue;
+            }
+            idx.files.push(id);
+            for (pack, entries) in &f.packs {
+                idx.add_pack(*pack, entries);
+            }
+        }
+        idx
+    }
+
+    pub fn get(&self, id: &Id) -> Option<&BlobLoc> {
+        self.blobs.get(id)
+    }
+
+    pub fn contains(&self, id: &Id) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    pub fn contains_pack(&self, id: &Id) -> bool {
+        self.pack_pos.contains_key(id)
+    }
+
+    pub fn pack_id(&self, loc: &BlobLoc) -> Id {
+        self.packs[loc.pack as usize]
+    }
+
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Id, &BlobLoc)> {
+        self.blobs.iter()
+    }
+
+    /// The entry of `id` as it would appear in its pack's trailer.
+    pub fn entry(&self, id: &Id) -> Option<PackEntry> {
+        self.blobs.get(id).map(|l| PackEntry {
+            kind: l.kind,
+            compression: l.compression,
+            id: *id,
+            offset: l.offset,
+            length: l.length,
+            raw_length: l.raw_length,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8, offset: u32) -> PackEntry {
+        PackEntry {
+            kind: if n % 2 == 0 {
+                BlobKind::Data
+            } else {
+                BlobKind::Tree
+            },
+            compression: Compression::Zstd,
+            id: Id::of(&[n]),
+            offset,
+            length: 10 + n as u32,
+            raw_length: 20 + n as u32,
+        }
+    }
+
+    #[test]
+    fn encode_decode_and_supersede() {
+        let a = IndexFile {
+            supersedes: vec![],
+            packs: vec![(Id::of(b"p1"), vec![entry(1, 8), entry(2, 19)])],
+        };
+        let bytes = a.encode();
+        assert_eq!(IndexFile::decode(&bytes).unwrap(), a);
+        let a_id = Id::of(&bytes);
+        let b = IndexFile {
+            supersedes: vec![a_id],
+            packs: vec![(Id::of(b"p2"), vec![entry(3, 8)])],
+        };
+        let idx = Index::from_files(vec![(a_id, a), (Id::of(&b.encode()), b)]);
+        assert_eq!(idx.files.len(), 1);
+        assert!(!idx.contains(&Id::of(&[1])));
+        assert!(idx.contains(&Id::of(&[3])));
+        assert!(IndexFile::decode(b"POINDEX1garbage").is_err());
+        let mut truncated = IndexFile::default();
+        truncated.packs.push((Id::of(b"p"), vec![entry(4, 8)]));
+        let mut t = truncated.encode();
+        t.truncate(t.len() - 3);
+        assert!(IndexFile::decode(&t).is_err());
+    }
+}

@@ -1,0 +1,726 @@
+//! Push: a directory, a regular file or a block device into the store.
+//!
+//! Directories are walked in parallel (rayon); each file is chunked, hashed and, when new,
+//! compressed on the worker that read it. New blobs go into one of two open packs (data, trees);
+//! a full pack is sealed and handed to a bounded queue of uploader threads, so memory stays
+//! bounded whatever the size of the source. After every few stored packs an index object is
+//! written; the snapshot object is written last, once everything it references is stored and
+//! indexed. A push that dies leaves no snapshot, and the next push reuses what was stored.
+
+use super::compress;
+use super::id::Id;
+use super::index::{Index, IndexFile};
+use super::pack::{BlobKind, Compression, PackBuilder, SealedPack, pack_key};
+use super::snapshot::{PushStats, Snapshot, SourceKind};
+use super::tree::{Node, NodeKind, Tree};
+use super::{BlobReader, Store};
+use anyhow::{Context, bail};
+use crossbeam_channel::{Receiver, Sender};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Files up to this size are read whole; larger ones stream through segments of this size.
+const SEGMENT: usize = 16 << 20;
+
+#[derive(Debug, Clone, Default)]
+pub enum ParentChoice {
+    /// The latest snapshot of the same source.
+    #[default]
+    Auto,
+    /// Read everything.
+    None,
+    /// A snapshot id or prefix.
+    Snapshot(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub source: PathBuf,
+    /// Identity of the source for parent lookup; the canonical path when `None`.
+    pub source_name: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub excludes: Vec<String>,
+    pub parent: ParentChoice,
+    pub repository: Option<String>,
+    pub mode: Option<String>,
+    pub consistency: Option<String>,
+    pub job: Option<String>,
+    /// Uploads in flight at once.
+    pub uploaders: usize,
+    /// Write an index object after this many packs.
+    pub index_every_packs: usize,
+}
+
+impl PushOptions {
+    pub fn new(source: impl Into<PathBuf>) -> PushOptions {
+        PushOptions {
+            source: source.into(),
+            source_name: None,
+            tags: BTreeMap::new(),
+            excludes: Vec::new(),
+            parent: ParentChoice::Auto,
+            repository: None,
+            mode: None,
+            consistency: None,
+            job: None,
+            uploaders: 4,
+            index_every_packs: 8,
+        }
+    }
+}
+
+/// Live counters of a running push (read by the progress display).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub files: AtomicU64,
+    pub dirs: AtomicU64,
+    pub symlinks: AtomicU64,
+    pub skipped_special: AtomicU64,
+    pub files_unchanged: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_new: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub chunks_new: AtomicU64,
+    pub chunks_reused: AtomicU64,
+    pub trees_new: AtomicU64,
+    pub packs_uploaded: AtomicU64,
+    pub index_written: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub fn stats(&self, duration_seconds: f64) -> PushStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PushStats {
+            files: g(&self.files),
+            dirs: g(&self.dirs),
+            symlinks: g(&self.symlinks),
+            skipped_special: g(&self.skipped_special),
+            files_unchanged: g(&self.files_unchanged),
+            bytes_total: g(&self.bytes_total),
+            bytes_read: g(&self.bytes_read),
+            bytes_new: g(&self.bytes_new),
+            bytes_uploaded: g(&self.bytes_uploaded),
+            chunks_new: g(&self.chunks_new),
+            chunks_reused: g(&self.chunks_reused),
+            trees_new: g(&self.trees_new),
+            packs_uploaded: g(&self.packs_uploaded),
+            errors: g(&self.errors),
+            duration_seconds,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PushOutcome {
+    pub id: Id,
+    pub snapshot: Snapshot,
+    /// Entries that could not be read, as "path: reason".
+    pub warnings: Vec<String>,
+}
+
+/// Test hook: `PUSH_OPERATOR_CRASH_AT=pack:N|index:N|snapshot` kills the process with SIGKILL
+/// at that point, so crash tests hit exact places. Unset in normal use.
+fn crashpoint(point: &str, n: u64) {
+    static SPEC: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    let spec = SPEC.get_or_init(|| {
+        let v = std::env::var("PUSH_OPERATOR_CRASH_AT").ok()?;
+        let (p, k) = v.split_once(':').unwrap_or((v.as_str(), "0"));
+        Some((p.to_string(), k.parse().unwrap_or(0)))
+    });
+    if let Some((p, k)) = spec
+        && p == point
+        && *k == n
+    {
+        eprintln!("PUSH_OPERATOR_CRASH_AT={point}:{n}: killing this process");
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn build_excludes(patterns: &[String]) -> anyhow::Result<GlobSet> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let g = GlobBuilder::new(p.trim_end_matches('/'))
+            .literal_separator(true)
+            .build()
+            .with_context(|| format!("invalid exclude pattern {p:?}"))?;
+        b.add(g);
+    }
+    Ok(b.build()?)
+}
+
+/// An error while archiving one entry: unreadable source data is recorded and skipped; anything
+/// else (the store failing) ends the push.
+enum EntryError {
+    Source(io::Error),
+    Fatal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for EntryError {
+    fn from(e: anyhow::Error) -> Self {
+        EntryError::Fatal(e)
+    }
+}
+
+struct Pusher<'a> {
+    store: &'a Store,
+    index: &'a Index,
+    reader: BlobReader<'a>,
+    level: i32,
+    pack_size: usize,
+    index_every: usize,
+    pending: Mutex<HashSet<Id>>,
+    data_pack: Mutex<PackBuilder>,
+    tree_pack: Mutex<PackBuilder>,
+    /// The upload queue; `None` once closed.
+    tx: Mutex<Option<Sender<SealedPack>>>,
+    index_buf: Mutex<IndexFile>,
+    counters: &'a Counters,
+    warnings: Mutex<Vec<String>>,
+    excludes: GlobSet,
+    abort: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+impl Pusher<'_> {
+    fn fail(&self, msg: String) {
+        self.abort.store(true, Ordering::SeqCst);
+        let mut f = self.failure.lock().unwrap();
+        if f.is_none() {
+            *f = Some(msg);
+        }
+    }
+
+    fn check_abort(&self) -> anyhow::Result<()> {
+        if self.abort.load(Ordering::Relaxed) {
+            bail!("push aborted");
+        }
+        Ok(())
+    }
+
+    fn warn(&self, rel: &Path, e: &io::Error) {
+        add(&self.counters.errors, 1);
+        tracing::warn!(path = %rel.display(), error = %e, "cannot read; skipped");
+        self.warnings
+            .lock()
+            .unwrap()
+            .push(format!("{}: {e}", rel.display()));
+    }
+
+    fn packer(&self, kind: BlobKind) -> &Mutex<PackBuilder> {
+        match kind {
+            BlobKind::Data => &self.data_pack,
+            BlobKind::Tree => &self.tree_pack,
+        }
+    }
+
+    /// Stores a blob unless the store (or this push) has it. Returns its id and whether it was new.
+    fn store_blob(&self, kind: BlobKind, data: &[u8]) -> anyhow::Result<(Id, bool)> {
+        let id = Id::of(data);
+        if self.index.contains(&id) || !self.pending.lock().unwrap().insert(id) {
+            return Ok((id, false));
+        }
+        let compressed = compress::compress(data, self.level)?;
+        let (stored, comp) = match &compressed {
+            Some(c) => (c.as_slice(), Compression::Zstd),
+            None => (data, Compression::Raw),
+        };
+        let full = {
+            let mut p = self.packer(kind).lock().unwrap();
+            p.add(kind, comp, id, stored, data.len());
+            if p.len() >= self.pack_size {
+                Some(std::mem::replace(
+                    &mut *p,
+                    PackBuilder::new(self.pack_size + (1 << 20)),
+                ))
+            } else {
+                None
+            }
+        };
+        if let Some(builder) = full {
+            self.send(builder)?;
+        }
+        Ok((id, true))
+    }
+
+    fn send(&self, builder: PackBuilder) -> anyhow::Result<()> {
+        let sealed = builder.seal();
+        let tx = self
+            .tx
+            .lock()
+            .unwrap()
+            .clone()
+            .context("push aborted: upload queue closed")?;
+        tx.send(sealed)
+            .map_err(|_| anyhow::anyhow!("push aborted: uploaders stopped"))
+    }
+
+    fn store_chunk(&self, data: &[u8]) -> anyhow::Result<Id> {
+        let (id, new) = self.store_blob(BlobKind::Data, data)?;
+        if new {
+            add(&self.counters.chunks_new, 1);
+            add(&self.counters.bytes_new, data.len() as u64);
+        } else {
+            add(&self.counters.chunks_reused, 1);
+        }
+        Ok(id)
+    }
+
+    /// Uploader thread: stores sealed packs and indexes them once stored.
+    fn upload_loop(&self, rx: Receiver<SealedPack>) {
+        for pack in rx {
+            if self.abort.load(Ordering::Relaxed) {
+                continue; // drain, so senders never block on a dead queue
+            }
+            match self
+                .store
+                .backend()
+                .put_if_absent(&pack_key(&pack.id), &pack.bytes)
+            {
+                Ok(written) => {
+                    if written {
+                        add(&self.counters.bytes_uploaded, pack.bytes.len() as u64);
+                    }
+                    let n = self.counters.packs_uploaded.fetch_add(1, Ordering::SeqCst) + 1;
+                    crashpoint("pack", n);
+                    let full = {
+                        let mut buf = self.index_buf.lock().unwrap();
+                        buf.packs.push((pack.id, pack.entries));
+                        (buf.packs.len() >= self.index_every).then(|| std::mem::take(&mut *buf))
+                    };
+                    if let Some(file) = full
+                        && let Err(e) = self.write_index(&file)
+                    {
+                        self.fail(format!("{e:#}"));
+                    }
+                }
+                Err(e) => self.fail(format!("cannot store pack {}: {e}", pack.id.short())),
+            }
+        }
+    }
+
+    fn write_index(&self, file: &IndexFile) -> anyhow::Result<()> {
+        if file.packs.is_empty() {
+            return Ok(());
+        }
+        let (_, written) = self.store.write_index(file).context("cannot write index")?;
+        add(&self.counters.bytes_uploaded, written);
+        let n = self.counters.index_written.fetch_add(1, Ordering::SeqCst) + 1;
+        crashpoint("index", n);
+        Ok(())
+    }
+
+    fn excluded(&self, rel: &Path, name: &OsStr) -> bool {
+        !self.excludes.is_empty()
+            && (self.excludes.is_match(rel) || self.excludes.is_match(Path::new(name)))
+    }
+
+    fn parent_subtree(&self, node: Option<&Node>) -> Option<Tree> {
+        let id = node.filter(|n| n.kind == NodeKind::Dir)?.subtree?;
+        match self.reader.read_tree(&id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(tree = %id, error = %format!("{e:#}"), "parent tree unreadable; reading the directory in full");
+                None
+            }
+        }
+    }
+
+    /// Archives a directory's entries; returns the tree id.
+    fn archive_dir(
+        &self,
+        path: &Path,
+        rel: &Path,
+        parent: Option<&Tree>,
+    ) -> Result<Id, EntryError> {
+        let mut entries: Vec<OsString> = fs::read_dir(path)
+            .and_then(|rd| {
+                rd.map(|e| e.map(|e| e.file_name()))
+                    .collect::<io::Result<Vec<_>>>()
+            })
+            .map_err(EntryError::Source)?;
+        entries.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let nodes: Vec<Option<Node>> = entries
+            .par_iter()
+            .map(|name| self.archive_entry(&path.join(name), &rel.join(name), name, parent))
+            .collect::<anyhow::Result<_>>()?;
+        let tree = Tree {
+            nodes: nodes.into_iter().flatten().collect(),
+        };
+        let (id, new) = self.store_blob(BlobKind::Tree, &tree.encode())?;
+        if new {
+            add(&self.counters.trees_new, 1);
+        }
+        Ok(id)
+    }
+
+    fn archive_entry(
+        &self,
+        path: &Path,
+        rel: &Path,
+        name: &OsStr,
+        parent: Option<&Tree>,
+    ) -> anyhow::Result<Option<Node>> {
+        self.check_abort()?;
+        if self.excluded(rel, name) {
+            return Ok(None);
+        }
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn(rel, &e);
+                return Ok(None);
+            }
+        };
+        let ft = meta.file_type();
+        let pnode = parent.and_then(|t| t.find(name.as_bytes()));
+        if ft.is_dir() {
+            let mut node = Node::from_metadata(name, NodeKind::Dir, &meta);
+            let ptree = self.parent_subtree(pnode);
+            node.subtree = Some(match self.archive_dir(path, rel, ptree.as_ref()) {
+                Ok(id) => id,
+                Err(EntryError::Fatal(e)) => return Err(e),
+                Err(EntryError::Source(e)) => {
+                    // Keep the directory (with its metadata) but empty, and say so.
+                    self.warn(rel, &e);
+                    self.store_blob(BlobKind::Tree, &Tree::default().encode())?
+                        .0
+                }
+            });
+            add(&self.counters.dirs, 1);
+            Ok(Some(node))
+        } else if ft.is_file() {
+            let mut node = Node::from_metadata(name, NodeKind::File, &meta);
+            match self.archive_file(path, &mut node, pnode, false) {
+                Ok(()) => Ok(Some(node)),
+                Err(EntryError::Source(e)) => {
+                    self.warn(rel, &e);
+                    Ok(None)
+                }
+                Err(EntryError::Fatal(e)) => Err(e),
+            }
+        } else if ft.is_symlink() {
+            let mut node = Node::from_metadata(name, NodeKind::Symlink, &meta);
+            match fs::read_link(path) {
+                Ok(t) => node.set_target(t.as_os_str()),
+                Err(e) => {
+                    self.warn(rel, &e);
+                    return Ok(None);
+                }
+            }
+            add(&self.counters.symlinks, 1);
+            Ok(Some(node))
+        } else {
+            debug_assert!(
+                ft.is_socket() || ft.is_fifo() || ft.is_block_device() || ft.is_char_device()
+            );
+            add(&self.counters.skipped_special, 1);
+            Ok(None)
+        }
+    }
+
+    /// Fills `node.content` (and the size actually read).
+    fn archive_file(
+        &self,
+        path: &Path,
+        node: &mut Node,
+        parent: Option<&Node>,
+        stream: bool,
+    ) -> Result<(), EntryError> {
+        if let Some(p) = parent
+            && node.unchanged_since(p)
+        {
+            node.content = p.content.clone();
+            add(&self.counters.files, 1);
+            add(&self.counters.files_unchanged, 1);
+            add(&self.counters.bytes_total, node.size);
+            add(&self.counters.chunks_reused, node.content.len() as u64);
+            return Ok(());
+        }
+        let mut f = File::open(path).map_err(EntryError::Source)?;
+        let mut size = 0u64;
+        if !stream && node.size <= SEGMENT as u64 {
+            let mut buf = Vec::with_capacity(node.size as usize + 1);
+            f.read_to_end(&mut buf).map_err(EntryError::Source)?;
+            size = buf.len() as u64;
+            add(&self.counters.bytes_read, size);
+            let mut start = 0;
+            for end in self.store.chunker().cut_points(&buf, true) {
+                node.content.push(self.store_chunk(&buf[start..end])?);
+                start = end;
+            }
+        } else {
+            let max = self.store.chunker().max_size();
+            let mut buf: Vec<u8> = Vec::with_capacity(SEGMENT + max);
+            loop {
+                self.check_abort()?;
+                let eof = fill(&mut f, &mut buf, SEGMENT + max).map_err(EntryError::Source)?;
+                let cuts = self.store.chunker().cut_points(&buf, eof);
+                let bounds: Vec<(usize, usize)> = cuts
+                    .iter()
+                    .scan(0, |s, &e| {
+                        let r = (*s, e);
+                        *s = e;
+                        Some(r)
+                    })
+                    .collect();
+                let ids: Vec<Id> = bounds
+                    .par_iter()
+                    .map(|&(s, e)| self.store_chunk(&buf[s..e]))
+                    .collect::<anyhow::Result<_>>()?;
+                node.content.extend(ids);
+                let consumed = cuts.last().copied().unwrap_or(0);
+                size += consumed as u64;
+                add(&self.counters.bytes_read, consumed as u64);
+                buf.drain(..consumed);
+                if eof {
+                    break;
+                }
+            }
+        }
+        node.size = size;
+        add(&self.counters.files, 1);
+        add(&self.counters.bytes_total, size);
+        Ok(())
+    }
+
+    fn flush_packs(&self) -> anyhow::Result<()> {
+        for kind in [BlobKind::Data, BlobKind::Tree] {
+            let b = std::mem::replace(&mut *self.packer(kind).lock().unwrap(), PackBuilder::new(0));
+            if !b.is_empty() {
+                self.send(b)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads until `buf` holds `target` bytes or the file ends; returns true at end of file.
+fn fill(f: &mut File, buf: &mut Vec<u8>, target: usize) -> io::Result<bool> {
+    while buf.len() < target {
+        let start = buf.len();
+        buf.resize(target, 0);
+        match f.read(&mut buf[start..]) {
+            Ok(0) => {
+                buf.truncate(start);
+                return Ok(true);
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Pushes `opts.source` into `store`.
+pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::Result<PushOutcome> {
+    let started = Instant::now();
+    let source = &opts.source;
+    let meta = fs::metadata(source).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => anyhow::anyhow!(
+            "source {} does not exist: give an existing directory, file or block device",
+            source.display()
+        ),
+        _ => anyhow::anyhow!("cannot read source {}: {e}", source.display()),
+    })?;
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        SourceKind::Dir
+    } else if ft.is_file() {
+        SourceKind::File
+    } else if ft.is_block_device() {
+        SourceKind::Device
+    } else {
+        bail!(
+            "source {} is not a directory, a regular file or a block device",
+            source.display()
+        );
+    };
+    if kind == SourceKind::Dir {
+        fs::read_dir(source).with_context(|| format!("cannot read source {}", source.display()))?;
+    } else {
+        File::open(source).with_context(|| format!("cannot read source {}", source.display()))?;
+    }
+    let canonical = fs::canonicalize(source).unwrap_or_else(|_| source.clone());
+    let source_name = opts
+        .source_name
+        .clone()
+        .unwrap_or_else(|| canonical.to_string_lossy().into_owned());
+    let excludes = build_excludes(&opts.excludes)?;
+
+    let mut index = store.load_index()?;
+    let adopted = store.adopt_unindexed_packs(&mut index)?;
+    if adopted > 0 {
+        tracing::info!(packs = adopted, "indexed packs left by an interrupted push");
+    }
+    let parent: Option<(Id, Snapshot)> = match &opts.parent {
+        ParentChoice::None => None,
+        ParentChoice::Snapshot(spec) => Some(store.find_snapshot(spec)?),
+        ParentChoice::Auto => store
+            .list_snapshots()?
+            .into_iter()
+            .rev()
+            .find(|(_, s)| s.source == source_name && s.kind == kind),
+    };
+
+    let (tx, rx) = crossbeam_channel::bounded::<SealedPack>(1);
+    let pack_size = store.config.pack_size as usize;
+    let pusher = Pusher {
+        store,
+        index: &index,
+        reader: BlobReader::new(store, &index),
+        level: store.config.compression.level,
+        pack_size,
+        index_every: opts.index_every_packs.max(1),
+        pending: Mutex::new(HashSet::new()),
+        data_pack: Mutex::new(PackBuilder::new(pack_size + (1 << 20))),
+        tree_pack: Mutex::new(PackBuilder::new(0)),
+        tx: Mutex::new(Some(tx)),
+        index_buf: Mutex::new(IndexFile::default()),
+        counters,
+        warnings: Mutex::new(Vec::new()),
+        excludes,
+        abort: AtomicBool::new(false),
+        failure: Mutex::new(None),
+    };
+
+    let name = canonical
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| OsString::from("root"));
+    let walked: anyhow::Result<(Id, Node)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..opts.uploaders.max(1))
+            .map(|_| {
+                let rx = rx.clone();
+                let p = &pusher;
+                s.spawn(move || p.upload_loop(rx))
+            })
+            .collect();
+        drop(rx);
+        let parent_root = parent.as_ref().and_then(|(_, snap)| match pusher.reader.read_tree(&snap.tree) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "parent snapshot unreadable; reading everything");
+                None
+            }
+        });
+        let result = (|| -> anyhow::Result<(Id, Node)> {
+            let root = match kind {
+                SourceKind::Dir => {
+                    let mut node = Node::from_metadata(&name, NodeKind::Dir, &meta);
+                    let tree = match pusher.archive_dir(source, Path::new(""), parent_root.as_ref())
+                    {
+                        Ok(id) => id,
+                        Err(EntryError::Source(e)) => {
+                            bail!("cannot read source {}: {e}", source.display())
+                        }
+                        Err(EntryError::Fatal(e)) => return Err(e),
+                    };
+                    node.subtree = Some(tree);
+                    (tree, node)
+                }
+                SourceKind::File | SourceKind::Device => {
+                    let mut node = Node::from_metadata(&name, NodeKind::File, &meta);
+                    let pnode = parent_root.as_ref().and_then(|t| t.find(name.as_bytes()));
+                    match pusher.archive_file(source, &mut node, pnode, kind == SourceKind::Device)
+                    {
+                        Ok(()) => {}
+                        Err(EntryError::Source(e)) => {
+                            bail!("cannot read source {}: {e}", source.display())
+                        }
+                        Err(EntryError::Fatal(e)) => return Err(e),
+                    }
+                    let tree = Tree {
+                        nodes: vec![node.clone()],
+                    };
+                    let (id, new) = pusher.store_blob(BlobKind::Tree, &tree.encode())?;
+                    if new {
+                        add(&counters.trees_new, 1);
+                    }
+                    (id, node)
+                }
+            };
+            pusher.flush_packs()?;
+            Ok(root)
+        })();
+        if result.is_err() {
+            pusher.abort.store(true, Ordering::SeqCst);
+        }
+        // Closing the queue lets the uploaders store what is queued, then stop.
+        pusher.tx.lock().unwrap().take();
+        for h in handles {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        result
+    });
+    if let Some(msg) = pusher.failure.lock().unwrap().take() {
+        bail!("push failed: {msg}");
+    }
+    let (tree, root_node) = walked?;
+    let rest = std::mem::take(&mut *pusher.index_buf.lock().unwrap());
+    pusher.write_index(&rest)?;
+    crashpoint("snapshot", 0);
+    let mut warnings = std::mem::take(&mut *pusher.warnings.lock().unwrap());
+    warnings.sort();
+    let snapshot = Snapshot {
+        version: super::FORMAT_VERSION,
+        time: chrono::Utc::now(),
+        hostname: hostname(),
+        source: source_name,
+        kind,
+        root_node,
+        tree,
+        parent: parent.map(|(id, _)| id),
+        tags: opts.tags.clone(),
+        repository: opts.repository.clone(),
+        mode: opts.mode.clone(),
+        consistency: opts.consistency.clone(),
+        job: opts.job.clone(),
+        stats: counters.stats(started.elapsed().as_secs_f64()),
+        warnings: warnings.clone(),
+        program: format!("push-operator {}", env!("CARGO_PKG_VERSION")),
+    };
+    let (id, _) = store
+        .write_snapshot(&snapshot)
+        .context("cannot write the snapshot")?;
+    Ok(PushOutcome {
+        id,
+        snapshot,
+        warnings,
+    })
+}

@@ -1,0 +1,338 @@
+//! Verify: is every snapshot restorable?
+//!
+//! Structure (always): every index object parses, every indexed pack exists and is long
+//! enough, every snapshot's trees are readable (hash checked) and every chunk they reference is
+//! in the index. Data (`--read-data [PERCENT]`): packs are read back whole, their hash checked
+//! against their name and every blob decompressed and checked against its id. Damage is
+//! reported with the snapshots and files it affects.
+
+use super::id::Id;
+use super::index::{Index, IndexFile};
+use super::pack::{decode_blob, pack_key, parse_pack};
+use super::snapshot::Snapshot;
+use super::tree::NodeKind;
+use super::{BlobReader, Store};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Read back this share of the packs (0 < p <= 100); `None` checks structure only.
+    pub read_data_percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AffectedSnapshot {
+    pub id: String,
+    pub time: String,
+    pub source: String,
+    /// Paths (relative to the snapshot root) that cannot be restored intact.
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub snapshots: usize,
+    pub index_objects: usize,
+    pub packs_indexed: usize,
+    pub packs_read: usize,
+    pub blobs_indexed: usize,
+    pub blobs_read: usize,
+    pub trees_checked: usize,
+    /// Packs present but in no index (left by an interrupted or running push; prune removes them).
+    pub packs_unindexed: usize,
+    pub problems: Vec<String>,
+    pub affected: Vec<AffectedSnapshot>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Per-tree result, memoized so a subtree shared by many snapshots is walked once.
+type BadPaths = Arc<Vec<String>>;
+
+struct Walker<'a> {
+    reader: BlobReader<'a>,
+    index: &'a Index,
+    damaged: &'a HashSet<Id>,
+    memo: Mutex<HashMap<Id, BadPaths>>,
+    problems: Mutex<Vec<String>>,
+    trees: std::sync::atomic::AtomicUsize,
+}
+
+impl Walker<'_> {
+    fn bad_blob(&self, id: &Id) -> bool {
+        !self.index.contains(id) || self.damaged.contains(id)
+    }
+
+    /// Paths below `tree` (relative to it) that cannot be restored; "" means the tree itself.
+    fn walk(&self, tree: &Id) -> BadPaths {
+        if let Some(r) = self.memo.lock().unwrap().get(tree) {
+            return r.clone();
+        }
+        self.trees
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let result = match self.reader.read_tree(tree) {
+            Err(e) => {
+                self.problems
+                    .lock()
+                    .unwrap()
+                    .push(format!("tree {}: {e:#}", tree.short()));
+                vec![String::new()]
+            }
+            Ok(t) => {
+                let per_node: Vec<Vec<String>> = t
+                    .nodes
+                    .par_iter()
+                    .map(|n| {
+                        let name = n.name.clone();
+                        match n.kind {
+                            NodeKind::Dir => match n.subtree {
+                                None => vec![name],
+                                Some(sub) => self
+                                    .walk(&sub)
+                                    .iter()
+                                    .map(|p| {
+                                        if p.is_empty() {
+                                            name.clone()
+                                        } else {
+                                            format!("{name}/{p}")
+                                        }
+                                    })
+                                    .collect(),
+                            },
+                            NodeKind::File => {
+                                if n.content.iter().any(|c| self.bad_blob(c)) {
+                                    vec![name]
+                                } else {
+                                    vec![]
+                                }
+                            }
+                            NodeKind::Symlink => vec![],
+                        }
+                    })
+                    .collect();
+                per_node.into_iter().flatten().collect()
+            }
+        };
+        let result = Arc::new(result);
+        self.memo.lock().unwrap().insert(*tree, result.clone());
+        result
+    }
+}
+
+fn selected(pack: &Id, percent: f64, salt: &Id) -> bool {
+    if percent >= 100.0 {
+        return true;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(&salt.0);
+    h.update(&pack.0);
+    let v = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap());
+    (v as f64 / u64::MAX as f64) * 100.0 < percent
+}
+
+pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let backend = store.backend();
+
+    // Index objects, one by one, so one damaged object does not hide the rest.
+    let objects = backend.list("index/")?;
+    let loaded: Vec<Result<(Id, IndexFile), String>> = objects
+        .par_iter()
+        .map(|o| {
+            let id = Id::parse(o.key.trim_start_matches("index/"))
+                .map_err(|e| format!("{}: {e}", o.key))?;
+            let bytes = backend
+                .get(&o.key)
+                .map_err(|e| format!("index {}: {e}", id.short()))?;
+            if Id::of(&bytes) != id {
+                return Err(format!(
+                    "index {} is damaged: content does not match its name",
+                    id.short()
+                ));
+            }
+            IndexFile::decode(&bytes)
+                .map(|f| (id, f))
+                .map_err(|e| format!("index {} is damaged: {e:#}", id.short()))
+        })
+        .collect();
+    let mut files = Vec::new();
+    for r in loaded {
+        match r {
+            Ok(f) => files.push(f),
+            Err(p) => report.problems.push(p),
+        }
+    }
+    let index = Index::from_files(files);
+    report.index_objects = index.files.len();
+    report.packs_indexed = index.packs.len();
+    report.blobs_indexed = index.blob_count();
+
+    // Packs: present and long enough.
+    let present: HashMap<Id, u64> = backend
+        .list("packs/")?
+        .into_iter()
+        .filter_map(|o| Some((Id::parse(o.key.rsplit('/').next()?).ok()?, o.size)))
+        .collect();
+    let mut pack_end: HashMap<Id, u64> = HashMap::new();
+    let mut pack_blobs: HashMap<Id, Vec<Id>> = HashMap::new();
+    for (id, loc) in index.iter() {
+        let p = index.pack_id(loc);
+        let end = pack_end.entry(p).or_default();
+        *end = (*end).max((loc.offset + loc.length) as u64);
+        pack_blobs.entry(p).or_default().push(*id);
+    }
+    let mut damaged: HashSet<Id> = HashSet::new();
+    let mut packs_sorted: Vec<&Id> = index.packs.iter().collect();
+    packs_sorted.sort();
+    for p in &packs_sorted {
+        let blobs = pack_blobs.get(*p).map(|v| v.as_slice()).unwrap_or(&[]);
+        match present.get(*p) {
+            None => {
+                report.problems.push(format!(
+                    "pack {} is missing ({} blobs lost)",
+                    p.short(),
+                    blobs.len()
+                ));
+                damaged.extend(blobs.iter().copied());
+            }
+            Some(&size) if size < pack_end.get(*p).copied().unwrap_or(0) => {
+                report
+                    .problems
+                    .push(format!("pack {} is truncated ({size} bytes)", p.short()));
+                damaged.extend(blobs.iter().copied());
+            }
+            _ => {}
+        }
+    }
+    report.packs_unindexed = present.keys().filter(|p| !index.contains_pack(p)).count();
+
+    // Data: read packs back.
+    if let Some(percent) = opts.read_data_percent {
+        let salt = Id::random();
+        let chosen: Vec<&Id> = packs_sorted
+            .iter()
+            .copied()
+            .filter(|p| present.contains_key(*p) && selected(p, percent, &salt))
+            .collect();
+        let results: Vec<(Vec<String>, Vec<Id>, usize)> = chosen
+            .par_iter()
+            .map(|p| {
+                let blobs = pack_blobs.get(*p).map(|v| v.as_slice()).unwrap_or(&[]);
+                let bytes = match backend.get(&pack_key(p)) {
+                    Ok(b) => b,
+                    Err(e) => return (vec![format!("pack {}: {e}", p.short())], blobs.to_vec(), 0),
+                };
+                let mut problems = Vec::new();
+                let mut bad = Vec::new();
+                if Id::of(&bytes) != **p {
+                    problems.push(format!(
+                        "pack {} is damaged: content does not match its name",
+                        p.short()
+                    ));
+                }
+                if let Err(e) = parse_pack(&bytes) {
+                    problems.push(format!("pack {} has a damaged trailer: {e:#}", p.short()));
+                }
+                let mut read = 0;
+                for id in blobs {
+                    let e = index.entry(id).expect("from the index");
+                    let (s, t) = (e.offset as usize, (e.offset + e.length) as usize);
+                    let ok = t <= bytes.len() && decode_blob(&e, &bytes[s..t]).is_ok();
+                    read += 1;
+                    if !ok {
+                        problems.push(format!(
+                            "blob {} in pack {} is damaged",
+                            id.short(),
+                            p.short()
+                        ));
+                        bad.push(*id);
+                    }
+                }
+                (problems, bad, read)
+            })
+            .collect();
+        report.packs_read = chosen.len();
+        for (problems, bad, read) in results {
+            report.problems.extend(problems);
+            damaged.extend(bad);
+            report.blobs_read += read;
+        }
+    }
+
+    // Snapshots: every tree readable, every chunk indexed and undamaged.
+    let mut snaps: Vec<(Id, Snapshot)> = Vec::new();
+    for o in backend.list("snapshots/")? {
+        let name = o.key.trim_start_matches("snapshots/").to_string();
+        let parsed = backend
+            .get(&o.key)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                let id = Id::parse(&name)?;
+                if Id::of(&b) != id {
+                    return Err("content does not match its name".to_string());
+                }
+                serde_json::from_slice::<Snapshot>(&b)
+                    .map(|s| (id, s))
+                    .map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(s) => snaps.push(s),
+            Err(e) => report
+                .problems
+                .push(format!("snapshot {name:.8} is damaged: {e}")),
+        }
+    }
+    snaps.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+    report.snapshots = snaps.len();
+    let walker = Walker {
+        reader: BlobReader::new(store, &index),
+        index: &index,
+        damaged: &damaged,
+        memo: Mutex::new(HashMap::new()),
+        problems: Mutex::new(Vec::new()),
+        trees: Default::default(),
+    };
+    for (id, snap) in &snaps {
+        let bad = walker.walk(&snap.tree);
+        if !bad.is_empty() {
+            let mut paths: Vec<String> = bad
+                .iter()
+                .map(|p| {
+                    if p.is_empty() {
+                        "/".to_string()
+                    } else {
+                        p.clone()
+                    }
+                })
+                .collect();
+            paths.sort();
+            paths.dedup();
+            report.problems.push(format!(
+                "snapshot {} ({}, {}): {} path(s) cannot be restored intact",
+                id.short(),
+                snap.time.format("%Y-%m-%d %H:%M:%S"),
+                snap.source,
+                paths.len()
+            ));
+            report.affected.push(AffectedSnapshot {
+                id: id.to_hex(),
+                time: snap.time.to_rfc3339(),
+                source: snap.source.clone(),
+                paths,
+            });
+        }
+    }
+    report.trees_checked = walker.trees.load(std::sync::atomic::Ordering::Relaxed);
+    let mut tree_problems = walker.problems.into_inner().unwrap();
+    tree_problems.sort();
+    tree_problems.dedup();
+    report.problems.extend(tree_problems);
+    Ok(report)
+}
