@@ -128,13 +128,48 @@ def cmd_treemeta(args):
 
 
 # ------------------------------------------------------------------ render
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if n == 0:
+        return None
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def aggregate(rs):
+    """One record from the repetitions of one (dataset, tool, op): medians of the
+    numbers over successful runs, the worst rc, the first failed check, the last
+    run's tool output."""
+    out = dict(rs[-1])
+    out["runs"] = len(rs)
+    bad = [r for r in rs if r.get("rc") not in (0, None)]
+    if bad:
+        out["rc"] = bad[0].get("rc")
+    good = [r for r in rs if r.get("rc") in (0, None)]
+    for key in ("seconds", "max_rss_kib", "store_bytes"):
+        vals = [r[key] for r in good if r.get(key) is not None]
+        out[key] = median(vals)
+        if len(vals) > 1:
+            out[key + "_range"] = (min(vals), max(vals))
+    checks = [r.get("check") for r in rs if r.get("check")]
+    failed = [c for c in checks if not str(c).startswith("ok")]
+    if failed:
+        out["check"] = failed[0] + (f" ({len(failed)}/{len(rs)} runs)" if len(rs) > 1 else "")
+    elif checks and len(rs) > 1:
+        out["check"] = f"{checks[0]} ×{len(checks)}"
+    return out
+
+
 def fmt_s(r):
     if r is None:
         return "—"
     if r.get("rc") not in (0, None):
         return f"FAIL(rc={r.get('rc')})"
     s = r.get("seconds")
-    return "—" if s is None else f"{s:.2f}"
+    if s is None:
+        return "—"
+    rng = r.get("seconds_range")
+    return f"{s:.2f}" if not rng else f"{s:.2f} ({rng[0]:.2f}–{rng[1]:.2f})"
 
 
 def fmt_mib(kib):
@@ -172,9 +207,10 @@ def cmd_render(args):
             line = line.strip()
             if line:
                 recs.append(json.loads(line))
-    by = {}
+    groups = {}
     for r in recs:
-        by[(r.get("dataset"), r.get("tool"), r.get("op"))] = r
+        groups.setdefault((r.get("dataset"), r.get("tool"), r.get("op")), []).append(r)
+    by = {k: aggregate(v) for k, v in groups.items()}
     datasets = meta.get("datasets_run") or sorted({r["dataset"] for r in recs})
     tools = meta.get("tools_run") or list(TOOLS)
     po, rs = "push-operator", "restic"
@@ -192,6 +228,7 @@ def cmd_render(args):
         f"**{meta.get('date')}** · nproc {meta.get('nproc')} · {meta.get('cpu', '')} · "
         f"{meta.get('mem', '')} · kernel {meta.get('kernel')} · {vers} · datasets: {dsz} · "
         f"change: mutate.py {meta.get('percent')}% seed {meta.get('seed')}"
+        + (f" · {meta.get('repeat')} runs each: median (min–max)" if (meta.get('repeat') or 1) > 1 else " · 1 run each")
     )
     L.append("")
     L.append(
@@ -283,7 +320,7 @@ def cmd_render(args):
                 mtxt = "—"
             L.append(f"| {d} | {t} | {r.get('check', '—')} | {mtxt} |")
     L.append("")
-    muts = [r for r in recs if r.get("op") == "mutate"]
+    muts = [by[k] for k in groups if k[2] == "mutate"]
     if muts:
         L.append("## The 1% change")
         L.append("")

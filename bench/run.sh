@@ -2,7 +2,7 @@
 # Benchmark push-operator against restic on local directory stores.
 #
 #   bench/run.sh [--tools "push-operator restic"] [--datasets "linux pgdata ext4"]
-#                [--bin PATH] [--data DIR] [--out DIR] [--scratch DIR] [--keep]
+#                [--bin PATH] [--data DIR] [--out DIR] [--scratch DIR] [--keep] [--repeat N]
 #
 #   --tools     tools to run (default: "push-operator restic")
 #   --datasets  datasets to run (default: "linux pgdata ext4"); see bench/prepare.sh
@@ -11,6 +11,8 @@
 #   --out       results directory (default: /work/benchdata/results): results.jsonl, results.md, logs/
 #   --scratch   working copies, stores and restores (default: DATA/scratch, removed per dataset)
 #   --keep      keep the scratch directory of each dataset
+#   --repeat N  run the whole per-dataset sequence N times (default 1); results.md shows
+#               the median and the min-max range
 #
 # Per dataset: one `cp -a` working copy; every tool pushes it into a fresh store
 # (a), pushes again unchanged (b); then mutate.py changes 1% of it ONCE (seed 42)
@@ -30,6 +32,7 @@ DATA=/work/benchdata
 OUT=/work/benchdata/results
 SCRATCH=
 KEEP=0
+REPEAT=1
 PERCENT=1
 SEED=42
 
@@ -42,7 +45,8 @@ while [[ $# -gt 0 ]]; do
     --out) OUT=$2; shift 2 ;;
     --scratch) SCRATCH=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -75,6 +79,7 @@ for d in $DATASETS; do
   [[ -n ${DS_PATH[$d]+x} ]] || die "unknown dataset: $d (linux, pgdata, ext4)"
   [[ -e ${DS_PATH[$d]} ]] || die "dataset $d missing at ${DS_PATH[$d]} (run bench/prepare.sh)"
 done
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "--repeat needs a positive integer"
 case "$SCRATCH/" in "${DATA}/linux/"*|"${DATA}/pgdata/"*) die "scratch must not be inside a dataset" ;; esac
 
 mkdir -p "$OUT/logs"
@@ -97,7 +102,7 @@ meta_args=(
   "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
   "mem=$(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)"
   "kernel=$(uname -r)"
-  "percent:num=$PERCENT" "seed:num=$SEED"
+  "percent:num=$PERCENT" "seed:num=$SEED" "repeat:num=$REPEAT"
   "tools_run:json=$("$PY" -c 'import json,sys; print(json.dumps(sys.argv[1:]))' $TOOLS)"
   "datasets_run:json=$("$PY" -c 'import json,sys; print(json.dumps(sys.argv[1:]))' $DATASETS)"
 )
@@ -149,7 +154,7 @@ store_bytes() { if [[ -e $1 ]]; then du -sb "$1" | cut -f1; else echo ""; fi; }
 # measure DATASET TOOL OP -- CMD...   sets M_RC M_SECS M_RSS M_OUT (path of stdout)
 measure() {
   local ds=$1 tool=$2 op=$3; shift 4
-  local base=$LOGS/$ds.$tool.$op
+  local base=$LOGS/$ds.r$REP.$tool.$op
   M_OUT=$base.out
   M_RC=0
   printf '%q ' "$@" >"$base.cmd"; echo >>"$base.cmd"
@@ -166,7 +171,7 @@ tool_init() {  # TOOL STORE CACHE
   case "$1" in
     restic)
       rm -rf "$2" "$3"; mkdir -p "$3"
-      restic init --repo "$2" --cache-dir "$3" >"$LOGS/$DS.restic.init.out" 2>&1 ;;
+      restic init --repo "$2" --cache-dir "$3" >"$LOGS/$DS.r$REP.restic.init.out" 2>&1 ;;
     push-operator)
       # An empty directory: push creates the store in it.
       rm -rf "$2"; mkdir -p "$2" ;;
@@ -197,15 +202,16 @@ record() {  # DATASET TOOL OP [extra key=value...]
   local ds=$1 tool=$2 op=$3; shift 3
   local out=""
   [[ -s $M_OUT ]] && out=$(tail -c 100000 "$M_OUT")
-  "${REPORT[@]}" record "$JSONL" "dataset=$ds" "tool=$tool" "op=$op" \
+  "${REPORT[@]}" record "$JSONL" "dataset=$ds" "tool=$tool" "op=$op" "rep:num=$REP" \
     "seconds:num=$M_SECS" "max_rss_kib:num=$M_RSS" "rc:num=$M_RC" "output:json=$out" "$@"
 }
 
 # ------------------------------------------------------------------ run
 for DS in $DATASETS; do
+for REP in $(seq 1 "$REPEAT"); do
   SRC=${DS_PATH[$DS]}
   D=$SCRATCH/$DS
-  log "=== $DS ($SRC)"
+  log "=== $DS ($SRC) run $REP/$REPEAT"
   rm -rf "$D"
   mkdir -p "$D"
   if [[ -d $SRC ]]; then KIND=dir; WORK=$D/src; else KIND=file; WORK=$D/$(basename "$SRC"); fi
@@ -226,10 +232,10 @@ for DS in $DATASETS; do
   done
 
   # The 1% change, once, shared by all tools.
-  "$PY" "$HERE/mutate.py" "$WORK" "$PERCENT" "$SEED" >"$LOGS/$DS.mutate.out"
-  M_SECS=; M_RSS=; M_RC=0; M_OUT=$LOGS/$DS.mutate.out
+  "$PY" "$HERE/mutate.py" "$WORK" "$PERCENT" "$SEED" >"$LOGS/$DS.r$REP.mutate.out"
+  M_SECS=; M_RSS=; M_RC=0; M_OUT=$LOGS/$DS.r$REP.mutate.out
   record "$DS" - mutate
-  log "mutated: $(cat "$LOGS/$DS.mutate.out" | cut -c1-200)"
+  log "mutated: $(cat "$LOGS/$DS.r$REP.mutate.out" | cut -c1-200)"
 
   # c. push after the change, e. store size
   for T in $TOOLS; do
@@ -257,27 +263,34 @@ for DS in $DATASETS; do
     if [[ ! -e $R ]]; then
       check="FAIL: nothing at $R"; meta="{}"
     elif [[ $KIND == dir ]]; then
-      if diff -rq --no-dereference "$WORK" "$R" >"$LOGS/$DS.$T.diff" 2>&1; then
+      if diff -rq --no-dereference "$WORK" "$R" >"$LOGS/$DS.r$REP.$T.diff" 2>&1; then
         check="ok (diff -rq)"
       else
-        check="FAIL: $(wc -l <"$LOGS/$DS.$T.diff") differences (logs/$DS.$T.diff)"
+        check="FAIL: $(wc -l <"$LOGS/$DS.r$REP.$T.diff") differences (logs/$DS.r$REP.$T.diff)"
       fi
-      meta=$("${REPORT[@]}" treemeta "$WORK" "$R" 2>>"$LOGS/$DS.$T.diff" || echo '{}')
+      meta=$("${REPORT[@]}" treemeta "$WORK" "$R" 2>>"$LOGS/$DS.r$REP.$T.diff" || echo '{}')
     else
-      if cmp "$WORK" "$R" >"$LOGS/$DS.$T.diff" 2>&1; then
+      if cmp "$WORK" "$R" >"$LOGS/$DS.r$REP.$T.diff" 2>&1; then
         check="ok (cmp)"
       else
-        check="FAIL: $(head -n1 "$LOGS/$DS.$T.diff")"
+        check="FAIL: $(head -n1 "$LOGS/$DS.r$REP.$T.diff")"
       fi
-      meta=$("${REPORT[@]}" treemeta "$WORK" "$R" 2>>"$LOGS/$DS.$T.diff" || echo '{}')
+      meta=$("${REPORT[@]}" treemeta "$WORK" "$R" 2>>"$LOGS/$DS.r$REP.$T.diff" || echo '{}')
     fi
     log "$DS $T restore check: $check"
     record "$DS" "$T" restore "check=$check" "meta_check:json=$meta"
-    rm -rf "$TARGET"
+    t0=$EPOCHREALTIME
+    rm -rf "$TARGET"; sync
+    log "removed restore in $("$PY" -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.1f}")' "$t0" "$EPOCHREALTIME")s"
   done
 
-  if [[ $KEEP -eq 0 ]]; then rm -rf "$D"; fi
+  if [[ $KEEP -eq 0 ]]; then
+    t0=$EPOCHREALTIME
+    rm -rf "$D"; sync
+    log "removed scratch $D in $("$PY" -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.1f}")' "$t0" "$EPOCHREALTIME")s"
+  fi
   "${REPORT[@]}" render "$OUT"
+done
 done
 
 "${REPORT[@]}" render "$OUT"

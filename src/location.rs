@@ -32,18 +32,13 @@ impl Location {
             if bucket.is_empty() {
                 bail!("store address {spec:?} names no bucket: use s3://BUCKET/PREFIX");
             }
-            return Ok(Location::S3 {
-                bucket: bucket.to_string(),
-                prefix: prefix.trim_matches('/').to_string(),
-            });
+            return Ok(Location::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() });
         }
         if let Some(path) = spec.strip_prefix("file://") {
             return Ok(Location::Local(path.into()));
         }
         if let Some((scheme, _)) = spec.split_once("://") {
-            bail!(
-                "unknown store scheme {scheme:?} in {spec:?}: use a path, file://PATH or s3://BUCKET/PREFIX"
-            );
+            bail!("unknown store scheme {scheme:?} in {spec:?}: use a path, file://PATH or s3://BUCKET/PREFIX");
         }
         Ok(Location::Local(spec.into()))
     }
@@ -51,9 +46,7 @@ impl Location {
     /// The backend for this location, with retries in front.
     pub fn open(&self, s3: &S3Flags) -> anyhow::Result<Arc<dyn Backend>> {
         Ok(match self {
-            Location::Local(path) => {
-                Arc::new(Retrying::new(FsBackend::new(path), RetryPolicy::default()))
-            }
+            Location::Local(path) => Arc::new(Retrying::new(FsBackend::new(path), RetryPolicy::default())),
             Location::S3 { bucket, prefix } => {
                 let backend = S3Backend::connect(S3Location {
                     bucket: bucket.clone(),
@@ -75,34 +68,11 @@ mod tests {
 
     #[test]
     fn parses_addresses() {
-        assert_eq!(
-            Location::parse("/tmp/s").unwrap(),
-            Location::Local("/tmp/s".into())
-        );
-        assert_eq!(
-            Location::parse("file:///tmp/s").unwrap(),
-            Location::Local("/tmp/s".into())
-        );
-        assert_eq!(
-            Location::parse("s3://b/a/b/").unwrap(),
-            Location::S3 {
-                bucket: "b".into(),
-                prefix: "a/b".into()
-            }
-        );
-        assert_eq!(
-            Location::parse("s3://b").unwrap(),
-            Location::S3 {
-                bucket: "b".into(),
-                prefix: String::new()
-            }
-        );
+        assert_eq!(Location::parse("/tmp/s").unwrap(), Location::Local("/tmp/s".into()));
+        assert_eq!(Location::parse("file:///tmp/s").unwrap(), Location::Local("/tmp/s".into()));
+        assert_eq!(Location::parse("s3://b/a/b/").unwrap(), Location::S3 { bucket: "b".into(), prefix: "a/b".into() });
+        assert_eq!(Location::parse("s3://b").unwrap(), Location::S3 { bucket: "b".into(), prefix: String::new() });
         assert!(Location::parse("s3://").is_err());
-        assert!(
-            Location::parse("gs://x")
-                .unwrap_err()
-                .to_string()
-                .contains("unknown store scheme")
-        );
+        assert!(Location::parse("gs://x").unwrap_err().to_string().contains("unknown store scheme"));
     }
 }

@@ -177,9 +177,7 @@ enum Command {
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("tag {s:?} is not KEY=VALUE"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("tag {s:?} is not KEY=VALUE"))?;
     if k.is_empty() {
         return Err(format!("tag {s:?} has an empty key"));
     }
@@ -187,10 +185,7 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("{s:?} is not a percentage"))?;
+    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("{s:?} is not a percentage"))?;
     if !(v > 0.0 && v <= 100.0) {
         return Err(format!("{s} is not in (0, 100]"));
     }
@@ -198,11 +193,9 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 }
 
 fn init_logging(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -243,8 +236,10 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             job,
             init,
         } => {
-            let backend = store.backend()?;
-            let s = Store::open_or_init(backend, &init.options())?;
+            // Check the input before anything is created.
+            push_operator::store::push::check_source(&source)?;
+            push_operator::store::push::build_excludes(&excludes)?;
+            let s = Store::open_or_init(store.backend()?, &init.options())?;
             let mut opts = PushOptions::new(source);
             opts.tags = tags.into_iter().collect::<BTreeMap<_, _>>();
             opts.excludes = excludes;
@@ -254,8 +249,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 Some("none") => ParentChoice::None,
                 Some(p) => ParentChoice::Snapshot(p.to_string()),
             };
-            (opts.repository, opts.mode, opts.consistency, opts.job) =
-                (repository, mode, consistency, job);
+            (opts.repository, opts.mode, opts.consistency, opts.job) = (repository, mode, consistency, job);
             let counters = Arc::new(Counters::default());
             let outcome = {
                 let _progress = PushProgress::start(counters.clone());
@@ -271,11 +265,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 o.insert("warnings".into(), outcome.warnings.clone().into());
                 println!("{}", serde_json::to_string(&v)?);
             } else {
-                println!(
-                    "snapshot {} saved ({})",
-                    outcome.id.short(),
-                    outcome.snapshot.source
-                );
+                println!("snapshot {} saved ({})", outcome.id.short(), outcome.snapshot.source);
                 println!(
                     "  files {} ({} unchanged), dirs {}, symlinks {}, skipped special {}",
                     st.files, st.files_unchanged, st.dirs, st.symlinks, st.skipped_special
@@ -296,10 +286,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             if outcome.warnings.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!(
-                    "push completed with warnings: {} entries could not be read",
-                    outcome.warnings.len()
-                );
+                eprintln!("push completed with warnings: {} entries could not be read", outcome.warnings.len());
                 Ok(ExitCode::from(EXIT_WARNINGS))
             }
         }
@@ -311,21 +298,15 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|(id, snap)| {
                         let mut v = serde_json::to_value(snap).expect("snapshots serialize");
-                        v.as_object_mut()
-                            .unwrap()
-                            .insert("id".into(), id.to_hex().into());
+                        v.as_object_mut().unwrap().insert("id".into(), id.to_hex().into());
                         v
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!(
-                    "{:<10} {:<20} {:<8} {:>10}  {:<8} source / tags",
-                    "id", "time (UTC)", "kind", "size", "mode"
-                );
+                println!("{:<10} {:<20} {:<8} {:>10}  {:<8} source / tags", "id", "time (UTC)", "kind", "size", "mode");
                 for (id, snap) in &snaps {
-                    let tags: Vec<String> =
-                        snap.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let tags: Vec<String> = snap.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     println!(
                         "{:<10} {:<20} {:<8} {:>10}  {:<8} {} {}",
                         id.short(),
@@ -341,41 +322,19 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore {
-            snapshot,
-            store,
-            target,
-            includes,
-            json,
-        } => {
+        Command::Restore { snapshot, store, target, includes, json } => {
             let s = store.open()?;
             let (id, snap) = s.find_snapshot(&snapshot)?;
             for inc in &includes {
-                if inc.is_absolute()
-                    || inc
-                        .components()
-                        .any(|c| matches!(c, std::path::Component::ParentDir))
-                {
-                    anyhow::bail!(
-                        "--include {} must be a relative path inside the snapshot",
-                        inc.display()
-                    );
+                if inc.is_absolute() || inc.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                    anyhow::bail!("--include {} must be a relative path inside the snapshot", inc.display());
                 }
             }
-            let stats = restore(
-                &s,
-                &snap,
-                &RestoreOptions {
-                    target: target.clone(),
-                    includes,
-                },
-            )
-            .with_context(|| format!("restore of snapshot {} failed", id.short()))?;
+            let stats = restore(&s, &snap, &RestoreOptions { target: target.clone(), includes })
+                .with_context(|| format!("restore of snapshot {} failed", id.short()))?;
             if json {
                 let mut v = serde_json::to_value(&stats)?;
-                v.as_object_mut()
-                    .unwrap()
-                    .insert("snapshot".into(), id.to_hex().into());
+                v.as_object_mut().unwrap().insert("snapshot".into(), id.to_hex().into());
                 println!("{}", serde_json::to_string(&v)?);
             } else {
                 println!(
@@ -393,23 +352,12 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify {
-            store,
-            read_data,
-            json,
-        } => {
+        Command::Verify { store, read_data, json } => {
             let s = store.open()?;
-            let report = verify(
-                &s,
-                &VerifyOptions {
-                    read_data_percent: read_data,
-                },
-            )?;
+            let report = verify(&s, &VerifyOptions { read_data_percent: read_data })?;
             if json {
                 let mut v = serde_json::to_value(&report)?;
-                v.as_object_mut()
-                    .unwrap()
-                    .insert("ok".into(), report.ok().into());
+                v.as_object_mut().unwrap().insert("ok".into(), report.ok().into());
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
@@ -422,39 +370,20 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     report.blobs_read
                 );
                 if report.packs_unindexed > 0 {
-                    println!(
-                        "{} packs are in no index (left by an interrupted push)",
-                        report.packs_unindexed
-                    );
+                    println!("{} packs are in no index (left by an interrupted push)", report.packs_unindexed);
                 }
                 for p in &report.problems {
                     println!("damage: {p}");
                 }
                 for a in &report.affected {
-                    println!(
-                        "snapshot {} ({}, {}) cannot restore intact:",
-                        &a.id[..8],
-                        a.time,
-                        a.source
-                    );
+                    println!("snapshot {} ({}, {}) cannot restore intact:", &a.id[..8], a.time, a.source);
                     for p in &a.paths {
                         println!("  {p}");
                     }
                 }
-                println!(
-                    "{}",
-                    if report.ok() {
-                        "no damage found"
-                    } else {
-                        "DAMAGE FOUND"
-                    }
-                );
+                println!("{}", if report.ok() { "no damage found" } else { "DAMAGE FOUND" });
             }
-            Ok(if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

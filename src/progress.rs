@@ -22,10 +22,7 @@ impl PushProgress {
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
-                    .expect("valid template"),
-            );
+            bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
             while !s.load(Ordering::Relaxed) {
                 let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
                 bar.set_message(format!(
@@ -40,10 +37,7 @@ impl PushProgress {
             }
             bar.finish_and_clear();
         });
-        PushProgress {
-            stop,
-            handle: Some(handle),
-        }
+        PushProgress { stop, handle: Some(handle) }
     }
 }
 

@@ -18,8 +18,5 @@ fn local_directory_backend_conforms() {
 #[test]
 fn retrying_wrapper_conforms() {
     let tmp = tempfile::tempdir().unwrap();
-    conformance::run_suite(Arc::new(Retrying::new(
-        FsBackend::new(tmp.path()),
-        RetryPolicy::default(),
-    )));
+    conformance::run_suite(Arc::new(Retrying::new(FsBackend::new(tmp.path()), RetryPolicy::default())));
 }

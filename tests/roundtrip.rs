@@ -15,21 +15,12 @@ fn full_tree_round_trip_and_incremental_pushes() {
 
     // First push: everything is new.
     let first = push_json(&src, store_s, &["--tag", "kind=test"]);
-    let files_in_src = describe(&src, false)
-        .values()
-        .filter(|e| e.kind == "file")
-        .count() as u64;
+    let files_in_src = describe(&src, false).values().filter(|e| e.kind == "file").count() as u64;
     assert_eq!(first["files"], files_in_src);
-    assert_eq!(
-        first["skipped_special"], specials as u64,
-        "FIFO and socket are skipped and counted"
-    );
+    assert_eq!(first["skipped_special"], specials as u64, "FIFO and socket are skipped and counted");
     assert!(first["bytes_new"].as_u64().unwrap() > 0);
     assert!(first["bytes_uploaded"].as_u64().unwrap() > 0);
-    assert!(
-        first["chunks_reused"].as_u64().unwrap() > 0,
-        "the duplicate file and the hard links dedup"
-    );
+    assert!(first["chunks_reused"].as_u64().unwrap() > 0, "the duplicate file and the hard links dedup");
     for key in [
         "snapshot",
         "files",
@@ -44,26 +35,13 @@ fn full_tree_round_trip_and_incremental_pushes() {
     }
 
     let out = tmp.path().join("restored");
-    ok(run(&[
-        "restore",
-        "latest",
-        "--store",
-        store_s,
-        "--target",
-        out.to_str().unwrap(),
-    ]));
+    ok(run(&["restore", "latest", "--store", store_s, "--target", out.to_str().unwrap()]));
     assert_same_tree(&src, &out);
     // Sparse stays sparse: 64 MiB apparent, about 100 KB of data.
-    assert!(
-        allocated(&out.join("sparse.img")) < 4 << 20,
-        "restored sparse file is not sparse"
-    );
+    assert!(allocated(&out.join("sparse.img")) < 4 << 20, "restored sparse file is not sparse");
     // Hard links are links again.
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(
-        fs::metadata(out.join("hard/a")).unwrap().ino(),
-        fs::metadata(out.join("hard-c")).unwrap().ino()
-    );
+    assert_eq!(fs::metadata(out.join("hard/a")).unwrap().ino(), fs::metadata(out.join("hard-c")).unwrap().ino());
     // The restore root takes the source directory's metadata when it creates it.
     assert_eq!(fs::metadata(&out).unwrap().mtime(), 1_500_000_000);
 
@@ -74,11 +52,7 @@ fn full_tree_round_trip_and_incremental_pushes() {
     assert_eq!(second["bytes_new"], 0);
     assert_eq!(second["chunks_new"], 0);
     assert_eq!(second["files_unchanged"], first["files"]);
-    assert_eq!(
-        count_files(&store.join("packs")),
-        packs,
-        "a no-change push writes no pack"
-    );
+    assert_eq!(count_files(&store.join("packs")), packs, "a no-change push writes no pack");
 
     // Third push after changing one file: only that file is read.
     let lorem = src.join("text/lorem.txt");
@@ -87,50 +61,26 @@ fn full_tree_round_trip_and_incremental_pushes() {
     fs::write(&lorem, &data).unwrap();
     let third = push_json(&src, store_s, &[]);
     assert_eq!(third["bytes_read"], data.len() as u64);
-    assert_eq!(
-        third["files_unchanged"].as_u64().unwrap(),
-        first["files"].as_u64().unwrap() - 1
-    );
+    assert_eq!(third["files_unchanged"].as_u64().unwrap(), first["files"].as_u64().unwrap() - 1);
     assert!(third["bytes_new"].as_u64().unwrap() <= data.len() as u64);
 
     // Restore the newest and an older snapshot by prefix.
     let out3 = tmp.path().join("restored3");
-    ok(run(&[
-        "restore",
-        "latest",
-        "--store",
-        store_s,
-        "--target",
-        out3.to_str().unwrap(),
-    ]));
+    ok(run(&["restore", "latest", "--store", store_s, "--target", out3.to_str().unwrap()]));
     assert_eq!(fs::read(out3.join("text/lorem.txt")).unwrap(), data);
     let first_id = first["snapshot"].as_str().unwrap();
     let out1 = tmp.path().join("restored1");
-    ok(run(&[
-        "restore",
-        &first_id[..10],
-        "--store",
-        store_s,
-        "--target",
-        out1.to_str().unwrap(),
-    ]));
-    assert_eq!(
-        fs::read(out1.join("text/lorem.txt")).unwrap(),
-        &data[..data.len() - 14]
-    );
+    ok(run(&["restore", &first_id[..10], "--store", store_s, "--target", out1.to_str().unwrap()]));
+    assert_eq!(fs::read(out1.join("text/lorem.txt")).unwrap(), &data[..data.len() - 14]);
 
     // Listing shows all three with the tag.
     let list: serde_json::Value =
-        serde_json::from_slice(&ok(run(&["snapshots", "--store", store_s, "--json"])).stdout)
-            .unwrap();
+        serde_json::from_slice(&ok(run(&["snapshots", "--store", store_s, "--json"])).stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 3);
     assert_eq!(list[0]["tags"]["kind"], "test");
     assert_eq!(list[0]["id"], first_id);
     let human = stdout(&ok(run(&["snapshots", "--store", store_s])));
-    assert!(
-        human.contains(&first_id[..8]) && human.contains("3 snapshots"),
-        "{human}"
-    );
+    assert!(human.contains(&first_id[..8]) && human.contains("3 snapshots"), "{human}");
 
     ok(run(&["verify", "--store", store_s, "--read-data"]));
 }
@@ -155,35 +105,11 @@ fn include_restores_only_the_named_paths() {
         "--include",
         "modes/exec.sh",
     ]));
-    let got: Vec<String> = walk(&out)
-        .into_iter()
-        .map(|(p, _)| p.display().to_string())
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            "modes",
-            "modes/exec.sh",
-            "text",
-            "text/dup-of-lorem.txt",
-            "text/lorem.txt",
-            "text/up-link"
-        ]
-    );
-    assert_eq!(
-        fs::read(out.join("text/lorem.txt")).unwrap(),
-        fs::read(src.join("text/lorem.txt")).unwrap()
-    );
-    let bad = run(&[
-        "restore",
-        "latest",
-        "--store",
-        store.to_str().unwrap(),
-        "--target",
-        "/tmp/x",
-        "--include",
-        "../etc",
-    ]);
+    let got: Vec<String> = walk(&out).into_iter().map(|(p, _)| p.display().to_string()).collect();
+    assert_eq!(got, vec!["modes", "modes/exec.sh", "text", "text/dup-of-lorem.txt", "text/lorem.txt", "text/up-link"]);
+    assert_eq!(fs::read(out.join("text/lorem.txt")).unwrap(), fs::read(src.join("text/lorem.txt")).unwrap());
+    let bad =
+        run(&["restore", "latest", "--store", store.to_str().unwrap(), "--target", "/tmp/x", "--include", "../etc"]);
     assert!(!bad.status.success());
 }
 
@@ -197,34 +123,16 @@ fn excludes_skip_matching_paths() {
     fs::write(src.join("keep/a.log"), b"log").unwrap();
     fs::write(src.join("keep/a.txt"), b"txt").unwrap();
     let store = tmp.path().join("store");
-    let r = push_json(
-        &src,
-        store.to_str().unwrap(),
-        &["--exclude", "cache", "--exclude", "*.log"],
-    );
+    let r = push_json(&src, store.to_str().unwrap(), &["--exclude", "cache", "--exclude", "*.log"]);
     assert_eq!(r["files"], 1);
     let out = tmp.path().join("out");
-    ok(run(&[
-        "restore",
-        "latest",
-        "--store",
-        store.to_str().unwrap(),
-        "--target",
-        out.to_str().unwrap(),
-    ]));
-    let got: Vec<String> = walk(&out)
-        .into_iter()
-        .map(|(p, _)| p.display().to_string())
-        .collect();
+    ok(run(&["restore", "latest", "--store", store.to_str().unwrap(), "--target", out.to_str().unwrap()]));
+    let got: Vec<String> = walk(&out).into_iter().map(|(p, _)| p.display().to_string()).collect();
     assert_eq!(got, vec!["keep", "keep/a.txt"]);
 }
 
 fn losetup(img: &Path) -> String {
-    let o = std::process::Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(img)
-        .output()
-        .unwrap();
+    let o = std::process::Command::new("losetup").args(["-f", "--show"]).arg(img).output().unwrap();
     assert!(
         o.status.success(),
         "losetup failed (the block-device test needs root and loop devices): {}",
@@ -236,9 +144,7 @@ fn losetup(img: &Path) -> String {
 struct Loop(String);
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
+        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
     }
 }
 
@@ -249,24 +155,12 @@ fn single_file_and_block_device_sources() {
     let store_s = store.to_str().unwrap();
     // A regular file (an image) restores to a file.
     let img = tmp.path().join("disk.img");
-    let content = [
-        seeded_bytes(10, 5 << 20),
-        vec![0u8; 3 << 20],
-        text_bytes(11, 4 << 20),
-    ]
-    .concat();
+    let content = [seeded_bytes(10, 5 << 20), vec![0u8; 3 << 20], text_bytes(11, 4 << 20)].concat();
     fs::write(&img, &content).unwrap();
     let r = push_json(&img, store_s, &[]);
     assert_eq!(r["files"], 1);
     let out = tmp.path().join("restored.img");
-    ok(run(&[
-        "restore",
-        r["snapshot"].as_str().unwrap(),
-        "--store",
-        store_s,
-        "--target",
-        out.to_str().unwrap(),
-    ]));
+    ok(run(&["restore", r["snapshot"].as_str().unwrap(), "--store", store_s, "--target", out.to_str().unwrap()]));
     assert_eq!(fs::read(&out).unwrap(), content);
     // Unchanged: not read again.
     assert_eq!(push_json(&img, store_s, &[])["bytes_read"], 0);
@@ -281,36 +175,15 @@ fn single_file_and_block_device_sources() {
     let dev = Loop(losetup(&dev_img));
     let r = push_json(Path::new(&dev.0), store_s, &[]);
     assert_eq!(r["bytes_read"], content.len() as u64);
-    assert!(
-        r["bytes_new"].as_u64().unwrap() < 1 << 20,
-        "same content as the file: deduplicated"
-    );
+    assert!(r["bytes_new"].as_u64().unwrap() < 1 << 20, "same content as the file: deduplicated");
     let target_img = tmp.path().join("target.img");
     fs::write(&target_img, vec![0xAAu8; content.len()]).unwrap();
     let target = Loop(losetup(&target_img));
-    ok(run(&[
-        "restore",
-        r["snapshot"].as_str().unwrap(),
-        "--store",
-        store_s,
-        "--target",
-        &target.0,
-    ]));
+    ok(run(&["restore", r["snapshot"].as_str().unwrap(), "--store", store_s, "--target", &target.0]));
     drop(target);
-    assert_eq!(
-        fs::read(&target_img).unwrap(),
-        content,
-        "zero ranges must be written on a device"
-    );
+    assert_eq!(fs::read(&target_img).unwrap(), content, "zero ranges must be written on a device");
     // And to a plain file.
     let out2 = tmp.path().join("from-device.img");
-    ok(run(&[
-        "restore",
-        r["snapshot"].as_str().unwrap(),
-        "--store",
-        store_s,
-        "--target",
-        out2.to_str().unwrap(),
-    ]));
+    ok(run(&["restore", r["snapshot"].as_str().unwrap(), "--store", store_s, "--target", out2.to_str().unwrap()]));
     assert_eq!(fs::read(&out2).unwrap(), content);
 }

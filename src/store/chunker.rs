@@ -40,11 +40,12 @@ impl Default for ChunkerParams {
 impl ChunkerParams {
     pub fn validate(&self) -> Result<(), String> {
         let (min, avg, max) = (self.min_size, self.avg_size, self.max_size);
-        if !(v2020::MINIMUM_MIN..=v2020::MINIMUM_MAX).contains(&min)
-            || !(v2020::AVERAGE_MIN..=v2020::AVERAGE_MAX).contains(&avg)
-            || !(v2020::MAXIMUM_MIN..=v2020::MAXIMUM_MAX).contains(&max)
-            || !(min <= avg && avg <= max)
-        {
+        let in_range = (v2020::MINIMUM_MIN..=v2020::MINIMUM_MAX).contains(&min)
+            && (v2020::AVERAGE_MIN..=v2020::AVERAGE_MAX).contains(&avg)
+            && (v2020::MAXIMUM_MIN..=v2020::MAXIMUM_MAX).contains(&max)
+            && min <= avg
+            && avg <= max;
+        if !in_range {
             return Err(format!(
                 "chunk sizes {min}/{avg}/{max} out of range: need {}..={} <= {}..={} <= {}..={}",
                 v2020::MINIMUM_MIN,
@@ -70,8 +71,7 @@ pub struct Chunker {
 
 impl Chunker {
     pub fn new(p: &ChunkerParams) -> Chunker {
-        p.validate()
-            .expect("chunker parameters are validated when the store is opened");
+        p.validate().expect("chunker parameters are validated when the store is opened");
         let bits = v2020::logarithm2(p.avg_size);
         let norm = v2020::Normalization::Level1.bits();
         Chunker {
@@ -138,10 +138,7 @@ mod tests {
         c.cut_points(data, true)
             .into_iter()
             .map(|end| {
-                let r = (
-                    end - start,
-                    crate::store::id::Id::of(&data[start..end]).short(),
-                );
+                let r = (end - start, crate::store::id::Id::of(&data[start..end]).short());
                 start = end;
                 r
             })
@@ -231,9 +228,8 @@ mod tests {
     fn equals_the_reference_fastcdc_v2020() {
         let data = seeded_bytes(11, 7 << 20);
         let p = ChunkerParams::default();
-        let reference: Vec<usize> = v2020::FastCDC::new(&data, p.min_size, p.avg_size, p.max_size)
-            .map(|c| c.offset + c.length)
-            .collect();
+        let reference: Vec<usize> =
+            v2020::FastCDC::new(&data, p.min_size, p.avg_size, p.max_size).map(|c| c.offset + c.length).collect();
         assert_eq!(Chunker::new(&p).cut_points(&data, true), reference);
     }
 

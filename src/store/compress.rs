@@ -46,9 +46,7 @@ mod tests {
         let c = super::compress(&text, 3).unwrap().expect("text compresses");
         assert!(c.len() < text.len() / 4);
         assert_eq!(super::decompress(&c, text.len()).unwrap(), text);
-        let noise: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let _ = super::compress(&noise, 3).unwrap();
         assert!(super::decompress(b"not zstd", 10).is_err());
     }

@@ -65,10 +65,7 @@ mod tests {
     fn hex_round_trip() {
         let id = Id::of(b"hello");
         assert_eq!(Id::parse(&id.to_hex()).unwrap(), id);
-        assert_eq!(
-            id.to_hex(),
-            "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
-        );
+        assert_eq!(id.to_hex(), "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f");
         assert!(Id::parse("zz").is_err());
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<Id>(&json).unwrap(), id);

@@ -47,9 +47,7 @@ impl IndexFile {
             }
         }
         let mut out = INDEX_MAGIC.to_vec();
-        out.extend_from_slice(
-            &zstd::bulk::compress(&body, 3).expect("zstd compresses into memory"),
-        );
+        out.extend_from_slice(&zstd::bulk::compress(&body, 3).expect("zstd compresses into memory"));
         out
     }
 
@@ -57,8 +55,7 @@ impl IndexFile {
         if bytes.len() < 8 || &bytes[..8] != INDEX_MAGIC {
             bail!("not an index object (bad magic)");
         }
-        let body =
-            zstd::stream::decode_all(&bytes[8..]).context("index object does not decompress")?;
+        let body = zstd::stream::decode_all(&bytes[8..]).context("index object does not decompress")?;
         let mut r = Reader { b: &body, pos: 0 };
         let mut f = IndexFile::default();
         for _ in 0..r.u32()? {
@@ -155,10 +152,7 @@ impl Index {
 
     /// Builds the index from decoded index objects, dropping the superseded ones.
     pub fn from_files(files: Vec<(Id, IndexFile)>) -> Index {
-        let superseded: HashSet<Id> = files
-            .iter()
-            .flat_map(|(_, f)| f.supersedes.iter().copied())
-            .collect();
+        let superseded: HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
         let mut idx = Index::default();
         for (id, f) in files {
             if superseded.contains(&id) {
@@ -215,11 +209,7 @@ mod tests {
 
     fn entry(n: u8, offset: u32) -> PackEntry {
         PackEntry {
-            kind: if n % 2 == 0 {
-                BlobKind::Data
-            } else {
-                BlobKind::Tree
-            },
+            kind: if n.is_multiple_of(2) { BlobKind::Data } else { BlobKind::Tree },
             compression: Compression::Zstd,
             id: Id::of(&[n]),
             offset,
@@ -230,17 +220,11 @@ mod tests {
 
     #[test]
     fn encode_decode_and_supersede() {
-        let a = IndexFile {
-            supersedes: vec![],
-            packs: vec![(Id::of(b"p1"), vec![entry(1, 8), entry(2, 19)])],
-        };
+        let a = IndexFile { supersedes: vec![], packs: vec![(Id::of(b"p1"), vec![entry(1, 8), entry(2, 19)])] };
         let bytes = a.encode();
         assert_eq!(IndexFile::decode(&bytes).unwrap(), a);
         let a_id = Id::of(&bytes);
-        let b = IndexFile {
-            supersedes: vec![a_id],
-            packs: vec![(Id::of(b"p2"), vec![entry(3, 8)])],
-        };
+        let b = IndexFile { supersedes: vec![a_id], packs: vec![(Id::of(b"p2"), vec![entry(3, 8)])] };
         let idx = Index::from_files(vec![(a_id, a), (Id::of(&b.encode()), b)]);
         assert_eq!(idx.files.len(), 1);
         assert!(!idx.contains(&Id::of(&[1])));

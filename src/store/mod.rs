@@ -64,11 +64,7 @@ pub struct InitOptions {
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions {
-            chunker: ChunkerParams::default(),
-            compression_level: 3,
-            pack_size: 16 << 20,
-        }
+        InitOptions { chunker: ChunkerParams::default(), compression_level: 3, pack_size: 16 << 20 }
     }
 }
 
@@ -81,9 +77,7 @@ pub enum OpenError {
         "the store at {location} has format version {found}; this push-operator reads version {FORMAT_VERSION}: use a push-operator release that matches the store"
     )]
     Version { location: String, found: u32 },
-    #[error(
-        "{0} is not a push-operator store (it holds other files and no config): choose a new or empty location"
-    )]
+    #[error("{0} is not a push-operator store (it holds other files and no config): choose a new or empty location")]
     Foreign(String),
     #[error("the store config at {location} is damaged: {reason}")]
     Damaged { location: String, reason: String },
@@ -117,11 +111,7 @@ impl Store {
             Ok(raw) => raw,
             Err(BackendError::NotFound(_)) => {
                 let foreign = !backend.list("")?.is_empty();
-                return Err(if foreign {
-                    OpenError::Foreign(location)
-                } else {
-                    OpenError::Missing(location)
-                });
+                return Err(if foreign { OpenError::Foreign(location) } else { OpenError::Missing(location) });
             }
             Err(e) => return Err(e.into()),
         };
@@ -129,27 +119,14 @@ impl Store {
         struct Probe {
             version: u32,
         }
-        let probe: Probe = serde_json::from_slice(&raw).map_err(|e| OpenError::Damaged {
-            location: location.clone(),
-            reason: e.to_string(),
-        })?;
+        let probe: Probe = serde_json::from_slice(&raw)
+            .map_err(|e| OpenError::Damaged { location: location.clone(), reason: e.to_string() })?;
         if probe.version != FORMAT_VERSION {
-            return Err(OpenError::Version {
-                location,
-                found: probe.version,
-            });
+            return Err(OpenError::Version { location, found: probe.version });
         }
-        let config: Config = serde_json::from_slice(&raw).map_err(|e| OpenError::Damaged {
-            location: location.clone(),
-            reason: e.to_string(),
-        })?;
-        config
-            .chunker
-            .validate()
-            .map_err(|reason| OpenError::Damaged {
-                location: location.clone(),
-                reason,
-            })?;
+        let config: Config = serde_json::from_slice(&raw)
+            .map_err(|e| OpenError::Damaged { location: location.clone(), reason: e.to_string() })?;
+        config.chunker.validate().map_err(|reason| OpenError::Damaged { location: location.clone(), reason })?;
         if config.compression.algorithm != "zstd" {
             return Err(OpenError::Damaged {
                 location,
@@ -157,11 +134,7 @@ impl Store {
             });
         }
         let chunker = Chunker::new(&config.chunker);
-        Ok(Store {
-            backend,
-            config,
-            chunker,
-        })
+        Ok(Store { backend, config, chunker })
     }
 
     /// Creates a store; when one exists already (created meanwhile by a concurrent push, say),
@@ -169,10 +142,7 @@ impl Store {
     pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions) -> anyhow::Result<Store> {
         opts.chunker.validate().map_err(|e| anyhow::anyhow!(e))?;
         if !(1..=22).contains(&opts.compression_level) {
-            bail!(
-                "compression level {} out of range 1..=22",
-                opts.compression_level
-            );
+            bail!("compression level {} out of range 1..=22", opts.compression_level);
         }
         if !((1 << 20)..=(1 << 30)).contains(&opts.pack_size) {
             bail!("pack size {} out of range 1 MiB..=1 GiB", opts.pack_size);
@@ -187,10 +157,7 @@ impl Store {
             id: Id::random(),
             created: chrono::Utc::now(),
             chunker: opts.chunker,
-            compression: CompressionParams {
-                algorithm: "zstd".into(),
-                level: opts.compression_level,
-            },
+            compression: CompressionParams { algorithm: "zstd".into(), level: opts.compression_level },
             pack_size: opts.pack_size,
         };
         let bytes = serde_json::to_vec_pretty(&config)?;
@@ -213,19 +180,12 @@ impl Store {
             .par_iter()
             .map(|o| -> anyhow::Result<(Id, IndexFile)> {
                 let name = o.key.trim_start_matches("index/");
-                let id = Id::parse(name)
-                    .map_err(|e| anyhow::anyhow!("stray object {} in the store: {e}", o.key))?;
+                let id = Id::parse(name).map_err(|e| anyhow::anyhow!("stray object {} in the store: {e}", o.key))?;
                 let bytes = self.backend.get(&o.key)?;
                 if Id::of(&bytes) != id {
-                    bail!(
-                        "index object {} is damaged (content does not match its name)",
-                        o.key
-                    );
+                    bail!("index object {} is damaged (content does not match its name)", o.key);
                 }
-                Ok((
-                    id,
-                    IndexFile::decode(&bytes).with_context(|| format!("index object {}", o.key))?,
-                ))
+                Ok((id, IndexFile::decode(&bytes).with_context(|| format!("index object {}", o.key))?))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Index::from_files(files))
@@ -267,10 +227,7 @@ impl Store {
             .collect();
         let n = found.len();
         for chunk in found.chunks(64) {
-            let file = IndexFile {
-                supersedes: vec![],
-                packs: chunk.to_vec(),
-            };
+            let file = IndexFile { supersedes: vec![], packs: chunk.to_vec() };
             self.write_index(&file)?;
             for (id, entries) in chunk {
                 index.add_pack(*id, entries);
@@ -284,17 +241,13 @@ impl Store {
         if size < (pack::PACK_MAGIC.len() + pack::FOOTER_LEN) as u64 {
             bail!("pack {key} is too short ({size} bytes)");
         }
-        let footer =
-            self.backend
-                .get_range(key, size - pack::FOOTER_LEN as u64, pack::FOOTER_LEN as u64)?;
+        let footer = self.backend.get_range(key, size - pack::FOOTER_LEN as u64, pack::FOOTER_LEN as u64)?;
         let count = pack::parse_footer(&footer)?;
         let tlen = (count * pack::ENTRY_LEN) as u64;
         if tlen + (pack::FOOTER_LEN + pack::PACK_MAGIC.len()) as u64 > size {
             bail!("pack {key}: trailer does not fit");
         }
-        let trailer = self
-            .backend
-            .get_range(key, size - pack::FOOTER_LEN as u64 - tlen, tlen)?;
+        let trailer = self.backend.get_range(key, size - pack::FOOTER_LEN as u64 - tlen, tlen)?;
         pack::parse_trailer(&trailer, size)
     }
 
@@ -308,10 +261,7 @@ impl Store {
                     .map_err(|e| anyhow::anyhow!("stray object {} in the store: {e}", o.key))?;
                 let bytes = self.backend.get(&o.key)?;
                 if Id::of(&bytes) != id {
-                    bail!(
-                        "snapshot {} is damaged (content does not match its name)",
-                        id.short()
-                    );
+                    bail!("snapshot {} is damaged (content does not match its name)", id.short());
                 }
                 let snap: Snapshot = serde_json::from_slice(&bytes)
                     .with_context(|| format!("snapshot {} does not parse", id.short()))?;
@@ -332,10 +282,7 @@ impl Store {
             return Ok(snaps.pop().expect("not empty"));
         }
         let spec_l = spec.to_ascii_lowercase();
-        let matches: Vec<_> = snaps
-            .into_iter()
-            .filter(|(id, _)| id.to_hex().starts_with(&spec_l))
-            .collect();
+        let matches: Vec<_> = snaps.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_l)).collect();
         match matches.len() {
             0 => bail!("no snapshot {spec:?} in the store: `push-operator snapshots` lists them"),
             1 => Ok(matches.into_iter().next().unwrap()),
@@ -347,8 +294,7 @@ impl Store {
     pub fn write_snapshot(&self, snap: &Snapshot) -> anyhow::Result<(Id, u64)> {
         let bytes = serde_json::to_vec_pretty(snap)?;
         let id = Id::of(&bytes);
-        self.backend
-            .put_if_absent(&snapshot::snapshot_key(&id), &bytes)?;
+        self.backend.put_if_absent(&snapshot::snapshot_key(&id), &bytes)?;
         Ok((id, bytes.len() as u64))
     }
 }
@@ -364,12 +310,7 @@ pub struct BlobReader<'a> {
 
 impl<'a> BlobReader<'a> {
     pub fn new(store: &'a Store, index: &'a Index) -> BlobReader<'a> {
-        BlobReader {
-            store,
-            index,
-            cache: Mutex::new(Vec::new()),
-            cache_packs: 4,
-        }
+        BlobReader { store, index, cache: Mutex::new(Vec::new()), cache_packs: 4 }
     }
 
     pub fn index(&self) -> &Index {
@@ -395,10 +336,7 @@ impl<'a> BlobReader<'a> {
 
     /// The plaintext of a blob, hash checked.
     pub fn read(&self, id: &Id) -> anyhow::Result<Vec<u8>> {
-        let loc = self
-            .index
-            .get(id)
-            .with_context(|| format!("blob {id} is not in the index"))?;
+        let loc = self.index.get(id).with_context(|| format!("blob {id} is not in the index"))?;
         let pack = self.index.pack_id(loc);
         let entry = self.index.entry(id).expect("present");
         let stored = if loc.kind == BlobKind::Tree {
@@ -409,11 +347,7 @@ impl<'a> BlobReader<'a> {
             }
             data[s..e].to_vec()
         } else {
-            self.store.backend.get_range(
-                &pack::pack_key(&pack),
-                loc.offset as u64,
-                loc.length as u64,
-            )?
+            self.store.backend.get_range(&pack::pack_key(&pack), loc.offset as u64, loc.length as u64)?
         };
         pack::decode_blob(&entry, &stored).with_context(|| format!("in pack {pack}"))
     }

@@ -93,10 +93,7 @@ impl PackBuilder {
     pub fn new(capacity: usize) -> PackBuilder {
         let mut buf = Vec::with_capacity(capacity);
         buf.extend_from_slice(PACK_MAGIC);
-        PackBuilder {
-            buf,
-            entries: Vec::new(),
-        }
+        PackBuilder { buf, entries: Vec::new() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,14 +104,7 @@ impl PackBuilder {
         self.buf.len()
     }
 
-    pub fn add(
-        &mut self,
-        kind: BlobKind,
-        compression: Compression,
-        id: Id,
-        stored: &[u8],
-        raw_length: usize,
-    ) {
+    pub fn add(&mut self, kind: BlobKind, compression: Compression, id: Id, stored: &[u8], raw_length: usize) {
         let offset = self.buf.len() as u32;
         self.buf.extend_from_slice(stored);
         self.entries.push(PackEntry {
@@ -131,14 +121,9 @@ impl PackBuilder {
         for e in &self.entries {
             e.encode(&mut self.buf);
         }
-        self.buf
-            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(TRAILER_MAGIC);
-        SealedPack {
-            id: Id::of(&self.buf),
-            bytes: self.buf,
-            entries: self.entries,
-        }
+        SealedPack { id: Id::of(&self.buf), bytes: self.buf, entries: self.entries }
     }
 }
 
@@ -152,11 +137,8 @@ pub fn parse_footer(footer: &[u8]) -> anyhow::Result<usize> {
 
 /// Decodes a trailer (the entries, without the footer) of a pack of `pack_len` bytes.
 pub fn parse_trailer(trailer: &[u8], pack_len: u64) -> anyhow::Result<Vec<PackEntry>> {
-    if trailer.len() % ENTRY_LEN != 0 {
-        bail!(
-            "pack trailer length {} is not a multiple of {ENTRY_LEN}",
-            trailer.len()
-        );
+    if !trailer.len().is_multiple_of(ENTRY_LEN) {
+        bail!("pack trailer length {} is not a multiple of {ENTRY_LEN}", trailer.len());
     }
     let mut offset = PACK_MAGIC.len() as u64;
     let mut out = Vec::with_capacity(trailer.len() / ENTRY_LEN);
@@ -186,14 +168,9 @@ pub fn parse_pack(bytes: &[u8]) -> anyhow::Result<Vec<PackEntry>> {
         bail!("not a pack (bad header)");
     }
     let count = parse_footer(&bytes[bytes.len() - FOOTER_LEN..])?;
-    let tlen = count
-        .checked_mul(ENTRY_LEN)
-        .context("pack entry count overflows")?;
+    let tlen = count.checked_mul(ENTRY_LEN).context("pack entry count overflows")?;
     if tlen + FOOTER_LEN + PACK_MAGIC.len() > bytes.len() {
-        bail!(
-            "pack trailer of {count} entries does not fit in {} bytes",
-            bytes.len()
-        );
+        bail!("pack trailer of {count} entries does not fit in {} bytes", bytes.len());
     }
     let start = bytes.len() - FOOTER_LEN - tlen;
     parse_trailer(&bytes[start..bytes.len() - FOOTER_LEN], bytes.len() as u64)
@@ -213,10 +190,7 @@ pub fn decode_blob(entry: &PackEntry, stored: &[u8]) -> anyhow::Result<Vec<u8>> 
             .with_context(|| format!("blob {} does not decompress", entry.id))?,
     };
     if plain.len() != entry.raw_length as usize || Id::of(&plain) != entry.id {
-        bail!(
-            "blob {} is damaged: its content does not match its id",
-            entry.id
-        );
+        bail!("blob {} is damaged: its content does not match its id", entry.id);
     }
     Ok(plain)
 }
@@ -230,11 +204,7 @@ mod tests {
         let mut b = PackBuilder::new(1024);
         let blobs: Vec<Vec<u8>> = vec![b"alpha".to_vec(), vec![0u8; 300], b"".to_vec()];
         for (i, blob) in blobs.iter().enumerate() {
-            let kind = if i == 1 {
-                BlobKind::Tree
-            } else {
-                BlobKind::Data
-            };
+            let kind = if i == 1 { BlobKind::Tree } else { BlobKind::Data };
             b.add(kind, Compression::Raw, Id::of(blob), blob, blob.len());
         }
         let sealed = b.seal();

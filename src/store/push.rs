@@ -166,7 +166,7 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-fn build_excludes(patterns: &[String]) -> anyhow::Result<GlobSet> {
+pub fn build_excludes(patterns: &[String]) -> anyhow::Result<GlobSet> {
     let mut b = GlobSetBuilder::new();
     for p in patterns {
         let g = GlobBuilder::new(p.trim_end_matches('/'))
@@ -230,10 +230,7 @@ impl Pusher<'_> {
     fn warn(&self, rel: &Path, e: &io::Error) {
         add(&self.counters.errors, 1);
         tracing::warn!(path = %rel.display(), error = %e, "cannot read; skipped");
-        self.warnings
-            .lock()
-            .unwrap()
-            .push(format!("{}: {e}", rel.display()));
+        self.warnings.lock().unwrap().push(format!("{}: {e}", rel.display()));
     }
 
     fn packer(&self, kind: BlobKind) -> &Mutex<PackBuilder> {
@@ -258,10 +255,7 @@ impl Pusher<'_> {
             let mut p = self.packer(kind).lock().unwrap();
             p.add(kind, comp, id, stored, data.len());
             if p.len() >= self.pack_size {
-                Some(std::mem::replace(
-                    &mut *p,
-                    PackBuilder::new(self.pack_size + (1 << 20)),
-                ))
+                Some(std::mem::replace(&mut *p, PackBuilder::new(self.pack_size + (1 << 20))))
             } else {
                 None
             }
@@ -274,14 +268,8 @@ impl Pusher<'_> {
 
     fn send(&self, builder: PackBuilder) -> anyhow::Result<()> {
         let sealed = builder.seal();
-        let tx = self
-            .tx
-            .lock()
-            .unwrap()
-            .clone()
-            .context("push aborted: upload queue closed")?;
-        tx.send(sealed)
-            .map_err(|_| anyhow::anyhow!("push aborted: uploaders stopped"))
+        let tx = self.tx.lock().unwrap().clone().context("push aborted: upload queue closed")?;
+        tx.send(sealed).map_err(|_| anyhow::anyhow!("push aborted: uploaders stopped"))
     }
 
     fn store_chunk(&self, data: &[u8]) -> anyhow::Result<Id> {
@@ -301,11 +289,7 @@ impl Pusher<'_> {
             if self.abort.load(Ordering::Relaxed) {
                 continue; // drain, so senders never block on a dead queue
             }
-            match self
-                .store
-                .backend()
-                .put_if_absent(&pack_key(&pack.id), &pack.bytes)
-            {
+            match self.store.backend().put_if_absent(&pack_key(&pack.id), &pack.bytes) {
                 Ok(written) => {
                     if written {
                         add(&self.counters.bytes_uploaded, pack.bytes.len() as u64);
@@ -340,8 +324,7 @@ impl Pusher<'_> {
     }
 
     fn excluded(&self, rel: &Path, name: &OsStr) -> bool {
-        !self.excludes.is_empty()
-            && (self.excludes.is_match(rel) || self.excludes.is_match(Path::new(name)))
+        !self.excludes.is_empty() && (self.excludes.is_match(rel) || self.excludes.is_match(Path::new(name)))
     }
 
     fn parent_subtree(&self, node: Option<&Node>) -> Option<Tree> {
@@ -356,26 +339,16 @@ impl Pusher<'_> {
     }
 
     /// Archives a directory's entries; returns the tree id.
-    fn archive_dir(
-        &self,
-        path: &Path,
-        rel: &Path,
-        parent: Option<&Tree>,
-    ) -> Result<Id, EntryError> {
+    fn archive_dir(&self, path: &Path, rel: &Path, parent: Option<&Tree>) -> Result<Id, EntryError> {
         let mut entries: Vec<OsString> = fs::read_dir(path)
-            .and_then(|rd| {
-                rd.map(|e| e.map(|e| e.file_name()))
-                    .collect::<io::Result<Vec<_>>>()
-            })
+            .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<_>>>())
             .map_err(EntryError::Source)?;
         entries.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let nodes: Vec<Option<Node>> = entries
             .par_iter()
             .map(|name| self.archive_entry(&path.join(name), &rel.join(name), name, parent))
             .collect::<anyhow::Result<_>>()?;
-        let tree = Tree {
-            nodes: nodes.into_iter().flatten().collect(),
-        };
+        let tree = Tree { nodes: nodes.into_iter().flatten().collect() };
         let (id, new) = self.store_blob(BlobKind::Tree, &tree.encode())?;
         if new {
             add(&self.counters.trees_new, 1);
@@ -412,8 +385,7 @@ impl Pusher<'_> {
                 Err(EntryError::Source(e)) => {
                     // Keep the directory (with its metadata) but empty, and say so.
                     self.warn(rel, &e);
-                    self.store_blob(BlobKind::Tree, &Tree::default().encode())?
-                        .0
+                    self.store_blob(BlobKind::Tree, &Tree::default().encode())?.0
                 }
             });
             add(&self.counters.dirs, 1);
@@ -440,9 +412,7 @@ impl Pusher<'_> {
             add(&self.counters.symlinks, 1);
             Ok(Some(node))
         } else {
-            debug_assert!(
-                ft.is_socket() || ft.is_fifo() || ft.is_block_device() || ft.is_char_device()
-            );
+            debug_assert!(ft.is_socket() || ft.is_fifo() || ft.is_block_device() || ft.is_char_device());
             add(&self.counters.skipped_special, 1);
             Ok(None)
         }
@@ -493,10 +463,8 @@ impl Pusher<'_> {
                         Some(r)
                     })
                     .collect();
-                let ids: Vec<Id> = bounds
-                    .par_iter()
-                    .map(|&(s, e)| self.store_chunk(&buf[s..e]))
-                    .collect::<anyhow::Result<_>>()?;
+                let ids: Vec<Id> =
+                    bounds.par_iter().map(|&(s, e)| self.store_chunk(&buf[s..e])).collect::<anyhow::Result<_>>()?;
                 node.content.extend(ids);
                 let consumed = cuts.last().copied().unwrap_or(0);
                 size += consumed as u64;
@@ -545,10 +513,9 @@ fn fill(f: &mut File, buf: &mut Vec<u8>, target: usize) -> io::Result<bool> {
     Ok(false)
 }
 
-/// Pushes `opts.source` into `store`.
-pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::Result<PushOutcome> {
-    let started = Instant::now();
-    let source = &opts.source;
+/// What kind of source `source` is, or an error that says how to fix the path. Reads nothing
+/// but its metadata (and opens it once), so a caller can check before creating anything.
+pub fn check_source(source: &Path) -> anyhow::Result<(SourceKind, fs::Metadata)> {
     let meta = fs::metadata(source).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => anyhow::anyhow!(
             "source {} does not exist: give an existing directory, file or block device",
@@ -564,21 +531,23 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
     } else if ft.is_block_device() {
         SourceKind::Device
     } else {
-        bail!(
-            "source {} is not a directory, a regular file or a block device",
-            source.display()
-        );
+        bail!("source {} is not a directory, a regular file or a block device", source.display());
     };
     if kind == SourceKind::Dir {
         fs::read_dir(source).with_context(|| format!("cannot read source {}", source.display()))?;
     } else {
         File::open(source).with_context(|| format!("cannot read source {}", source.display()))?;
     }
+    Ok((kind, meta))
+}
+
+/// Pushes `opts.source` into `store`.
+pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::Result<PushOutcome> {
+    let started = Instant::now();
+    let source = &opts.source;
+    let (kind, meta) = check_source(source)?;
     let canonical = fs::canonicalize(source).unwrap_or_else(|_| source.clone());
-    let source_name = opts
-        .source_name
-        .clone()
-        .unwrap_or_else(|| canonical.to_string_lossy().into_owned());
+    let source_name = opts.source_name.clone().unwrap_or_else(|| canonical.to_string_lossy().into_owned());
     let excludes = build_excludes(&opts.excludes)?;
 
     let mut index = store.load_index()?;
@@ -589,11 +558,9 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
     let parent: Option<(Id, Snapshot)> = match &opts.parent {
         ParentChoice::None => None,
         ParentChoice::Snapshot(spec) => Some(store.find_snapshot(spec)?),
-        ParentChoice::Auto => store
-            .list_snapshots()?
-            .into_iter()
-            .rev()
-            .find(|(_, s)| s.source == source_name && s.kind == kind),
+        ParentChoice::Auto => {
+            store.list_snapshots()?.into_iter().rev().find(|(_, s)| s.source == source_name && s.kind == kind)
+        }
     };
 
     let (tx, rx) = crossbeam_channel::bounded::<SealedPack>(1);
@@ -617,10 +584,7 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
         failure: Mutex::new(None),
     };
 
-    let name = canonical
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| OsString::from("root"));
+    let name = canonical.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| OsString::from("root"));
     let walked: anyhow::Result<(Id, Node)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..opts.uploaders.max(1))
             .map(|_| {
@@ -641,8 +605,7 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
             let root = match kind {
                 SourceKind::Dir => {
                     let mut node = Node::from_metadata(&name, NodeKind::Dir, &meta);
-                    let tree = match pusher.archive_dir(source, Path::new(""), parent_root.as_ref())
-                    {
+                    let tree = match pusher.archive_dir(source, Path::new(""), parent_root.as_ref()) {
                         Ok(id) => id,
                         Err(EntryError::Source(e)) => {
                             bail!("cannot read source {}: {e}", source.display())
@@ -655,17 +618,14 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
                 SourceKind::File | SourceKind::Device => {
                     let mut node = Node::from_metadata(&name, NodeKind::File, &meta);
                     let pnode = parent_root.as_ref().and_then(|t| t.find(name.as_bytes()));
-                    match pusher.archive_file(source, &mut node, pnode, kind == SourceKind::Device)
-                    {
+                    match pusher.archive_file(source, &mut node, pnode, kind == SourceKind::Device) {
                         Ok(()) => {}
                         Err(EntryError::Source(e)) => {
                             bail!("cannot read source {}: {e}", source.display())
                         }
                         Err(EntryError::Fatal(e)) => return Err(e),
                     }
-                    let tree = Tree {
-                        nodes: vec![node.clone()],
-                    };
+                    let tree = Tree { nodes: vec![node.clone()] };
                     let (id, new) = pusher.store_blob(BlobKind::Tree, &tree.encode())?;
                     if new {
                         add(&counters.trees_new, 1);
@@ -715,12 +675,6 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
         warnings: warnings.clone(),
         program: format!("push-operator {}", env!("CARGO_PKG_VERSION")),
     };
-    let (id, _) = store
-        .write_snapshot(&snapshot)
-        .context("cannot write the snapshot")?;
-    Ok(PushOutcome {
-        id,
-        snapshot,
-        warnings,
-    })
+    let (id, _) = store.write_snapshot(&snapshot).context("cannot write the snapshot")?;
+    Ok(PushOutcome { id, snapshot, warnings })
 }

@@ -84,11 +84,7 @@ fn plan_tree(
     let t = reader.read_tree(tree)?;
     for node in t.nodes {
         let name = node.os_name();
-        if name.is_empty()
-            || name == "."
-            || name == ".."
-            || Path::new(&name).components().count() != 1
-        {
+        if name.is_empty() || name == "." || name == ".." || Path::new(&name).components().count() != 1 {
             bail!("tree {tree} holds an unsafe name {:?}", node.name);
         }
         let r = rel.join(&name);
@@ -99,9 +95,7 @@ fn plan_tree(
         let path = root.join(&r);
         match node.kind {
             NodeKind::Dir => {
-                let sub = node
-                    .subtree
-                    .with_context(|| format!("directory {} has no tree", r.display()))?;
+                let sub = node.subtree.with_context(|| format!("directory {} has no tree", r.display()))?;
                 plan.dirs.push((path, node));
                 if descend {
                     plan_tree(reader, &sub, &r, root, includes, plan, inodes)?;
@@ -125,8 +119,37 @@ fn plan_tree(
 
 fn is_zero(data: &[u8]) -> bool {
     let mut words = data.chunks_exact(16);
-    words.all(|c| u128::from_ne_bytes(c.try_into().unwrap()) == 0)
-        && words.remainder().iter().all(|&b| b == 0)
+    words.all(|c| u128::from_ne_bytes(c.try_into().unwrap()) == 0) && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// Writes `data` at `offset`, skipping 4 KiB blocks (aligned to the file) that are all zero:
+/// the file was created at full size, so skipped blocks stay holes. Returns bytes written.
+fn write_sparse(f: &File, data: &[u8], offset: u64) -> std::io::Result<u64> {
+    const BLOCK: u64 = 4096;
+    let mut written = 0;
+    let mut pos = 0usize;
+    let mut run_start: Option<usize> = None;
+    while pos < data.len() {
+        let abs = offset + pos as u64;
+        let next = ((abs / BLOCK + 1) * BLOCK - offset) as usize;
+        let end = next.min(data.len());
+        let zero = is_zero(&data[pos..end]);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(s)) => {
+                f.write_all_at(&data[s..pos], offset + s as u64)?;
+                written += (pos - s) as u64;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(s) = run_start {
+        f.write_all_at(&data[s..], offset + s as u64)?;
+        written += (data.len() - s) as u64;
+    }
+    Ok(written)
 }
 
 fn am_root() -> bool {
@@ -136,11 +159,7 @@ fn am_root() -> bool {
 
 fn set_times(path: &Path, node: &Node, symlink: bool) -> std::io::Result<()> {
     let t = filetime::FileTime::from_unix_time(node.mtime, node.mtime_nsec);
-    if symlink {
-        filetime::set_symlink_file_times(path, t, t)
-    } else {
-        filetime::set_file_times(path, t, t)
-    }
+    if symlink { filetime::set_symlink_file_times(path, t, t) } else { filetime::set_file_times(path, t, t) }
 }
 
 fn set_meta(path: &Path, node: &Node, owners: bool) -> anyhow::Result<()> {
@@ -157,36 +176,24 @@ fn set_meta(path: &Path, node: &Node, owners: bool) -> anyhow::Result<()> {
         fs::set_permissions(path, fs::Permissions::from_mode(node.mode))
             .with_context(|| format!("cannot set mode of {}", path.display()))?;
     }
-    set_times(path, node, symlink)
-        .with_context(|| format!("cannot set times of {}", path.display()))
+    set_times(path, node, symlink).with_context(|| format!("cannot set times of {}", path.display()))
 }
 
 fn remove_existing(path: &Path) -> anyhow::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => bail!("{} exists and is a directory", path.display()),
-        Ok(_) => {
-            fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))
-        }
+        Ok(_) => fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display())),
         Err(_) => Ok(()),
     }
 }
 
 /// Restores snapshot `snap` into `opts.target`.
-pub fn restore(
-    store: &Store,
-    snap: &Snapshot,
-    opts: &RestoreOptions,
-) -> anyhow::Result<RestoreStats> {
+pub fn restore(store: &Store, snap: &Snapshot, opts: &RestoreOptions) -> anyhow::Result<RestoreStats> {
     let started = Instant::now();
     let index = store.load_index()?;
     let reader = BlobReader::new(store, &index);
     let owners = am_root();
-    let mut plan = Plan {
-        dirs: Vec::new(),
-        files: Vec::new(),
-        symlinks: Vec::new(),
-        hardlinks: Vec::new(),
-    };
+    let mut plan = Plan { dirs: Vec::new(), files: Vec::new(), symlinks: Vec::new(), hardlinks: Vec::new() };
     let mut root_created = false;
     let mut device_target = false;
     match snap.kind {
@@ -213,11 +220,7 @@ pub fn restore(
         }
         SourceKind::File | SourceKind::Device => {
             let tree = reader.read_tree(&snap.tree)?;
-            let node = tree
-                .nodes
-                .into_iter()
-                .next()
-                .context("file snapshot has an empty tree")?;
+            let node = tree.nodes.into_iter().next().context("file snapshot has an empty tree")?;
             let mut path = opts.target.clone();
             match fs::metadata(&path) {
                 Ok(m) if m.is_dir() => path = path.join(node.os_name()),
@@ -225,8 +228,7 @@ pub fn restore(
                 _ => {}
             }
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
+                fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
             }
             plan.files.push(FilePlan { path, node });
         }
@@ -237,44 +239,31 @@ pub fn restore(
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 remove_existing(path)?;
-                fs::create_dir(path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
+                fs::create_dir(path).with_context(|| format!("cannot create {}", path.display()))?;
             }
-            Err(_) => fs::create_dir_all(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
+            Err(_) => fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?,
         }
     }
     // Create every file at its final size; chunks are written into them below.
-    plan.files
-        .par_iter()
-        .try_for_each(|f| -> anyhow::Result<()> {
-            if device_target {
-                let dev = OpenOptions::new()
-                    .write(true)
-                    .open(&f.path)
-                    .with_context(|| format!("cannot open device {}", f.path.display()))?;
-                let size = dev_size(&dev)?;
-                if size < f.node.size {
-                    bail!(
-                        "device {} holds {size} bytes; the snapshot needs {}",
-                        f.path.display(),
-                        f.node.size
-                    );
-                }
-                return Ok(());
+    plan.files.par_iter().try_for_each(|f| -> anyhow::Result<()> {
+        if device_target {
+            let dev = OpenOptions::new()
+                .write(true)
+                .open(&f.path)
+                .with_context(|| format!("cannot open device {}", f.path.display()))?;
+            let size = dev_size(&dev)?;
+            if size < f.node.size {
+                bail!("device {} holds {size} bytes; the snapshot needs {}", f.path.display(), f.node.size);
             }
-            if fs::symlink_metadata(&f.path)
-                .map(|m| !m.is_file())
-                .unwrap_or(false)
-            {
-                remove_existing(&f.path)?;
-            }
-            let file = File::create(&f.path)
-                .with_context(|| format!("cannot create {}", f.path.display()))?;
-            file.set_len(f.node.size)
-                .with_context(|| format!("cannot size {}", f.path.display()))?;
-            Ok(())
-        })?;
+            return Ok(());
+        }
+        if fs::symlink_metadata(&f.path).map(|m| !m.is_file()).unwrap_or(false) {
+            remove_existing(&f.path)?;
+        }
+        let file = File::create(&f.path).with_context(|| format!("cannot create {}", f.path.display()))?;
+        file.set_len(f.node.size).with_context(|| format!("cannot size {}", f.path.display()))?;
+        Ok(())
+    })?;
 
     // blob -> every (file, offset) it fills
     let mut targets: HashMap<Id, Vec<(u32, u64)>> = HashMap::new();
@@ -282,21 +271,13 @@ pub fn restore(
         let mut offset = 0u64;
         for id in &f.node.content {
             let loc = index.get(id).with_context(|| {
-                format!(
-                    "chunk {} of {} is missing from the store index (run verify)",
-                    id.short(),
-                    f.path.display()
-                )
+                format!("chunk {} of {} is missing from the store index (run verify)", id.short(), f.path.display())
             })?;
             targets.entry(*id).or_default().push((i as u32, offset));
             offset += loc.raw_length as u64;
         }
         if offset != f.node.size {
-            bail!(
-                "{}: chunks add up to {offset} bytes but the file has {}",
-                f.path.display(),
-                f.node.size
-            );
+            bail!("{}: chunks add up to {offset} bytes but the file has {}", f.path.display(), f.node.size);
         }
     }
     let by_pack = super::group_by_pack(&index, targets.keys());
@@ -304,38 +285,20 @@ pub fn restore(
     let mut packs: Vec<(&Id, &Vec<Id>)> = by_pack.iter().collect();
     packs.sort();
     packs.par_iter().try_for_each(|(pack, blobs)| {
-        restore_pack(
-            store,
-            &index,
-            pack,
-            blobs,
-            &targets,
-            &plan.files,
-            device_target,
-            &counters,
-        )
+        restore_pack(store, &index, pack, blobs, &targets, &plan.files, device_target, &counters)
     })?;
 
     for (path, first, _) in &plan.hardlinks {
         remove_existing(path)?;
-        fs::hard_link(&plan.files[*first].path, path).with_context(|| {
-            format!(
-                "cannot link {} to {}",
-                path.display(),
-                plan.files[*first].path.display()
-            )
-        })?;
+        fs::hard_link(&plan.files[*first].path, path)
+            .with_context(|| format!("cannot link {} to {}", path.display(), plan.files[*first].path.display()))?;
     }
     if !device_target {
-        plan.files
-            .par_iter()
-            .try_for_each(|f| set_meta(&f.path, &f.node, owners))?;
+        plan.files.par_iter().try_for_each(|f| set_meta(&f.path, &f.node, owners))?;
     }
     for (path, node) in &plan.symlinks {
         remove_existing(path)?;
-        let target = node
-            .os_target()
-            .with_context(|| format!("symlink {} has no target", path.display()))?;
+        let target = node.os_target().with_context(|| format!("symlink {} has no target", path.display()))?;
         std::os::unix::fs::symlink(&target, path)
             .with_context(|| format!("cannot create symlink {}", path.display()))?;
         set_meta(path, node, owners)?;
@@ -376,17 +339,10 @@ fn restore_pack(
     device: bool,
     counters: &Counters,
 ) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = blobs
-        .iter()
-        .map(|id| index.entry(id).expect("grouped from the index"))
-        .collect();
+    let mut entries: Vec<_> = blobs.iter().map(|id| index.entry(id).expect("grouped from the index")).collect();
     entries.sort_by_key(|e| e.offset);
     let start = entries.first().map(|e| e.offset as u64).unwrap_or(0);
-    let end = entries
-        .iter()
-        .map(|e| (e.offset + e.length) as u64)
-        .max()
-        .unwrap_or(0);
+    let end = entries.iter().map(|e| (e.offset + e.length) as u64).max().unwrap_or(0);
     let span = store
         .backend()
         .get_range(&pack_key(pack), start, end - start)
@@ -394,8 +350,7 @@ fn restore_pack(
     let mut open: HashMap<u32, File> = HashMap::new();
     for e in entries {
         let s = (e.offset as u64 - start) as usize;
-        let plain = decode_blob(&e, &span[s..s + e.length as usize])
-            .with_context(|| format!("in pack {pack}"))?;
+        let plain = decode_blob(&e, &span[s..s + e.length as usize]).with_context(|| format!("in pack {pack}"))?;
         counters.blobs_checked.fetch_add(1, Ordering::Relaxed);
         let zero = !device && is_zero(&plain);
         for &(fi, offset) in &targets[&e.id] {
@@ -414,11 +369,13 @@ fn restore_pack(
                     )
                 }
             };
-            f.write_all_at(&plain, offset)
-                .with_context(|| format!("cannot write {}", files[fi as usize].path.display()))?;
-            counters
-                .bytes_written
-                .fetch_add(plain.len() as u64, Ordering::Relaxed);
+            let n = if device {
+                f.write_all_at(&plain, offset).map(|_| plain.len() as u64)
+            } else {
+                write_sparse(f, &plain, offset)
+            }
+            .with_context(|| format!("cannot write {}", files[fi as usize].path.display()))?;
+            counters.bytes_written.fetch_add(n, Ordering::Relaxed);
         }
     }
     if device {
@@ -443,6 +400,23 @@ mod tests {
         v[99] = 0;
         v[3] = 1;
         assert!(!is_zero(&v));
+    }
+
+    #[test]
+    fn sparse_writes_skip_zero_blocks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = File::create(&p).unwrap();
+        f.set_len(1 << 20).unwrap();
+        let mut data = vec![0u8; 300_000];
+        data[5] = 1;
+        data[150_000] = 2;
+        data[299_999] = 3;
+        let written = write_sparse(&f, &data, 1000).unwrap();
+        assert!(written <= 3 * 8192, "wrote {written}");
+        let back = fs::read(&p).unwrap();
+        assert_eq!(&back[1000..301_000], &data[..]);
+        assert!(back[..1000].iter().all(|&b| b == 0) && back[301_000..].iter().all(|&b| b == 0));
     }
 
     #[test]

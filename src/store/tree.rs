@@ -50,10 +50,7 @@ pub struct Node {
 fn encode_os(s: &OsStr) -> (String, Option<String>) {
     match s.to_str() {
         Some(v) => (v.to_string(), None),
-        None => (
-            s.to_string_lossy().into_owned(),
-            Some(hex::encode(s.as_bytes())),
-        ),
+        None => (s.to_string_lossy().into_owned(), Some(hex::encode(s.as_bytes()))),
     }
 }
 
@@ -135,10 +132,7 @@ impl Tree {
     }
 
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
-        self.nodes
-            .binary_search_by(|n| n.name_bytes().as_slice().cmp(name))
-            .ok()
-            .map(|i| &self.nodes[i])
+        self.nodes.binary_search_by(|n| n.name_bytes().as_slice().cmp(name)).ok().map(|i| &self.nodes[i])
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -163,10 +157,7 @@ mod tests {
         let t = Tree { nodes: vec![n] };
         let back = Tree::decode(&t.encode()).unwrap();
         assert_eq!(back.nodes[0].os_name(), raw);
-        assert_eq!(
-            back.nodes[0].os_target().unwrap(),
-            OsStr::from_bytes(b"\xff/target")
-        );
+        assert_eq!(back.nodes[0].os_target().unwrap(), OsStr::from_bytes(b"\xff/target"));
         assert!(back.find(b"caf\xe9").is_some());
         assert!(back.find(b"cafe").is_none());
     }

@@ -75,14 +75,10 @@ impl Walker<'_> {
         if let Some(r) = self.memo.lock().unwrap().get(tree) {
             return r.clone();
         }
-        self.trees
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.trees.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = match self.reader.read_tree(tree) {
             Err(e) => {
-                self.problems
-                    .lock()
-                    .unwrap()
-                    .push(format!("tree {}: {e:#}", tree.short()));
+                self.problems.lock().unwrap().push(format!("tree {}: {e:#}", tree.short()));
                 vec![String::new()]
             }
             Ok(t) => {
@@ -97,13 +93,7 @@ impl Walker<'_> {
                                 Some(sub) => self
                                     .walk(&sub)
                                     .iter()
-                                    .map(|p| {
-                                        if p.is_empty() {
-                                            name.clone()
-                                        } else {
-                                            format!("{name}/{p}")
-                                        }
-                                    })
+                                    .map(|p| if p.is_empty() { name.clone() } else { format!("{name}/{p}") })
                                     .collect(),
                             },
                             NodeKind::File => {
@@ -146,20 +136,12 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
     let loaded: Vec<Result<(Id, IndexFile), String>> = objects
         .par_iter()
         .map(|o| {
-            let id = Id::parse(o.key.trim_start_matches("index/"))
-                .map_err(|e| format!("{}: {e}", o.key))?;
-            let bytes = backend
-                .get(&o.key)
-                .map_err(|e| format!("index {}: {e}", id.short()))?;
+            let id = Id::parse(o.key.trim_start_matches("index/")).map_err(|e| format!("{}: {e}", o.key))?;
+            let bytes = backend.get(&o.key).map_err(|e| format!("index {}: {e}", id.short()))?;
             if Id::of(&bytes) != id {
-                return Err(format!(
-                    "index {} is damaged: content does not match its name",
-                    id.short()
-                ));
+                return Err(format!("index {} is damaged: content does not match its name", id.short()));
             }
-            IndexFile::decode(&bytes)
-                .map(|f| (id, f))
-                .map_err(|e| format!("index {} is damaged: {e:#}", id.short()))
+            IndexFile::decode(&bytes).map(|f| (id, f)).map_err(|e| format!("index {} is damaged: {e:#}", id.short()))
         })
         .collect();
     let mut files = Vec::new();
@@ -195,17 +177,11 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
         let blobs = pack_blobs.get(*p).map(|v| v.as_slice()).unwrap_or(&[]);
         match present.get(*p) {
             None => {
-                report.problems.push(format!(
-                    "pack {} is missing ({} blobs lost)",
-                    p.short(),
-                    blobs.len()
-                ));
+                report.problems.push(format!("pack {} is missing ({} blobs lost)", p.short(), blobs.len()));
                 damaged.extend(blobs.iter().copied());
             }
             Some(&size) if size < pack_end.get(*p).copied().unwrap_or(0) => {
-                report
-                    .problems
-                    .push(format!("pack {} is truncated ({size} bytes)", p.short()));
+                report.problems.push(format!("pack {} is truncated ({size} bytes)", p.short()));
                 damaged.extend(blobs.iter().copied());
             }
             _ => {}
@@ -216,11 +192,8 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
     // Data: read packs back.
     if let Some(percent) = opts.read_data_percent {
         let salt = Id::random();
-        let chosen: Vec<&Id> = packs_sorted
-            .iter()
-            .copied()
-            .filter(|p| present.contains_key(*p) && selected(p, percent, &salt))
-            .collect();
+        let chosen: Vec<&Id> =
+            packs_sorted.iter().copied().filter(|p| present.contains_key(*p) && selected(p, percent, &salt)).collect();
         let results: Vec<(Vec<String>, Vec<Id>, usize)> = chosen
             .par_iter()
             .map(|p| {
@@ -232,10 +205,7 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
                 let mut problems = Vec::new();
                 let mut bad = Vec::new();
                 if Id::of(&bytes) != **p {
-                    problems.push(format!(
-                        "pack {} is damaged: content does not match its name",
-                        p.short()
-                    ));
+                    problems.push(format!("pack {} is damaged: content does not match its name", p.short()));
                 }
                 if let Err(e) = parse_pack(&bytes) {
                     problems.push(format!("pack {} has a damaged trailer: {e:#}", p.short()));
@@ -247,11 +217,7 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
                     let ok = t <= bytes.len() && decode_blob(&e, &bytes[s..t]).is_ok();
                     read += 1;
                     if !ok {
-                        problems.push(format!(
-                            "blob {} in pack {} is damaged",
-                            id.short(),
-                            p.short()
-                        ));
+                        problems.push(format!("blob {} in pack {} is damaged", id.short(), p.short()));
                         bad.push(*id);
                     }
                 }
@@ -270,26 +236,19 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
     let mut snaps: Vec<(Id, Snapshot)> = Vec::new();
     for o in backend.list("snapshots/")? {
         let name = o.key.trim_start_matches("snapshots/").to_string();
-        let parsed = backend
-            .get(&o.key)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                let id = Id::parse(&name)?;
-                if Id::of(&b) != id {
-                    return Err("content does not match its name".to_string());
-                }
-                serde_json::from_slice::<Snapshot>(&b)
-                    .map(|s| (id, s))
-                    .map_err(|e| e.to_string())
-            });
+        let parsed = backend.get(&o.key).map_err(|e| e.to_string()).and_then(|b| {
+            let id = Id::parse(&name)?;
+            if Id::of(&b) != id {
+                return Err("content does not match its name".to_string());
+            }
+            serde_json::from_slice::<Snapshot>(&b).map(|s| (id, s)).map_err(|e| e.to_string())
+        });
         match parsed {
             Ok(s) => snaps.push(s),
-            Err(e) => report
-                .problems
-                .push(format!("snapshot {name:.8} is damaged: {e}")),
+            Err(e) => report.problems.push(format!("snapshot {name:.8} is damaged: {e}")),
         }
     }
-    snaps.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+    snaps.sort_by_key(|a| a.1.time);
     report.snapshots = snaps.len();
     let walker = Walker {
         reader: BlobReader::new(store, &index),
@@ -302,16 +261,8 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
     for (id, snap) in &snaps {
         let bad = walker.walk(&snap.tree);
         if !bad.is_empty() {
-            let mut paths: Vec<String> = bad
-                .iter()
-                .map(|p| {
-                    if p.is_empty() {
-                        "/".to_string()
-                    } else {
-                        p.clone()
-                    }
-                })
-                .collect();
+            let mut paths: Vec<String> =
+                bad.iter().map(|p| if p.is_empty() { "/".to_string() } else { p.clone() }).collect();
             paths.sort();
             paths.dedup();
             report.problems.push(format!(

@@ -30,16 +30,7 @@ pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
 
 /// Compressible text-like bytes.
 pub fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let words = [
-        "alpha ",
-        "beta ",
-        "gamma ",
-        "delta\n",
-        "volume ",
-        "push ",
-        "snapshot ",
-        "{}\n",
-    ];
+    let words = ["alpha ", "beta ", "gamma ", "delta\n", "volume ", "push ", "snapshot ", "{}\n"];
     let r = seeded_bytes(seed, len / 4 + 8);
     let mut out = Vec::with_capacity(len + 16);
     let mut i = 0;
@@ -76,10 +67,7 @@ pub fn make_full_tree(root: &Path) -> usize {
     w("text/dup-of-lorem.txt", &text_bytes(1, 300_000));
     w("random.bin", &seeded_bytes(2, 3_000_000));
     // Larger than one read segment: goes through the streaming path.
-    w(
-        "big/stream.bin",
-        &[seeded_bytes(3, 9_000_000), text_bytes(4, 9_000_000)].concat(),
-    );
+    w("big/stream.bin", &[seeded_bytes(3, 9_000_000), text_bytes(4, 9_000_000)].concat());
     let ro = w("modes/readonly", b"read only\n");
     fs::set_permissions(&ro, fs::Permissions::from_mode(0o444)).unwrap();
     let ex = w("modes/exec.sh", b"#!/bin/sh\necho hi\n");
@@ -87,11 +75,7 @@ pub fn make_full_tree(root: &Path) -> usize {
     let su = w("modes/setuid", b"x");
     fs::set_permissions(&su, fs::Permissions::from_mode(0o4750)).unwrap();
     fs::create_dir_all(root.join("modes/sticky")).unwrap();
-    fs::set_permissions(
-        root.join("modes/sticky"),
-        fs::Permissions::from_mode(0o1777),
-    )
-    .unwrap();
+    fs::set_permissions(root.join("modes/sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::create_dir_all(root.join("empty-dir/nested-empty")).unwrap();
     // Sparse: 64 MiB with data at two places.
     let sp = root.join("sparse.img");
@@ -121,23 +105,13 @@ pub fn make_full_tree(root: &Path) -> usize {
     }
     // Special files.
     let fifo = root.join("fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let _sock = std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap();
     // Times with nanoseconds, set last (children first so directory times stick).
     let mut all: Vec<PathBuf> = walk(root).into_iter().map(|(p, _)| root.join(p)).collect();
     all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for (i, p) in all.iter().enumerate() {
-        set_mtime(
-            p,
-            1_600_000_000 + i as i64 * 1000,
-            (i as u32 * 7919) % 1_000_000_000,
-        );
+        set_mtime(p, 1_600_000_000 + i as i64 * 1000, (i as u32 * 7919) % 1_000_000_000);
     }
     set_mtime(root, 1_500_000_000, 123_456_789);
     2
@@ -201,24 +175,14 @@ pub fn describe(root: &Path, owners: bool) -> BTreeMap<PathBuf, Entry> {
             p.clone(),
             Entry {
                 kind,
-                mode: if ft.is_symlink() {
-                    0
-                } else {
-                    m.mode() & 0o7777
-                },
+                mode: if ft.is_symlink() { 0 } else { m.mode() & 0o7777 },
                 uid: owners.then_some(m.uid()),
                 gid: owners.then_some(m.gid()),
                 mtime: (m.mtime(), m.mtime_nsec()),
                 size: if ft.is_file() { m.len() } else { 0 },
                 target: ft.is_symlink().then(|| fs::read_link(&full).unwrap()),
-                content_hash: ft
-                    .is_file()
-                    .then(|| blake3::hash(&fs::read(&full).unwrap()).to_hex().to_string()),
-                links: if ft.is_file() && m.nlink() > 1 {
-                    by_inode[&m.ino()].clone()
-                } else {
-                    vec![]
-                },
+                content_hash: ft.is_file().then(|| blake3::hash(&fs::read(&full).unwrap()).to_hex().to_string()),
+                links: if ft.is_file() && m.nlink() > 1 { by_inode[&m.ino()].clone() } else { vec![] },
             },
         );
     }
@@ -266,13 +230,7 @@ pub fn stderr(o: &Output) -> String {
 
 #[track_caller]
 pub fn ok(o: Output) -> Output {
-    assert!(
-        o.status.success(),
-        "command failed ({:?})\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
+    assert!(o.status.success(), "command failed ({:?})\nstdout: {}\nstderr: {}", o.status, stdout(&o), stderr(&o));
     o
 }
 
@@ -282,8 +240,7 @@ pub fn push_json(source: &Path, store: &str, extra: &[&str]) -> serde_json::Valu
     let mut args = vec!["push", source.to_str().unwrap(), "--store", store, "--json"];
     args.extend_from_slice(extra);
     let o = ok(run(&args));
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("push --json printed no JSON ({e}): {}", stdout(&o)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("push --json printed no JSON ({e}): {}", stdout(&o)))
 }
 
 pub fn count_files(dir: &Path) -> usize {
@@ -304,11 +261,7 @@ pub struct Seaweed {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Seaweed {
@@ -339,14 +292,7 @@ impl Seaweed {
         ];
         // Every other listener on a free port too, so parallel runs do not collide. gRPC ports
         // are the HTTP port + 10000: choose HTTP ports whose +10000 is free as well.
-        for flag in [
-            "master.port",
-            "volume.port",
-            "filer.port",
-            "admin.port",
-            "s3.port.iceberg",
-            "s3.metricsPort",
-        ] {
+        for flag in ["master.port", "volume.port", "filer.port", "admin.port", "s3.port.iceberg", "s3.metricsPort"] {
             let p = loop {
                 let p = free_port();
                 if p < 55000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
@@ -361,22 +307,18 @@ impl Seaweed {
         std::thread::spawn(move || {
             use std::os::unix::process::CommandExt;
             let mut cmd = Command::new(weed2);
-            cmd.args(&args)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .stdin(Stdio::null());
+            cmd.args(&args).stdout(log.try_clone().unwrap()).stderr(log).stdin(Stdio::null());
             unsafe {
                 cmd.pre_exec(|| {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     Ok(())
                 });
             }
-            let child = cmd.spawn().unwrap();
+            let mut child = cmd.spawn().unwrap();
             tx.send(child.id()).unwrap();
-            // Keep this thread (the parent of weed, for PDEATHSIG) alive for the whole process.
-            loop {
-                std::thread::park();
-            }
+            // This thread is weed's parent for PDEATHSIG: it lives as long as weed does, and
+            // reaps it when it is killed.
+            let _ = child.wait();
         });
         let pid = rx.recv().unwrap();
         let sw = Seaweed {
@@ -430,18 +372,9 @@ impl Seaweed {
 
     /// Creates a bucket (with the raw SDK: the store itself never creates buckets).
     pub fn create_bucket(&self, name: &str) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let creds = aws_sdk_s3::config::Credentials::new(
-                &self.access_key,
-                &self.secret_key,
-                None,
-                None,
-                "test",
-            );
+            let creds = aws_sdk_s3::config::Credentials::new(&self.access_key, &self.secret_key, None, None, "test");
             let conf = aws_sdk_s3::config::Builder::new()
                 .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
                 .region(aws_sdk_s3::config::Region::new("us-east-1"))
@@ -449,29 +382,18 @@ impl Seaweed {
                 .force_path_style(true)
                 .credentials_provider(creds)
                 .build();
-            aws_sdk_s3::Client::from_conf(conf)
-                .create_bucket()
-                .bucket(name)
-                .send()
-                .await
-                .unwrap();
+            aws_sdk_s3::Client::from_conf(conf).create_bucket().bucket(name).send().await.unwrap();
         });
     }
 
-    pub fn backend(
-        &self,
-        bucket: &str,
-        prefix: &str,
-    ) -> push_operator::store::backend::s3::S3Backend {
-        push_operator::store::backend::s3::S3Backend::connect(
-            push_operator::store::backend::s3::S3Location {
-                bucket: bucket.into(),
-                prefix: prefix.into(),
-                endpoint: Some(self.endpoint.clone()),
-                credentials: Some((self.access_key.clone(), self.secret_key.clone())),
-                ..Default::default()
-            },
-        )
+    pub fn backend(&self, bucket: &str, prefix: &str) -> push_operator::store::backend::s3::S3Backend {
+        push_operator::store::backend::s3::S3Backend::connect(push_operator::store::backend::s3::S3Location {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            endpoint: Some(self.endpoint.clone()),
+            credentials: Some((self.access_key.clone(), self.secret_key.clone())),
+            ..Default::default()
+        })
         .unwrap()
     }
 }
@@ -485,11 +407,7 @@ impl Drop for Seaweed {
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
 pub fn write_file(p: &Path, data: &[u8]) {

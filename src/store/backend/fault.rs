@@ -28,13 +28,7 @@ pub struct Faulty<B> {
 
 impl<B: Backend> Faulty<B> {
     pub fn new(inner: B, plan: FaultPlan) -> Self {
-        Faulty {
-            inner,
-            plan,
-            calls: AtomicU64::new(0),
-            puts: AtomicU64::new(0),
-            injected: AtomicU64::new(0),
-        }
+        Faulty { inner, plan, calls: AtomicU64::new(0), puts: AtomicU64::new(0), injected: AtomicU64::new(0) }
     }
 
     pub fn injected(&self) -> u64 {
@@ -43,11 +37,9 @@ impl<B: Backend> Faulty<B> {
 
     fn gate(&self, what: &str, key: &str) -> Result<()> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.plan.transient_every > 0 && n % self.plan.transient_every == 0 {
+        if self.plan.transient_every > 0 && n.is_multiple_of(self.plan.transient_every) {
             self.injected.fetch_add(1, Ordering::Relaxed);
-            return Err(BackendError::Transient(format!(
-                "injected fault: {what} {key}: connection reset"
-            )));
+            return Err(BackendError::Transient(format!("injected fault: {what} {key}: connection reset")));
         }
         Ok(())
     }
@@ -56,21 +48,17 @@ impl<B: Backend> Faulty<B> {
 impl<B: Backend> Backend for Faulty<B> {
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool> {
         self.gate("put", key)?;
-        if let Some(limit) = self.plan.fail_puts_after {
-            if self.puts.load(Ordering::Relaxed) >= limit {
-                self.injected.fetch_add(1, Ordering::Relaxed);
-                return Err(BackendError::Permanent(format!(
-                    "injected fault: put {key}: store unreachable"
-                )));
-            }
+        if let Some(limit) = self.plan.fail_puts_after
+            && self.puts.load(Ordering::Relaxed) >= limit
+        {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            return Err(BackendError::Permanent(format!("injected fault: put {key}: store unreachable")));
         }
         let written = self.inner.put_if_absent(key, data)?;
         let n = self.puts.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.plan.lost_response_every > 0 && n % self.plan.lost_response_every == 0 {
+        if self.plan.lost_response_every > 0 && n.is_multiple_of(self.plan.lost_response_every) {
             self.injected.fetch_add(1, Ordering::Relaxed);
-            return Err(BackendError::Transient(format!(
-                "injected fault: put {key}: response lost"
-            )));
+            return Err(BackendError::Transient(format!("injected fault: put {key}: response lost")));
         }
         Ok(written)
     }

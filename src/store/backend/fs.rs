@@ -45,24 +45,14 @@ impl FsBackend {
         };
         for entry in entries {
             let entry = entry.map_err(|e| io_err("cannot list", dir, e))?;
-            let ft = entry
-                .file_type()
-                .map_err(|e| io_err("cannot stat", &entry.path(), e))?;
+            let ft = entry.file_type().map_err(|e| io_err("cannot stat", &entry.path(), e))?;
             let path = entry.path();
             if ft.is_dir() {
                 self.walk(&path, out)?;
             } else if ft.is_file() {
-                let size = entry
-                    .metadata()
-                    .map_err(|e| io_err("cannot stat", &path, e))?
-                    .len();
-                let rel = path
-                    .strip_prefix(&self.root)
-                    .expect("walk stays below the root");
-                out.push(ObjectInfo {
-                    key: rel.to_string_lossy().replace('\\', "/"),
-                    size,
-                });
+                let size = entry.metadata().map_err(|e| io_err("cannot stat", &path, e))?.len();
+                let rel = path.strip_prefix(&self.root).expect("walk stays below the root");
+                out.push(ObjectInfo { key: rel.to_string_lossy().replace('\\', "/"), size });
             }
         }
         Ok(())
@@ -110,11 +100,7 @@ impl Backend for FsBackend {
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                BackendError::Permanent(format!(
-                    "{} is shorter than {} bytes",
-                    p.display(),
-                    offset + len
-                ))
+                BackendError::Permanent(format!("{} is shorter than {} bytes", p.display(), offset + len))
             } else {
                 io_err("cannot read", &p, e)
             }

@@ -17,20 +17,14 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            attempts: 8,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(15),
-        }
+        RetryPolicy { attempts: 8, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(15) }
     }
 }
 
 impl RetryPolicy {
     /// The delay before attempt `n` (1-based retry number), with up to 50% random jitter.
     pub fn delay(&self, n: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << n.min(16).saturating_sub(1));
+        let exp = self.base_delay.saturating_mul(1u32 << n.min(16).saturating_sub(1));
         let capped = exp.min(self.max_delay);
         let mut b = [0u8; 2];
         let _ = getrandom::fill(&mut b);
@@ -100,20 +94,11 @@ mod tests {
 
     #[test]
     fn delays_grow_and_are_capped() {
-        let p = RetryPolicy {
-            attempts: 10,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
+        let p = RetryPolicy { attempts: 10, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
         for n in 1..12 {
             let d = p.delay(n);
-            let full =
-                Duration::from_millis(100 * (1u64 << (n - 1).min(16))).min(Duration::from_secs(1));
-            assert!(
-                d >= full / 2 && d <= full,
-                "retry {n}: {d:?} not in [{:?}, {full:?}]",
-                full / 2
-            );
+            let full = Duration::from_millis(100 * (1u64 << (n - 1).min(16))).min(Duration::from_secs(1));
+            assert!(d >= full / 2 && d <= full, "retry {n}: {d:?} not in [{:?}, {full:?}]", full / 2);
         }
     }
 }

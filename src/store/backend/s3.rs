@@ -41,17 +41,10 @@ where
     match &err {
         SdkError::TimeoutError(_) => BackendError::Transient(format!("{what} {key}: timed out")),
         SdkError::DispatchFailure(e) => {
-            let detail = e
-                .as_connector_error()
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| format!("{e:?}"));
-            BackendError::Transient(format!(
-                "{what} {key}: cannot reach the S3 endpoint: {detail}"
-            ))
+            let detail = e.as_connector_error().map(|c| c.to_string()).unwrap_or_else(|| format!("{e:?}"));
+            BackendError::Transient(format!("{what} {key}: cannot reach the S3 endpoint: {detail}"))
         }
-        SdkError::ResponseError(_) => {
-            BackendError::Transient(format!("{what} {key}: bad response: {err}"))
-        }
+        SdkError::ResponseError(_) => BackendError::Transient(format!("{what} {key}: bad response: {err}")),
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let code = se.err().code().unwrap_or("").to_string();
@@ -60,21 +53,16 @@ where
                 (_, "NoSuchBucket") => BackendError::Permanent(format!(
                     "the bucket does not exist: create it or fix the store address ({what} {key})"
                 )),
-                (404, _) | (_, "NoSuchKey") | (_, "NotFound") => {
-                    BackendError::NotFound(key.to_string())
+                (404, _) | (_, "NoSuchKey") | (_, "NotFound") => BackendError::NotFound(key.to_string()),
+                (403, _) | (_, "AccessDenied") | (_, "InvalidAccessKeyId") | (_, "SignatureDoesNotMatch") => {
+                    BackendError::Permanent(format!(
+                        "access denied ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy ({what} {key})"
+                    ))
                 }
-                (403, _)
-                | (_, "AccessDenied")
-                | (_, "InvalidAccessKeyId")
-                | (_, "SignatureDoesNotMatch") => BackendError::Permanent(format!(
-                    "access denied ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy ({what} {key})"
-                )),
                 (409, _) | (429, _) | (500..=599, _) | (_, "SlowDown") | (_, "RequestTimeout") => {
                     BackendError::Transient(format!("{what} {key}: HTTP {status} {code} {message}"))
                 }
-                _ => {
-                    BackendError::Permanent(format!("{what} {key}: HTTP {status} {code} {message}"))
-                }
+                _ => BackendError::Permanent(format!("{what} {key}: HTTP {status} {code} {message}")),
             }
         }
         _ => BackendError::Permanent(format!("{what} {key}: {err}")),
@@ -83,11 +71,8 @@ where
 
 impl S3Backend {
     pub fn connect(loc: S3Location) -> anyhow::Result<S3Backend> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("s3-io")
-            .enable_all()
-            .build()?;
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("s3-io").enable_all().build()?;
         let env_endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
             .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
             .ok()
@@ -97,11 +82,7 @@ impl S3Backend {
             .region
             .clone()
             .or_else(|| std::env::var("AWS_REGION").ok().filter(|s| !s.is_empty()))
-            .or_else(|| {
-                std::env::var("AWS_DEFAULT_REGION")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            })
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "us-east-1".to_string());
         let path_style = loc.path_style.unwrap_or(endpoint.is_some());
         let sdk = rt.block_on(async {
@@ -116,9 +97,7 @@ impl S3Backend {
                         .build(),
                 );
             if let Some((ak, sk)) = &loc.credentials {
-                b = b.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                    ak, sk, None, None, "static",
-                ));
+                b = b.credentials_provider(aws_sdk_s3::config::Credentials::new(ak, sk, None, None, "static"));
             }
             b.load().await
         });
@@ -128,21 +107,14 @@ impl S3Backend {
         }
         let client = Client::from_conf(conf.build());
         let endpoint_desc = endpoint.unwrap_or_else(|| format!("AWS {region}"));
-        let backend = S3Backend {
-            rt,
-            client,
-            loc,
-            endpoint_desc,
-        };
+        let backend = S3Backend { rt, client, loc, endpoint_desc };
         backend.check_bucket()?;
         Ok(backend)
     }
 
     /// Fails early, with the fix in the message, when the bucket is missing or access is denied.
     fn check_bucket(&self) -> anyhow::Result<()> {
-        let r = self
-            .rt
-            .block_on(self.client.head_bucket().bucket(&self.loc.bucket).send());
+        let r = self.rt.block_on(self.client.head_bucket().bucket(&self.loc.bucket).send());
         match r {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -153,9 +125,9 @@ impl S3Backend {
                 let b = &self.loc.bucket;
                 let ep = &self.endpoint_desc;
                 match status {
-                    Some(404) => anyhow::bail!(
-                        "bucket {b:?} does not exist at {ep}: create it first or fix the store address"
-                    ),
+                    Some(404) => {
+                        anyhow::bail!("bucket {b:?} does not exist at {ep}: create it first or fix the store address")
+                    }
                     Some(403) | Some(401) => anyhow::bail!(
                         "access to bucket {b:?} at {ep} denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                     ),
@@ -166,21 +138,14 @@ impl S3Backend {
     }
 
     fn key(&self, key: &str) -> String {
-        if self.loc.prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}/{key}", self.loc.prefix)
-        }
+        if self.loc.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.loc.prefix) }
     }
 
     fn strip(&self, full: &str) -> String {
         if self.loc.prefix.is_empty() {
             full.to_string()
         } else {
-            full.strip_prefix(&self.loc.prefix)
-                .and_then(|s| s.strip_prefix('/'))
-                .unwrap_or(full)
-                .to_string()
+            full.strip_prefix(&self.loc.prefix).and_then(|s| s.strip_prefix('/')).unwrap_or(full).to_string()
         }
     }
 
@@ -255,13 +220,7 @@ impl Backend for S3Backend {
 
     fn stat(&self, key: &str) -> Result<Option<u64>> {
         let full = self.key(key);
-        let r = self.rt.block_on(
-            self.client
-                .head_object()
-                .bucket(&self.loc.bucket)
-                .key(&full)
-                .send(),
-        );
+        let r = self.rt.block_on(self.client.head_object().bucket(&self.loc.bucket).key(&full).send());
         match r {
             Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
             Err(e) => match classify("stat", key, e) {
@@ -288,10 +247,7 @@ impl Backend for S3Backend {
                     .map_err(|e| classify("list", prefix, e))?;
                 for o in page.contents() {
                     if let Some(k) = o.key() {
-                        out.push(ObjectInfo {
-                            key: self.strip(k),
-                            size: o.size().unwrap_or(0).max(0) as u64,
-                        });
+                        out.push(ObjectInfo { key: self.strip(k), size: o.size().unwrap_or(0).max(0) as u64 });
                     }
                 }
                 match page.next_continuation_token() {
@@ -305,13 +261,7 @@ impl Backend for S3Backend {
 
     fn delete(&self, key: &str) -> Result<()> {
         let full = self.key(key);
-        let r = self.rt.block_on(
-            self.client
-                .delete_object()
-                .bucket(&self.loc.bucket)
-                .key(&full)
-                .send(),
-        );
+        let r = self.rt.block_on(self.client.delete_object().bucket(&self.loc.bucket).key(&full).send());
         match r {
             Ok(_) => Ok(()),
             Err(e) => match classify("delete", key, e) {
@@ -325,10 +275,7 @@ impl Backend for S3Backend {
         if self.loc.prefix.is_empty() {
             format!("s3://{} at {}", self.loc.bucket, self.endpoint_desc)
         } else {
-            format!(
-                "s3://{}/{} at {}",
-                self.loc.bucket, self.loc.prefix, self.endpoint_desc
-            )
+            format!("s3://{}/{} at {}", self.loc.bucket, self.loc.prefix, self.endpoint_desc)
         }
     }
 }
