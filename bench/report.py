@@ -146,7 +146,7 @@ def aggregate(rs):
     if bad:
         out["rc"] = bad[0].get("rc")
     good = [r for r in rs if r.get("rc") in (0, None)]
-    for key in ("seconds", "max_rss_kib", "store_bytes"):
+    for key in ("seconds", "max_rss_kib", "store_bytes", "cpu_seconds", "other_cpu_seconds"):
         vals = [r[key] for r in good if r.get(key) is not None]
         out[key] = median(vals)
         if len(vals) > 1:
@@ -160,7 +160,17 @@ def aggregate(rs):
     return out
 
 
-def fmt_s(r):
+BUSY_SHARE = 0.10  # flag a measurement when others used more than this share of the machine
+
+
+def busy(r, nproc):
+    """True when other processes used > BUSY_SHARE of all CPUs during the measurement."""
+    if r is None or r.get("other_cpu_seconds") is None or not r.get("seconds"):
+        return False
+    return r["other_cpu_seconds"] > BUSY_SHARE * r["seconds"] * (nproc or 1)
+
+
+def fmt_s(r, nproc=1):
     if r is None:
         return "—"
     if r.get("rc") not in (0, None):
@@ -169,7 +179,14 @@ def fmt_s(r):
     if s is None:
         return "—"
     rng = r.get("seconds_range")
-    return f"{s:.2f}" if not rng else f"{s:.2f} ({rng[0]:.2f}–{rng[1]:.2f})"
+    txt = f"{s:.2f}" if not rng else f"{s:.2f} ({rng[0]:.2f}–{rng[1]:.2f})"
+    return txt + (" *" if busy(r, nproc) else "")
+
+
+def fmt_cpu(r):
+    if r is None or r.get("rc") not in (0, None) or r.get("cpu_seconds") is None:
+        return "—"
+    return f"{r['cpu_seconds']:.2f}"
 
 
 def fmt_mib(kib):
@@ -232,26 +249,38 @@ def cmd_render(args):
     )
     L.append("")
     L.append(
-        "Wall seconds and peak RSS from `/usr/bin/time -f '%e %M'`, page cache warm, local "
+        "Wall seconds, CPU seconds and peak RSS from `/usr/bin/time -f '%e %M %U %S'`, page cache warm, local "
         "directory store. Ratios: restic / push-operator for time (>1: push-operator faster), "
         "push-operator / restic for RSS and store size (<1: push-operator smaller)."
     )
     L.append("")
     L.append("## Time and memory")
     L.append("")
-    L.append("| dataset | operation | push-operator s | restic s | time restic/p-o | push-operator RSS MiB | restic RSS MiB | RSS p-o/restic |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    nproc = meta.get("nproc") or 1
+    flagged = False
+    L.append("| dataset | operation | push-operator s | restic s | time restic/p-o | push-operator CPU s | restic CPU s | push-operator RSS MiB | restic RSS MiB | RSS p-o/restic |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for d in datasets:
         for op, label in OPS:
             a, b = by.get((d, po, op)), by.get((d, rs, op))
             if a is None and b is None:
                 continue
+            flagged = flagged or busy(a, nproc) or busy(b, nproc)
             L.append(
-                f"| {d} | {label} | {fmt_s(a)} | {fmt_s(b)} | "
+                f"| {d} | {label} | {fmt_s(a, nproc)} | {fmt_s(b, nproc)} | "
                 f"{ratio(ok_num(b, 'seconds'), ok_num(a, 'seconds'))} | "
+                f"{fmt_cpu(a)} | {fmt_cpu(b)} | "
                 f"{fmt_mib(ok_num(a, 'max_rss_kib'))} | {fmt_mib(ok_num(b, 'max_rss_kib'))} | "
                 f"{ratio(ok_num(a, 'max_rss_kib'), ok_num(b, 'max_rss_kib'))} |"
             )
+    L.append("")
+    L.append("CPU s: user + system seconds of the command (all its threads).")
+    if flagged:
+        L.append(
+            f"\\* other processes used more than {BUSY_SHARE:.0%} of the machine's CPU during this "
+            "measurement (`other_cpu_seconds` in results.jsonl): the machine was not quiet, so the wall "
+            "time is inflated; CPU s is the steadier figure."
+        )
     L.append("")
     L.append("## Store size after c (`du -sb`)")
     L.append("")

@@ -3,6 +3,7 @@
 #
 #   bench/run.sh [--tools "push-operator restic"] [--datasets "linux pgdata ext4"]
 #                [--bin PATH] [--data DIR] [--out DIR] [--scratch DIR] [--keep] [--repeat N]
+#                [--quiet-wait SECONDS]
 #
 #   --tools     tools to run (default: "push-operator restic")
 #   --datasets  datasets to run (default: "linux pgdata ext4"); see bench/prepare.sh
@@ -13,13 +14,16 @@
 #   --keep      keep the scratch directory of each dataset
 #   --repeat N  run the whole per-dataset sequence N times (default 1); results.md shows
 #               the median and the min-max range
+#   --quiet-wait S  before each timed command wait up to S seconds (default 0) for a
+#               2 s window in which other processes use < 10% of the machine's CPU
 #
 # Per dataset: one `cp -a` working copy; every tool pushes it into a fresh store
 # (a), pushes again unchanged (b); then mutate.py changes 1% of it ONCE (seed 42)
 # and every tool pushes that same state (c); each tool restores its latest
 # snapshot into an empty directory (or file) (d), checked with diff -rq / cmp;
 # store size is `du -sb` after c (e). Each command is timed with
-# /usr/bin/time -f '%e %M' after `sync` and a page-cache warming read.
+# /usr/bin/time -f '%e %M %U %S' after `sync` and a page-cache warming read; the
+# CPU time other processes used meanwhile is recorded to flag a busy machine.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,6 +37,7 @@ OUT=/work/benchdata/results
 SCRATCH=
 KEEP=0
 REPEAT=1
+QUIET_WAIT=0
 PERCENT=1
 SEED=42
 
@@ -46,7 +51,8 @@ while [[ $# -gt 0 ]]; do
     --scratch) SCRATCH=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --repeat) REPEAT=$2; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --quiet-wait) QUIET_WAIT=$2; shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -80,6 +86,7 @@ for d in $DATASETS; do
   [[ -e ${DS_PATH[$d]} ]] || die "dataset $d missing at ${DS_PATH[$d]} (run bench/prepare.sh)"
 done
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "--repeat needs a positive integer"
+[[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "--quiet-wait needs a number of seconds"
 case "$SCRATCH/" in "${DATA}/linux/"*|"${DATA}/pgdata/"*) die "scratch must not be inside a dataset" ;; esac
 
 mkdir -p "$OUT/logs"
@@ -102,7 +109,7 @@ meta_args=(
   "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
   "mem=$(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)"
   "kernel=$(uname -r)"
-  "percent:num=$PERCENT" "seed:num=$SEED" "repeat:num=$REPEAT"
+  "percent:num=$PERCENT" "seed:num=$SEED" "repeat:num=$REPEAT" "quiet_wait:num=$QUIET_WAIT"
   "tools_run:json=$("$PY" -c 'import json,sys; print(json.dumps(sys.argv[1:]))' $TOOLS)"
   "datasets_run:json=$("$PY" -c 'import json,sys; print(json.dumps(sys.argv[1:]))' $DATASETS)"
 )
@@ -151,16 +158,44 @@ settle() { sync; }
 
 store_bytes() { if [[ -e $1 ]]; then du -sb "$1" | cut -f1; else echo ""; fi; }
 
-# measure DATASET TOOL OP -- CMD...   sets M_RC M_SECS M_RSS M_OUT (path of stdout)
+# Busy CPU ticks of the whole machine (user nice system irq softirq), from /proc/stat.
+cpu_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
+CLK_TCK=$(getconf CLK_TCK)
+NPROC=$(nproc)
+
+# Wait up to QUIET_WAIT seconds for 2 s in which the machine is < 10% busy.
+wait_quiet() {
+  [[ $QUIET_WAIT -gt 0 ]] || return 0
+  local deadline=$((SECONDS + QUIET_WAIT)) a b waited=0
+  while ((SECONDS < deadline)); do
+    a=$(cpu_busy); sleep 2; b=$(cpu_busy)
+    if (((b - a) * 100 < 10 * 2 * CLK_TCK * NPROC)); then
+      ((waited == 0)) || log "machine quiet again after ${waited}s"
+      return 0
+    fi
+    waited=$((waited + 2))
+    ((waited % 60 == 0)) && log "waiting for a quiet machine (${waited}s)"
+  done
+  log "machine still busy after ${QUIET_WAIT}s: measuring anyway"
+}
+
+# measure DATASET TOOL OP -- CMD...
+# Sets M_RC M_SECS M_RSS M_CPU (user+sys s of the command) M_OTHER (CPU s used by
+# every other process during the command: a noisy neighbour shows here) M_OUT (stdout path).
 measure() {
   local ds=$1 tool=$2 op=$3; shift 4
-  local base=$LOGS/$ds.r$REP.$tool.$op
+  local base=$LOGS/$ds.r$REP.$tool.$op b0 b1 usr sys
   M_OUT=$base.out
   M_RC=0
   printf '%q ' "$@" >"$base.cmd"; echo >>"$base.cmd"
-  /usr/bin/time -f '%e %M' -o "$base.time" "$@" >"$M_OUT" 2>"$base.err" || M_RC=$?
-  read -r M_SECS M_RSS < <(tail -n1 "$base.time") || true
-  log "$ds $tool $op: ${M_SECS}s ${M_RSS}KiB rc=$M_RC"
+  wait_quiet
+  b0=$(cpu_busy)
+  /usr/bin/time -f '%e %M %U %S' -o "$base.time" "$@" >"$M_OUT" 2>"$base.err" || M_RC=$?
+  b1=$(cpu_busy)
+  read -r M_SECS M_RSS usr sys < <(tail -n1 "$base.time") || true
+  read -r M_CPU M_OTHER < <(awk -v u="$usr" -v s="$sys" -v d="$((b1 - b0))" -v hz="$CLK_TCK" \
+    'BEGIN { c = u + s; o = d / hz - c; if (o < 0) o = 0; printf "%.2f %.2f\n", c, o }')
+  log "$ds $tool $op: ${M_SECS}s ${M_RSS}KiB cpu ${M_CPU}s (others ${M_OTHER}s) rc=$M_RC"
   if [[ $M_RC -ne 0 ]]; then
     log "  stderr (tail): $(tail -n5 "$base.err" | tr '\n' ' ')"
   fi
@@ -203,7 +238,8 @@ record() {  # DATASET TOOL OP [extra key=value...]
   local out=""
   [[ -s $M_OUT ]] && out=$(tail -c 100000 "$M_OUT")
   "${REPORT[@]}" record "$JSONL" "dataset=$ds" "tool=$tool" "op=$op" "rep:num=$REP" \
-    "seconds:num=$M_SECS" "max_rss_kib:num=$M_RSS" "rc:num=$M_RC" "output:json=$out" "$@"
+    "seconds:num=$M_SECS" "max_rss_kib:num=$M_RSS" "cpu_seconds:num=$M_CPU" \
+    "other_cpu_seconds:num=$M_OTHER" "rc:num=$M_RC" "output:json=$out" "$@"
 }
 
 # ------------------------------------------------------------------ run
@@ -233,7 +269,7 @@ for REP in $(seq 1 "$REPEAT"); do
 
   # The 1% change, once, shared by all tools.
   "$PY" "$HERE/mutate.py" "$WORK" "$PERCENT" "$SEED" >"$LOGS/$DS.r$REP.mutate.out"
-  M_SECS=; M_RSS=; M_RC=0; M_OUT=$LOGS/$DS.r$REP.mutate.out
+  M_SECS=; M_RSS=; M_CPU=; M_OTHER=; M_RC=0; M_OUT=$LOGS/$DS.r$REP.mutate.out
   record "$DS" - mutate
   log "mutated: $(cat "$LOGS/$DS.r$REP.mutate.out" | cut -c1-200)"
 
@@ -244,7 +280,7 @@ for REP in $(seq 1 "$REPEAT"); do
     measure "$DS" "$T" change -- "${CMD[@]}"
     sb=$(store_bytes "$D/store-$T")
     record "$DS" "$T" change "store_bytes:num=$sb"
-    M_SECS=; M_RSS=; M_RC=0; M_OUT=/dev/null
+    M_SECS=; M_RSS=; M_CPU=; M_OTHER=; M_RC=0; M_OUT=/dev/null
     record "$DS" "$T" store "store_bytes:num=$sb"
   done
 

@@ -164,6 +164,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the CustomResourceDefinitions (YAML).
+    Crds,
+    /// Run the operator: the Repository and PushJob controllers.
+    Controller(ControllerArgs),
+    /// Push the mounted volumes of a PushJob (what the worker pod runs).
+    Worker(WorkerCliArgs),
     /// Check that every snapshot is restorable; with --read-data, read the data back too.
     Verify {
         #[command(flatten)]
@@ -174,6 +180,152 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Clone)]
+struct ControllerArgs {
+    /// At most this many pushes run at once (and always at most one per Repository).
+    #[arg(long, default_value_t = 2, env = "PUSH_OPERATOR_MAX_CONCURRENT_PUSHES")]
+    max_concurrent_pushes: usize,
+    /// Default deadline per priority, e.g. P1=33s,P2=6h (units s, m, h; 0 = none).
+    #[arg(long, default_value = "P1=33s,P2=6h,P3=6h,P4=6h,P5=6h")]
+    default_deadlines: String,
+    /// Longest wait for pods and volume attachments to go before an offline push fails.
+    #[arg(long, default_value = "10m")]
+    detach_timeout: String,
+    /// Longest wait for VolumeSnapshots to become ready.
+    #[arg(long, default_value = "10m")]
+    snapshot_timeout: String,
+    /// Image of the worker pods (the operator's own image).
+    #[arg(long, env = "PUSH_OPERATOR_WORKER_IMAGE", default_value = "ghcr.io/rediacc/push-operator:latest")]
+    worker_image: String,
+    /// ServiceAccount of the worker pods.
+    #[arg(long, env = "PUSH_OPERATOR_WORKER_SERVICE_ACCOUNT")]
+    worker_service_account: Option<String>,
+    /// Worker CPU request.
+    #[arg(long, default_value = "500m")]
+    worker_cpu_request: String,
+    /// Worker memory request.
+    #[arg(long, default_value = "512Mi")]
+    worker_memory_request: String,
+    /// Worker memory limit.
+    #[arg(long, default_value = "2Gi")]
+    worker_memory_limit: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "PUSH_OPERATOR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Elect a leader on a Lease (run several replicas safely).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "push-operator-system")]
+    lease_namespace: String,
+    #[arg(long, default_value = "push-operator-leader")]
+    lease_name: String,
+}
+
+#[derive(Args, Clone)]
+struct WorkerCliArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    namespace: String,
+    #[arg(long)]
+    repository: String,
+    #[arg(long)]
+    job: String,
+    #[arg(long)]
+    mode: String,
+    #[arg(long)]
+    consistency: String,
+    #[arg(long, default_value = "P4")]
+    priority: String,
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long = "exclude")]
+    excludes: Vec<String>,
+    /// A volume to push: PVC=MOUNTPATH (repeatable).
+    #[arg(long = "volume", value_parser = parse_volume, required = true)]
+    volumes: Vec<(String, PathBuf)>,
+    /// Where the report goes (the kubelet shows it as the termination message).
+    #[arg(long, default_value = "/dev/termination-log")]
+    termination_log: PathBuf,
+}
+
+fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("volume {s:?} is not PVC=PATH"))?;
+    Ok((k.to_string(), PathBuf::from(v)))
+}
+
+/// "33s", "10m", "6h", "0" -> seconds.
+fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("duration {s:?}: give a number with s, m or h"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => anyhow::bail!("duration {s:?}: unit must be s, m or h"),
+    };
+    Ok(std::time::Duration::from_secs(n * mult))
+}
+
+fn controller_config(a: &ControllerArgs) -> anyhow::Result<push_operator::controller::run::RunOptions> {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use push_operator::controller::push_job::build::WorkerConfig;
+    use push_operator::controller::push_job::state::Settings;
+    let mut settings = Settings {
+        detach_timeout: parse_duration(&a.detach_timeout)?,
+        snapshot_timeout: parse_duration(&a.snapshot_timeout)?,
+        ..Settings::default()
+    };
+    for part in a.default_deadlines.split(',').filter(|p| !p.is_empty()) {
+        let (p, d) =
+            part.split_once('=').with_context(|| format!("--default-deadlines: {part:?} is not P<n>=DURATION"))?;
+        let idx = match p.trim() {
+            "P1" => 0,
+            "P2" => 1,
+            "P3" => 2,
+            "P4" => 3,
+            "P5" => 4,
+            other => anyhow::bail!("--default-deadlines: unknown priority {other:?} (P1..P5)"),
+        };
+        let d = parse_duration(d)?;
+        settings.default_deadlines[idx] = (!d.is_zero()).then_some(d);
+    }
+    if a.max_concurrent_pushes == 0 {
+        anyhow::bail!("--max-concurrent-pushes must be at least 1");
+    }
+    let q = |s: &str| Quantity(s.to_string());
+    let worker = WorkerConfig {
+        image: a.worker_image.clone(),
+        image_pull_policy: None,
+        service_account: a.worker_service_account.clone(),
+        resources: k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), q(&a.worker_cpu_request)),
+                ("memory".into(), q(&a.worker_memory_request)),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), q(&a.worker_memory_limit))])),
+            ..Default::default()
+        },
+    };
+    Ok(push_operator::controller::run::RunOptions {
+        config: push_operator::controller::Config {
+            max_concurrent_pushes: a.max_concurrent_pushes,
+            settings,
+            worker,
+            namespace: a.watch_namespace.clone(),
+        },
+        listen: a.listen,
+        leader_election: a.leader_elect,
+        lease_namespace: a.lease_namespace.clone(),
+        lease_name: a.lease_name.clone(),
+        lease_duration: std::time::Duration::from_secs(15),
+    })
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
@@ -351,6 +503,49 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Crds => {
+            print!("{}", push_operator::api::crds_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Controller(a) => {
+            let opts = controller_config(&a)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(push_operator::controller::run::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(a) => {
+            use push_operator::worker;
+            let args = worker::WorkerArgs {
+                namespace: a.namespace,
+                repository: a.repository,
+                job: a.job,
+                mode: a.mode,
+                consistency: a.consistency,
+                priority: a.priority,
+                reason: a.reason,
+                excludes: a.excludes,
+                volumes: a.volumes,
+            };
+            let report = match a.store.backend().and_then(|b| Store::open_or_init(b, &InitOptions::default())) {
+                Ok(store) => worker::run(&store, &args),
+                Err(e) => push_operator::controller::push_job::state::WorkerReport {
+                    error: Some(format!("{e:#}")),
+                    ..Default::default()
+                },
+            };
+            let text = worker::encode_report(&report);
+            if let Err(e) = std::fs::write(&a.termination_log, &text) {
+                tracing::warn!(path = %a.termination_log.display(), error = %e, "cannot write the termination message");
+            }
+            println!("{text}");
+            Ok(match &report.error {
+                None => ExitCode::SUCCESS,
+                Some(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            })
         }
         Command::Verify { store, read_data, json } => {
             let s = store.open()?;

@@ -1,0 +1,147 @@
+//! PushPolicy: when to push and what to keep. (The scheduler is a later part; the type is here
+//! so the CRD is complete.)
+
+use super::conditions::conditions_schema;
+use super::{LocalRef, Mode, Priority};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "rediacc.io",
+    version = "v1alpha1",
+    kind = "PushPolicy",
+    namespaced,
+    status = "PushPolicyStatus",
+    shortname = "pp",
+    category = "push",
+    plural = "pushpolicies",
+    printcolumn(name = "Repository", type_ = "string", json_path = ".spec.repositoryRef.name"),
+    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspend"),
+    printcolumn(name = "Success", type_ = "number", json_path = ".status.successRate"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("has(self.repositoryRef) != has(self.repositorySelector)").message("set exactly one of repositoryRef and repositorySelector"))]
+#[x_kube(validation = Rule::new("self.schedules.all(s, self.schedules.exists_one(t, t.name == s.name))").message("schedule names must be unique"))]
+#[serde(rename_all = "camelCase")]
+pub struct PushPolicySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_ref: Option<LocalRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_selector: Option<LabelSelector>,
+    #[schemars(length(min = 1, max = 16))]
+    pub schedules: Vec<Schedule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+    #[serde(default)]
+    pub suspend: bool,
+    /// A run missed by more than this is skipped (one late run at most, never a burst).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub starting_deadline_seconds: Option<i64>,
+    #[serde(default = "default_success_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub successful_jobs_history_limit: i32,
+    #[serde(default = "default_failed_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_jobs_history_limit: i32,
+}
+
+fn default_success_history() -> i32 {
+    3
+}
+fn default_failed_history() -> i32 {
+    1
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    pub mode: Mode,
+    /// Five-field cron (minute hour day-of-month month day-of-week) or @hourly, @daily, ...
+    #[schemars(
+        length(max = 128),
+        regex(
+            pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*,/-]+)\s+([0-9*,/-]+)\s+([0-9*,/?LW-]+)\s+([0-9A-Za-z*,/-]+)\s+([0-9A-Za-z*,/?L#-]+))$"
+        )
+    )]
+    pub cron: String,
+    /// IANA time zone (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepRules {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_last: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_hourly: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_daily: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_weekly: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_monthly: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_yearly: Option<i32>,
+    /// Keep everything newer than this duration (e.g. 7d, 36h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+[ymwdh])+$"))]
+    pub keep_within: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Rules for every snapshot, unless a per-mode rule is given.
+    #[serde(flatten)]
+    pub all: KeepRules,
+    /// Rules for online snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<KeepRules>,
+    /// Rules for offline snapshots (the safety anchors: keep them longer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline: Option<KeepRules>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleStatus {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PushPolicyStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
+}

@@ -1,0 +1,104 @@
+//! `push-operator controller`: the Repository and PushJob controllers, leader election, and the
+//! metrics/health endpoints.
+
+pub mod lease;
+pub mod push_job;
+pub mod queue;
+pub mod repository;
+
+use crate::metrics::Metrics;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::events::{Recorder, Reporter};
+use push_job::build::WorkerConfig;
+use push_job::state::Settings;
+use std::collections::HashSet;
+use tokio::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{0} is not namespaced")]
+    NotNamespaced(String),
+    #[error("cleanup still in progress: {0}")]
+    CleanupPending(String),
+    #[error("serialization: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A short label for the errors metric.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(e)) => format!("api_{}", e.code),
+            Error::Kube(_) => "kube".into(),
+            Error::Finalizer(_) => "finalizer".into(),
+            Error::NotNamespaced(_) => "not_namespaced".into(),
+            Error::CleanupPending(_) => "cleanup_pending".into(),
+            Error::Json(_) => "json".into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Operator settings from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub max_concurrent_pushes: usize,
+    pub settings: Settings,
+    pub worker: WorkerConfig,
+    /// Watch one namespace only (all when `None`).
+    pub namespace: Option<String>,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    /// Jobs this process admitted whose status may not show it yet.
+    pub admitted: Mutex<HashSet<String>>,
+    /// The PushJob cache (every job, for the queue).
+    pub jobs: kube::runtime::reflector::Store<crate::api::PushJob>,
+}
+
+impl Context {
+    pub fn with_metrics(
+        client: Client,
+        config: Config,
+        jobs: kube::runtime::reflector::Store<crate::api::PushJob>,
+        metrics: Metrics,
+    ) -> Context {
+        let reporter = Reporter { controller: "push-operator".into(), instance: std::env::var("POD_NAME").ok() };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            admitted: Mutex::new(HashSet::new()),
+            jobs,
+        }
+    }
+}
+
+pub fn snapshot_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot"),
+        "volumesnapshots",
+    )
+}
+
+pub fn volume_attachment_api(client: &Client) -> Api<k8s_openapi::api::storage::v1::VolumeAttachment> {
+    Api::all(client.clone())
+}
+
+pub fn snapshots_api(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &snapshot_resource())
+}
+
+pub mod run;

@@ -1,0 +1,533 @@
+//! The PushJob controller: observe the cluster, ask the pure state machine what is next, write
+//! the status, then act. Every action is idempotent, so a crash anywhere is repaired by the
+//! next reconcile (or, for a deleted job, by the finalizer).
+
+pub mod build;
+pub mod state;
+
+use super::{Context, Error, Result, queue, snapshots_api, volume_attachment_api};
+use crate::api::*;
+use build::{PodInfo, discover};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use state::{Action, Observed, SnapshotObs, WorkerObs, WorkloadObs};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn reconcile(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
+    let ns = job.namespace().ok_or_else(|| Error::NotNamespaced(job.name_any()))?;
+    let api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, job, |event| async {
+        match event {
+            Finalizer::Apply(job) => apply(job, ctx.clone()).await,
+            Finalizer::Cleanup(job) => cleanup(job, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+pub fn key(job: &PushJob) -> String {
+    format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
+}
+
+fn workload_api<K>(ctx: &Context, ns: &str) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::namespaced(ctx.client.clone(), ns)
+}
+
+/// `spec.replicas` and our annotation of a workload, `None` when it does not exist.
+async fn workload_state(ctx: &Context, ns: &str, w: &WorkloadRef) -> Result<Option<(i32, Option<String>)>> {
+    let (replicas, annotations) = match w.kind {
+        WorkloadKind::Deployment => match workload_api::<Deployment>(ctx, ns).get_opt(&w.name).await? {
+            None => return Ok(None),
+            Some(d) => (d.spec.replicas.unwrap_or(1), d.metadata.annotations),
+        },
+        WorkloadKind::StatefulSet => match workload_api::<StatefulSet>(ctx, ns).get_opt(&w.name).await? {
+            None => return Ok(None),
+            Some(s) => (s.spec.replicas.unwrap_or(1), s.metadata.annotations),
+        },
+    };
+    Ok(Some((replicas, annotations.and_then(|a| a.get(REPLICAS_ANNOTATION).cloned()))))
+}
+
+/// The PVC names a Repository resolves to, and the named ones that are missing.
+pub async fn resolve_volumes(ctx: &Context, ns: &str, spec: &RepositorySpec) -> Result<(Vec<String>, Vec<String>)> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let mut found = BTreeSet::new();
+    let mut missing = Vec::new();
+    for name in &spec.volumes {
+        match pvcs.get_opt(name).await? {
+            Some(_) => {
+                found.insert(name.clone());
+            }
+            None => missing.push(name.clone()),
+        }
+    }
+    if let Some(sel) = &spec.volume_selector {
+        let selector = label_selector_string(sel);
+        for p in pvcs.list(&ListParams::default().labels(&selector)).await? {
+            if p.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY) {
+                found.insert(p.name_any());
+            }
+        }
+    }
+    Ok((found.into_iter().collect(), missing))
+}
+
+pub fn label_selector_string(sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> String {
+    let mut parts: Vec<String> =
+        sel.match_labels.clone().unwrap_or_default().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for e in sel.match_expressions.clone().unwrap_or_default() {
+        let vals = e.values.unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({vals})", e.key),
+            "NotIn" => format!("{} notin ({vals})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+/// Pods of the namespace and the ReplicaSet -> Deployment map, for discovery.
+pub async fn pods_and_owners(ctx: &Context, ns: &str) -> Result<(Vec<PodInfo>, BTreeMap<String, Option<String>>)> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let infos = pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                || p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .map(PodInfo::from_pod)
+        .collect();
+    let rs: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
+    let owners = rs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|r| {
+            let dep = r
+                .metadata
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.iter().find(|o| o.controller == Some(true) && o.kind == "Deployment"))
+                .map(|o| o.name.clone());
+            (r.name_any(), dep)
+        })
+        .collect();
+    Ok((infos, owners))
+}
+
+async fn observe(job: &PushJob, ctx: &Context) -> Result<Observed> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let phase = job.phase();
+    let status = job.status.clone().unwrap_or_default();
+    let mut obs = Observed { now: chrono::Utc::now(), ..Default::default() };
+    let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
+    obs.repository = repos.get_opt(&job.spec.repository_ref.name).await?.map(|r| r.spec);
+    if let Some(repo) = &obs.repository {
+        if phase == Phase::Pending {
+            (obs.volumes, obs.missing_volumes) = resolve_volumes(ctx, &ns, repo).await?;
+        } else {
+            obs.volumes = status.volumes.clone();
+        }
+    }
+    let volumes = if status.volumes.is_empty() { obs.volumes.clone() } else { status.volumes.clone() };
+    let (pods, owners) = pods_and_owners(ctx, &ns).await?;
+    let d = discover(&volumes, &pods, &owners);
+    obs.bare_pods = d.bare_pods;
+    obs.mount_node = d.node;
+    obs.pods_mounting = d.mounting;
+
+    // Workloads: the recorded ones once recorded (pods are gone after scaling), else the
+    // declared or discovered ones.
+    let mut workloads: Vec<WorkloadRef> = if !status.replicas.is_empty() {
+        status.replicas.iter().map(|r| WorkloadRef { kind: r.kind, name: r.name.clone() }).collect()
+    } else if let Some(declared) = obs.repository.as_ref().and_then(|r| r.workloads.clone()) {
+        declared
+    } else {
+        d.workloads
+    };
+    workloads.sort();
+    workloads.dedup();
+    if job.spec.mode == Mode::Offline {
+        for w in workloads {
+            let st = workload_state(ctx, &ns, &w).await?;
+            obs.workloads.push(WorkloadObs {
+                workload: w,
+                replicas: st.as_ref().map(|s| s.0),
+                annotation: st.and_then(|s| s.1),
+            });
+        }
+    }
+
+    // VolumeAttachments holding the PVs of the volumes.
+    if matches!(phase, Phase::WaitingForDetach | Phase::Quiescing) {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut pvs = BTreeSet::new();
+        for v in &volumes {
+            if let Some(pv) = pvcs.get_opt(v).await?.and_then(|p| p.spec).and_then(|s| s.volume_name) {
+                pvs.insert(pv);
+            }
+        }
+        for a in volume_attachment_api(&ctx.client).list(&ListParams::default()).await? {
+            if a.spec.source.persistent_volume_name.as_ref().is_some_and(|pv| pvs.contains(pv)) {
+                obs.attachments.push(a.name_any());
+            }
+        }
+    }
+
+    let by_job = ListParams::default().labels(&format!("{JOB_LABEL}={name}"));
+    if status.created.iter().any(|c| c.kind == "VolumeSnapshot") || phase == Phase::Snapshotting {
+        for s in snapshots_api(&ctx.client, &ns).list(&by_job).await? {
+            if s.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let st = s.data.get("status");
+            obs.snapshots.push(SnapshotObs {
+                name: s.name_any(),
+                volume: s.data["spec"]["source"]["persistentVolumeClaimName"].as_str().unwrap_or("").to_string(),
+                ready: st.and_then(|s| s["readyToUse"].as_bool()).unwrap_or(false),
+                error: st.and_then(|s| s["error"]["message"].as_str()).map(String::from),
+            });
+        }
+    }
+    if status.created.iter().any(|c| c.kind == "PersistentVolumeClaim") {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        obs.clones = pvcs
+            .list(&by_job)
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+            .collect();
+    }
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    obs.worker = pods_api.get_opt(&state::worker_name(&name)).await?.and_then(|p| worker_obs(&p));
+
+    if matches!(phase, Phase::Pending | Phase::Queued) {
+        let (admitted, position) = admission(job, ctx).await;
+        obs.admitted = admitted;
+        obs.queue_position = position;
+    }
+    Ok(obs)
+}
+
+fn worker_obs(p: &Pod) -> Option<WorkerObs> {
+    if p.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = p.status.as_ref()?;
+    let term = status
+        .container_statuses
+        .as_ref()
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.clone());
+    let message = term.as_ref().and_then(|t| t.message.clone()).unwrap_or_default();
+    Some(match status.phase.as_deref() {
+        Some("Succeeded") => WorkerObs::Succeeded { message },
+        Some("Failed") => WorkerObs::Failed {
+            message: if message.is_empty() { status.message.clone().unwrap_or_default() } else { message },
+            exit_code: term.map(|t| t.exit_code),
+        },
+        Some("Running") => WorkerObs::Running,
+        _ => WorkerObs::Pending,
+    })
+}
+
+/// The queue's answer for one job (serialized: one admission decision at a time).
+async fn admission(job: &PushJob, ctx: &Context) -> (bool, Option<i32>) {
+    let me = key(job);
+    let mut admitted = ctx.admitted.lock().await;
+    let jobs = ctx.jobs.state();
+    // Forget admissions the cache now shows as running or finished.
+    admitted.retain(|k| jobs.iter().any(|j| key(j) == *k && matches!(j.phase(), Phase::Pending | Phase::Queued)));
+    if admitted.contains(&me) {
+        return (true, None);
+    }
+    let mut entries: Vec<queue::Entry> = jobs
+        .iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .map(|j| queue::Entry {
+            key: key(j),
+            repository: format!("{}/{}", j.namespace().unwrap_or_default(), j.spec.repository_ref.name),
+            priority: j.spec.priority,
+            created: j.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0)).unwrap_or_else(chrono::Utc::now),
+            phase: if key(j) == me { job.phase() } else { j.phase() },
+            admitted: admitted.contains(&key(j)),
+        })
+        .collect();
+    if !entries.iter().any(|e| e.key == me) {
+        entries.push(queue::Entry {
+            key: me.clone(),
+            repository: format!("{}/{}", job.namespace().unwrap_or_default(), job.spec.repository_ref.name),
+            priority: job.spec.priority,
+            created: job.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0)).unwrap_or_else(chrono::Utc::now),
+            phase: job.phase(),
+            admitted: false,
+        });
+    }
+    let plan = queue::plan(&entries, ctx.config.max_concurrent_pushes);
+    for p in Priority::ALL {
+        ctx.metrics.queue_depth.with_label_values(&[p.as_str()]).set(plan.depth.get(&p).copied().unwrap_or(0));
+    }
+    let running = entries.iter().filter(|e| e.phase.is_running() || e.admitted).count() + plan.admit.len();
+    ctx.metrics.jobs_running.set(running as f64);
+    for k in &plan.admit {
+        admitted.insert(k.clone());
+    }
+    (admitted.contains(&me), plan.positions.get(&me).copied())
+}
+
+async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
+    let ns = job.namespace().unwrap_or_default();
+    let pp = PatchParams::default();
+    let ok_absent = |r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        other => other,
+    };
+    match action {
+        Action::Annotate { workload, value } => {
+            let patch = Patch::Merge(json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: value}}}));
+            match workload.kind {
+                WorkloadKind::Deployment => {
+                    workload_api::<Deployment>(ctx, &ns).patch(&workload.name, &pp, &patch).await.map(|_| ())?
+                }
+                WorkloadKind::StatefulSet => {
+                    workload_api::<StatefulSet>(ctx, &ns).patch(&workload.name, &pp, &patch).await.map(|_| ())?
+                }
+            }
+        }
+        Action::RemoveAnnotation { workload } => {
+            let patch = Patch::Merge(json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: null}}}));
+            let r = match workload.kind {
+                WorkloadKind::Deployment => {
+                    workload_api::<Deployment>(ctx, &ns).patch(&workload.name, &pp, &patch).await.map(|_| ())
+                }
+                WorkloadKind::StatefulSet => {
+                    workload_api::<StatefulSet>(ctx, &ns).patch(&workload.name, &pp, &patch).await.map(|_| ())
+                }
+            };
+            ok_absent(r)?;
+        }
+        Action::Scale { workload, replicas } => {
+            let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+            let r = match workload.kind {
+                WorkloadKind::Deployment => {
+                    workload_api::<Deployment>(ctx, &ns).patch_scale(&workload.name, &pp, &patch).await.map(|_| ())
+                }
+                WorkloadKind::StatefulSet => {
+                    workload_api::<StatefulSet>(ctx, &ns).patch_scale(&workload.name, &pp, &patch).await.map(|_| ())
+                }
+            };
+            ok_absent(r)?;
+            tracing::info!(job = %key(job), workload = %workload.name, replicas, "scaled");
+        }
+        Action::CreateSnapshot { name, volume, class } => {
+            let obj: kube::api::DynamicObject =
+                serde_json::from_value(build::volume_snapshot(job, name, volume, class))?;
+            ok_absent(snapshots_api(&ctx.client, &ns).create(&PostParams::default(), &obj).await.map(|_| ()))?;
+        }
+        Action::CreateClone { name, volume, snapshot } => {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+            let source = pvcs.get(volume).await?;
+            let clone = build::clone_pvc(job, name, &source, snapshot);
+            ok_absent(pvcs.create(&PostParams::default(), &clone).await.map(|_| ()))?;
+        }
+        Action::CreateWorker { name, claims, node } => {
+            let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
+            let repo = repos.get(&job.spec.repository_ref.name).await?;
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+            let mut block = BTreeSet::new();
+            for (_, claim) in claims {
+                let mode = pvcs.get_opt(claim).await?.and_then(|p| p.spec).and_then(|s| s.volume_mode);
+                if mode.as_deref() == Some("Block") {
+                    block.insert(claim.clone());
+                }
+            }
+            let pod = build::worker_pod(job, &repo, name, claims, &block, node.clone(), &ctx.config.worker);
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+            ok_absent(pods.create(&PostParams::default(), &pod).await.map(|_| ()))?;
+        }
+        Action::Delete(o) => {
+            let dp = DeleteParams::background();
+            let r = match o.kind.as_str() {
+                "Pod" => Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(&o.name, &dp).await.map(|_| ()),
+                "PersistentVolumeClaim" => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+                    .delete(&o.name, &dp)
+                    .await
+                    .map(|_| ()),
+                "VolumeSnapshot" => snapshots_api(&ctx.client, &ns).delete(&o.name, &dp).await.map(|_| ()),
+                _ => Ok(()),
+            };
+            ok_absent(r)?;
+        }
+    }
+    Ok(())
+}
+
+async fn publish(ctx: &Context, job: &PushJob, warning: bool, reason: &str, message: &str) {
+    let ev = KubeEvent {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Push".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &job.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+async fn apply(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
+    let before = job.phase();
+    if before.is_terminal() {
+        return finished(&job, &ctx).await;
+    }
+    let obs = observe(&job, &ctx).await?;
+    let decision = state::next(&job, &obs, &ctx.config.settings);
+    let ns = job.namespace().unwrap_or_default();
+    let api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &ns);
+    // Status first: what will be done (replica records, objects about to be created) is
+    // stored before it is done.
+    if job.status.as_ref() != Some(&decision.status) {
+        api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": decision.status})))
+            .await?;
+    }
+    for a in &decision.actions {
+        perform(&job, &ctx, a).await?;
+    }
+    for e in &decision.events {
+        publish(&ctx, &job, e.warning, &e.reason, &e.message).await;
+    }
+    let after = decision.status.phase.unwrap_or_default();
+    if after.is_terminal() && !before.is_terminal() {
+        record_completion(&job, &decision.status, &ctx).await?;
+    }
+    Ok(match decision.requeue {
+        Some(d) => Requeue::requeue(d.max(Duration::from_millis(200))),
+        None => Requeue::requeue(Duration::from_secs(300)),
+    })
+}
+
+/// A finished job: deleted once its TTL passed.
+async fn finished(job: &PushJob, ctx: &Context) -> Result<Requeue> {
+    let (Some(ttl), Some(done)) =
+        (job.spec.ttl_seconds_after_finished, job.status.as_ref().and_then(|s| s.completion_time.as_ref()))
+    else {
+        return Ok(Requeue::await_change());
+    };
+    let expires = chrono_of(&done.0) + chrono::Duration::seconds(ttl);
+    let now = chrono::Utc::now();
+    if now >= expires {
+        let api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+        match api.delete(&job.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Requeue::await_change());
+    }
+    Ok(Requeue::requeue((expires - now).to_std().unwrap_or(Duration::from_secs(1))))
+}
+
+/// Metrics and the Repository's last-push record for a job that just finished.
+async fn record_completion(job: &PushJob, st: &PushJobStatus, ctx: &Context) -> Result<()> {
+    let ns = job.namespace().unwrap_or_default();
+    let mode = job.spec.mode.as_str();
+    let ok = st.phase == Some(Phase::Succeeded);
+    let repo_name = &job.spec.repository_ref.name;
+    ctx.metrics.jobs.with_label_values(&[mode, if ok { "succeeded" } else { "failed" }]).inc();
+    if let (Some(s), Some(e)) = (&st.start_time, &st.completion_time) {
+        ctx.metrics
+            .job_duration
+            .with_label_values(&[mode])
+            .observe((chrono_of(&e.0) - chrono_of(&s.0)).num_milliseconds() as f64 / 1000.0);
+    }
+    let labels = [ns.as_str(), repo_name.as_str(), mode];
+    if let Some(stats) = &st.stats {
+        ctx.metrics.bytes_read.with_label_values(&labels).inc_by(stats.bytes_read.max(0) as u64);
+        ctx.metrics.bytes_new.with_label_values(&labels).inc_by(stats.bytes_new.max(0) as u64);
+        ctx.metrics.bytes_uploaded.with_label_values(&labels).inc_by(stats.bytes_uploaded.max(0) as u64);
+        if let Some(r) = stats.dedup_ratio {
+            ctx.metrics.dedup_ratio.with_label_values(&[ns.as_str(), repo_name.as_str()]).set(r);
+        }
+    }
+    if ok {
+        ctx.metrics.last_success.with_label_values(&labels).set(chrono::Utc::now().timestamp() as f64);
+    }
+    let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(repo) = repos.get_opt(repo_name).await? else { return Ok(()) };
+    let rs = repo.status.clone().unwrap_or_default();
+    let record = PushRecord {
+        time: st.completion_time.clone().unwrap_or_else(|| time(chrono::Utc::now())),
+        job: job.name_any(),
+        mode: job.spec.mode,
+        result: if ok { "Succeeded" } else { "Failed" }.into(),
+        snapshots: st.snapshots.iter().map(|s| s.snapshot.clone()).collect(),
+    };
+    let mut patch = serde_json::Map::new();
+    let field = if job.spec.mode == Mode::Online { "lastOnlinePush" } else { "lastOfflinePush" };
+    patch.insert(field.into(), serde_json::to_value(&record)?);
+    if ok && let Some(stats) = &st.stats {
+        patch.insert("snapshotCount".into(), json!(rs.snapshot_count.unwrap_or(0) + st.snapshots.len() as i64));
+        patch.insert("logicalBytes".into(), json!(stats.bytes_total));
+        patch.insert("storedBytes".into(), json!(rs.stored_bytes.unwrap_or(0) + stats.bytes_uploaded));
+        if let Some(r) = stats.dedup_ratio {
+            patch.insert("dedupRatio".into(), json!(r));
+        }
+    }
+    repos.patch_status(repo_name, &PatchParams::default(), &Patch::Merge(json!({ "status": patch }))).await?;
+    Ok(())
+}
+
+/// Finalizer: a deleted job stops its worker, brings its workloads back and deletes what it
+/// created before it goes.
+async fn cleanup(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
+    for round in 0..30 {
+        let obs = observe(&job, &ctx).await?;
+        let actions = state::cleanup(&job, &obs);
+        if actions.is_empty() {
+            if round > 0 {
+                publish(
+                    &ctx,
+                    &job,
+                    false,
+                    "CleanedUp",
+                    "deleted mid-flow: workloads restored, created objects deleted",
+                )
+                .await;
+            }
+            return Ok(Requeue::await_change());
+        }
+        for a in &actions {
+            perform(&job, &ctx, a).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(Error::CleanupPending(key(&job)))
+}
+
+pub fn error_policy(job: Arc<PushJob>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(job = %key(&job), error = %err, "reconcile failed");
+    ctx.metrics.reconcile_errors.with_label_values(&["pushjob", &err.metric_label()]).inc();
+    Requeue::requeue(Duration::from_secs(2))
+}

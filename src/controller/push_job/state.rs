@@ -1,0 +1,689 @@
+//! The PushJob state machine: a pure function from (job, observed world, now) to the next
+//! status and the actions that move the world towards it. No I/O: the apply layer observes the
+//! cluster, calls [`next`], performs the actions in order and writes the status.
+//!
+//! Safety rules this module enforces (and its tests check):
+//! - replica counts are written to the job status *before* any workload is touched, and to an
+//!   annotation on the workload before it is scaled;
+//! - once a job fails (error, deadline, deletion), it unwinds: the worker is stopped, workloads
+//!   are scaled back to the recorded counts, then the objects the job created are deleted;
+//! - unwinding has no deadline: it runs until every workload is back.
+
+use crate::api::conditions::{self, set_condition};
+use crate::api::*;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// The world as the apply layer saw it for one job.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub now: DateTime<Utc>,
+    /// The Repository, when it exists.
+    pub repository: Option<RepositorySpec>,
+    /// PVCs of the repository that exist / that are named but missing.
+    pub volumes: Vec<String>,
+    pub missing_volumes: Vec<String>,
+    /// Offline: the workloads to stop, with their current spec replicas and annotation.
+    pub workloads: Vec<WorkloadObs>,
+    /// Pods mounting the volumes that no Deployment/StatefulSet owns (cannot be brought back).
+    pub bare_pods: Vec<String>,
+    /// Pods other than our worker that mount the volumes and are not gone yet.
+    pub pods_mounting: Vec<String>,
+    /// VolumeAttachments that still hold the volumes' PVs.
+    pub attachments: Vec<String>,
+    /// Node of a running pod that mounts the volumes (live reads run there).
+    pub mount_node: Option<String>,
+    /// VolumeSnapshots labelled with this job.
+    pub snapshots: Vec<SnapshotObs>,
+    /// Clone PVCs labelled with this job.
+    pub clones: Vec<String>,
+    /// The worker pod, when it exists.
+    pub worker: Option<WorkerObs>,
+    /// The queue's answer: may this job start?
+    pub admitted: bool,
+    pub queue_position: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadObs {
+    pub workload: WorkloadRef,
+    /// `spec.replicas`; `None` when the workload no longer exists.
+    pub replicas: Option<i32>,
+    /// Our annotation on it, when present.
+    pub annotation: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotObs {
+    pub name: String,
+    pub volume: String,
+    pub ready: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerObs {
+    Pending,
+    Running,
+    Succeeded { message: String },
+    Failed { message: String, exit_code: Option<i32> },
+}
+
+/// Something to do to the cluster. Every action is idempotent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write `<job>=<replicas>` into the workload's annotation (before scaling it).
+    Annotate {
+        workload: WorkloadRef,
+        value: String,
+    },
+    Scale {
+        workload: WorkloadRef,
+        replicas: i32,
+    },
+    RemoveAnnotation {
+        workload: WorkloadRef,
+    },
+    CreateSnapshot {
+        name: String,
+        volume: String,
+        class: String,
+    },
+    CreateClone {
+        name: String,
+        volume: String,
+        snapshot: String,
+    },
+    /// Create the worker pod for these (volume name, claim name) pairs.
+    CreateWorker {
+        name: String,
+        claims: Vec<(String, String)>,
+        node: Option<String>,
+    },
+    Delete(CreatedObject),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub status: PushJobStatus,
+    pub actions: Vec<Action>,
+    pub events: Vec<Event>,
+    /// Look again after this long (the watches wake us earlier on changes).
+    pub requeue: Option<Duration>,
+}
+
+/// Operator settings the state machine needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Default deadline per priority (index 0 = P1); `None` = no deadline.
+    pub default_deadlines: [Option<Duration>; 5],
+    /// Longest wait for pods and attachments to go away before an offline push gives up.
+    pub detach_timeout: Duration,
+    /// Longest wait for VolumeSnapshots to become ready.
+    pub snapshot_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_deadlines: [
+                Some(Duration::from_secs(33)),
+                Some(Duration::from_secs(6 * 3600)),
+                Some(Duration::from_secs(6 * 3600)),
+                Some(Duration::from_secs(6 * 3600)),
+                Some(Duration::from_secs(6 * 3600)),
+            ],
+            detach_timeout: Duration::from_secs(600),
+            snapshot_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+pub fn worker_name(job: &str) -> String {
+    object_name(job, "push")
+}
+pub fn snapshot_name(job: &str, volume: &str) -> String {
+    object_name(&format!("{job}-{volume}"), "snap")
+}
+pub fn clone_name(job: &str, volume: &str) -> String {
+    object_name(&format!("{job}-{volume}"), "clone")
+}
+
+/// `<base>-<suffix>` kept within 63 characters (a hash keeps truncated names unique).
+fn object_name(base: &str, suffix: &str) -> String {
+    let full = format!("{base}-{suffix}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let h = &blake3::hash(base.as_bytes()).to_hex()[..8];
+    let keep = 63 - suffix.len() - h.len() - 2;
+    format!("{}-{h}-{suffix}", base[..keep].trim_end_matches('-'))
+}
+
+/// `job=replicas`: the annotation value that records a workload's replicas for a job.
+pub fn annotation_value(job: &str, replicas: i32) -> String {
+    format!("{job}={replicas}")
+}
+
+/// Parses an annotation value back into (job, replicas).
+pub fn parse_annotation(v: &str) -> Option<(String, i32)> {
+    let (job, n) = v.rsplit_once('=')?;
+    Some((job.to_string(), n.parse().ok()?))
+}
+
+pub fn deadline(job: &PushJob, settings: &Settings) -> Option<Duration> {
+    match job.spec.deadline_seconds {
+        Some(s) => Some(Duration::from_secs(s.max(1) as u64)),
+        None => settings.default_deadlines[job.spec.priority as usize],
+    }
+}
+
+struct Builder<'a> {
+    job: &'a PushJob,
+    obs: &'a Observed,
+    st: PushJobStatus,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    requeue: Option<Duration>,
+}
+
+impl Builder<'_> {
+    fn name(&self) -> &str {
+        self.job.metadata.name.as_deref().unwrap_or("")
+    }
+
+    fn phase(&self) -> Phase {
+        self.st.phase.unwrap_or_default()
+    }
+
+    fn event(&mut self, warning: bool, reason: &str, message: impl Into<String>) {
+        self.events.push(Event { warning, reason: reason.into(), message: message.into() });
+    }
+
+    fn enter(&mut self, phase: Phase, message: impl Into<String>) {
+        let message = message.into();
+        if self.st.phase != Some(phase) {
+            self.st.phase_time = Some(time(self.obs.now));
+            self.event(false, phase.as_str(), message.clone());
+        }
+        self.st.phase = Some(phase);
+        self.st.message = Some(message);
+        self.requeue = Some(Duration::ZERO);
+    }
+
+    fn wait(&mut self, message: impl Into<String>, after: Duration) {
+        self.st.message = Some(message.into());
+        self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
+    }
+
+    /// Records a failure and starts unwinding (the worker stops, workloads come back, created
+    /// objects go). A second failure keeps the first reason.
+    fn fail(&mut self, reason: &str, message: impl Into<String>) {
+        let message = message.into();
+        if self.st.failure.is_none() {
+            self.event(true, reason, message.clone());
+            self.st.failure = Some(Failure { reason: reason.into(), message: message.clone() });
+        }
+        self.stop_worker();
+        if self.job.spec.mode == Mode::Offline && !self.st.replicas.is_empty() {
+            self.enter(Phase::Resuming, format!("{reason}: bringing the workloads back"));
+        } else {
+            self.enter(Phase::CleaningUp, format!("{reason}: cleaning up"));
+        }
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(w) = &self.obs.worker
+            && matches!(w, WorkerObs::Pending | WorkerObs::Running)
+        {
+            self.actions.push(Action::Delete(CreatedObject { kind: "Pod".into(), name: worker_name(self.name()) }));
+        }
+    }
+
+    fn created(&mut self, kind: &str, name: &str) {
+        let o = CreatedObject { kind: kind.into(), name: name.into() };
+        if !self.st.created.contains(&o) {
+            self.st.created.push(o);
+        }
+    }
+
+    fn set_conditions(&mut self) {
+        let now = self.obs.now;
+        let generation = self.job.metadata.generation;
+        self.st.observed_generation = generation;
+        let phase = self.phase();
+        let c = &mut self.st.conditions;
+        match phase {
+            Phase::Succeeded => {
+                set_condition(c, conditions::COMPLETE, true, "Succeeded", "push complete", generation, now);
+                set_condition(c, conditions::READY, true, "Succeeded", "push complete", generation, now);
+                set_condition(c, conditions::RECONCILING, false, "Succeeded", "", generation, now);
+                set_condition(c, conditions::STALLED, false, "Succeeded", "", generation, now);
+                conditions::remove_condition(c, conditions::FAILED);
+            }
+            Phase::Failed => {
+                let f = self
+                    .st
+                    .failure
+                    .clone()
+                    .unwrap_or(Failure { reason: "Failed".into(), message: "push failed".into() });
+                set_condition(c, conditions::FAILED, true, &f.reason, &f.message, generation, now);
+                set_condition(c, conditions::STALLED, true, &f.reason, &f.message, generation, now);
+                set_condition(c, conditions::READY, false, &f.reason, &f.message, generation, now);
+                set_condition(c, conditions::RECONCILING, false, &f.reason, "", generation, now);
+                conditions::remove_condition(c, conditions::COMPLETE);
+            }
+            p => {
+                let msg = self.st.message.clone().unwrap_or_default();
+                set_condition(c, conditions::RECONCILING, true, p.as_str(), &msg, generation, now);
+                set_condition(c, conditions::READY, false, p.as_str(), &msg, generation, now);
+                set_condition(c, conditions::STALLED, false, p.as_str(), "", generation, now);
+            }
+        }
+        if self.st.consistency == Some(Consistency::Inconsistent) {
+            set_condition(
+                c,
+                conditions::CONSISTENCY_WARNING,
+                true,
+                "LiveRead",
+                "no VolumeSnapshotClass: the volumes were read while in use; files may be torn (keep offline pushes as safety anchors)",
+                generation,
+                now,
+            );
+        }
+    }
+
+    fn finish(mut self) -> Decision {
+        self.set_conditions();
+        Decision { status: self.st, actions: self.actions, events: self.events, requeue: self.requeue }
+    }
+}
+
+/// The next step for `job` given what was observed.
+pub fn next(job: &PushJob, obs: &Observed, settings: &Settings) -> Decision {
+    let mut b = Builder {
+        job,
+        obs,
+        st: job.status.clone().unwrap_or_default(),
+        actions: Vec::new(),
+        events: Vec::new(),
+        requeue: None,
+    };
+    if b.st.phase.is_none() {
+        b.st.phase = Some(Phase::Pending);
+        b.st.phase_time = Some(time(obs.now));
+    }
+    let phase = b.phase();
+    if phase.is_terminal() {
+        return b.finish();
+    }
+    let unwinding = matches!(phase, Phase::Resuming | Phase::CleaningUp);
+
+    // The job deadline counts from creation; unwinding is never cut short.
+    if !unwinding && let (Some(d), Some(created)) = (deadline(job, settings), job.metadata.creation_timestamp.as_ref())
+    {
+        let ends = chrono_of(&created.0) + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        if obs.now >= ends {
+            b.fail(
+                "DeadlineExceeded",
+                format!(
+                    "the {} deadline of {}s passed in phase {}",
+                    job.spec.priority.as_str(),
+                    d.as_secs(),
+                    phase.as_str()
+                ),
+            );
+            return b.finish();
+        }
+        let left = (ends - obs.now).to_std().unwrap_or_default();
+        b.requeue = Some(left);
+    }
+
+    match phase {
+        Phase::Pending => pending(&mut b),
+        Phase::Queued => queued(&mut b),
+        Phase::Quiescing => quiescing(&mut b),
+        Phase::WaitingForDetach => waiting_for_detach(&mut b, settings),
+        Phase::Hooks => b.enter(Phase::Snapshotting, "taking VolumeSnapshots"),
+        Phase::Snapshotting => snapshotting(&mut b, settings),
+        Phase::Cloning => cloning(&mut b),
+        Phase::Pushing => pushing(&mut b),
+        Phase::Resuming => resuming(&mut b),
+        Phase::CleaningUp => cleaning_up(&mut b),
+        Phase::Succeeded | Phase::Failed => unreachable!("terminal phases return early"),
+    }
+    b.finish()
+}
+
+fn pending(b: &mut Builder) {
+    let Some(repo) = &b.obs.repository else {
+        let name = &b.job.spec.repository_ref.name;
+        return b.fail("RepositoryNotFound", format!("Repository {name:?} does not exist in this namespace"));
+    };
+    if !b.obs.missing_volumes.is_empty() {
+        return b.fail("VolumeNotFound", format!("PVCs not found: {}", b.obs.missing_volumes.join(", ")));
+    }
+    if b.obs.volumes.is_empty() {
+        return b.fail("NoVolumes", "the Repository selects no PVC");
+    }
+    if b.job.spec.mode == Mode::Offline && !b.obs.bare_pods.is_empty() && repo.workloads.is_none() {
+        return b.fail(
+            "BarePod",
+            format!(
+                "pods {} mount the volumes but no Deployment or StatefulSet owns them, so an offline push could not bring them back; manage them with a controller or list spec.workloads",
+                b.obs.bare_pods.join(", ")
+            ),
+        );
+    }
+    b.st.volumes = b.obs.volumes.clone();
+    b.enter(Phase::Queued, "waiting for a push slot");
+}
+
+fn queued(b: &mut Builder) {
+    if !b.obs.admitted {
+        b.st.queue_position = b.obs.queue_position;
+        let pos = b.obs.queue_position.map(|p| format!(" (position {p})")).unwrap_or_default();
+        b.wait(format!("waiting for a push slot{pos}"), Duration::from_secs(10));
+        return;
+    }
+    b.st.queue_position = None;
+    b.st.start_time = Some(time(b.obs.now));
+    let Some(repo) = b.obs.repository.clone() else {
+        let name = &b.job.spec.repository_ref.name;
+        return b.fail("RepositoryNotFound", format!("Repository {name:?} was deleted"));
+    };
+    match b.job.spec.mode {
+        Mode::Offline => {
+            b.st.consistency = Some(Consistency::Consistent);
+            b.enter(Phase::Quiescing, "recording replicas and scaling the workloads to zero");
+        }
+        Mode::Online => match repo.online.volume_snapshot_class_name.as_deref() {
+            Some(_) if repo.online.live != Some(true) => {
+                b.st.consistency = Some(Consistency::CrashConsistent);
+                b.enter(Phase::Snapshotting, "taking VolumeSnapshots");
+            }
+            _ => {
+                b.st.consistency = Some(Consistency::Inconsistent);
+                b.event(
+                    true,
+                    "ConsistencyWarning",
+                    "no VolumeSnapshotClass: reading the live volumes; the snapshot is marked inconsistent",
+                );
+                b.enter(Phase::Pushing, "reading the live volumes");
+            }
+        },
+    }
+}
+
+fn quiescing(b: &mut Builder) {
+    if b.st.replicas.is_empty() && !b.obs.workloads.is_empty() {
+        // Step 1: record the counts in the job status, and touch nothing until that is stored.
+        b.st.replicas = b
+            .obs
+            .workloads
+            .iter()
+            .map(|w| ReplicaRecord {
+                kind: w.workload.kind,
+                name: w.workload.name.clone(),
+                replicas: w.replicas.unwrap_or(0),
+            })
+            .collect();
+        b.wait("replica counts recorded", Duration::ZERO);
+        return;
+    }
+    // Step 2: annotate each workload, then scale it to zero.
+    let name = b.name().to_string();
+    let mut all_zero = true;
+    for rec in b.st.replicas.clone() {
+        let w = WorkloadRef { kind: rec.kind, name: rec.name.clone() };
+        let obs = b.obs.workloads.iter().find(|o| o.workload == w);
+        let Some(current) = obs.and_then(|o| o.replicas) else { continue }; // deleted meanwhile
+        let value = annotation_value(&name, rec.replicas);
+        if obs.and_then(|o| o.annotation.as_deref()) != Some(value.as_str()) {
+            b.actions.push(Action::Annotate { workload: w.clone(), value });
+        }
+        if current != 0 {
+            all_zero = false;
+            b.actions.push(Action::Scale { workload: w, replicas: 0 });
+        }
+    }
+    if all_zero && b.actions.is_empty() {
+        b.enter(Phase::WaitingForDetach, "waiting until the pods are gone and the volumes detached");
+    } else {
+        b.wait("scaling the workloads to zero", Duration::from_secs(1));
+    }
+}
+
+fn phase_age(b: &Builder) -> Duration {
+    b.st.phase_time.as_ref().and_then(|t| (b.obs.now - chrono_of(&t.0)).to_std().ok()).unwrap_or_default()
+}
+
+fn waiting_for_detach(b: &mut Builder, settings: &Settings) {
+    let (pods, atts) = (&b.obs.pods_mounting, &b.obs.attachments);
+    if pods.is_empty() && atts.is_empty() {
+        b.enter(Phase::Pushing, "copying the volumes");
+        return;
+    }
+    if phase_age(b) >= settings.detach_timeout {
+        let msg = format!(
+            "after {}s, still mounted by pods [{}] / attached by [{}]",
+            settings.detach_timeout.as_secs(),
+            pods.join(", "),
+            atts.join(", ")
+        );
+        return b.fail("DetachTimeout", msg);
+    }
+    b.wait(
+        format!("waiting for {} pods and {} volume attachments to go", pods.len(), atts.len()),
+        Duration::from_secs(2),
+    );
+}
+
+fn snapshotting(b: &mut Builder, settings: &Settings) {
+    let class = b.obs.repository.as_ref().and_then(|r| r.online.volume_snapshot_class_name.clone()).unwrap_or_default();
+    let name = b.name().to_string();
+    let mut all_ready = true;
+    for v in b.st.volumes.clone() {
+        let sn = snapshot_name(&name, &v);
+        match b.obs.snapshots.iter().find(|s| s.name == sn) {
+            None => {
+                all_ready = false;
+                b.created("VolumeSnapshot", &sn);
+                b.actions.push(Action::CreateSnapshot { name: sn, volume: v, class: class.clone() });
+            }
+            Some(s) if s.error.is_some() => {
+                return b
+                    .fail("SnapshotFailed", format!("VolumeSnapshot {sn}: {}", s.error.clone().unwrap_or_default()));
+            }
+            Some(s) if !s.ready => all_ready = false,
+            Some(_) => {}
+        }
+    }
+    if all_ready {
+        b.enter(Phase::Cloning, "creating PVCs from the snapshots");
+    } else if phase_age(b) >= settings.snapshot_timeout {
+        b.fail("SnapshotTimeout", format!("VolumeSnapshots not ready after {}s", settings.snapshot_timeout.as_secs()));
+    } else {
+        b.wait("waiting for the VolumeSnapshots to be ready", Duration::from_secs(2));
+    }
+}
+
+fn cloning(b: &mut Builder) {
+    let name = b.name().to_string();
+    for v in b.st.volumes.clone() {
+        let cn = clone_name(&name, &v);
+        if !b.obs.clones.contains(&cn) {
+            b.created("PersistentVolumeClaim", &cn);
+            b.actions.push(Action::CreateClone { name: cn, volume: v.clone(), snapshot: snapshot_name(&name, &v) });
+        }
+    }
+    // No wait for Bound: with WaitForFirstConsumer the clone binds when the worker is scheduled.
+    b.enter(Phase::Pushing, "copying the snapshot clones");
+}
+
+/// The worker's report, from its termination message.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, PartialEq)]
+pub struct WorkerReport {
+    pub volumes: Vec<VolumeResult>,
+    pub stats: JobStats,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+fn pushing(b: &mut Builder) {
+    let name = b.name().to_string();
+    let wn = worker_name(&name);
+    match b.obs.worker.clone() {
+        None => {
+            if b.st.created.iter().any(|c| c.kind == "Pod" && c.name == wn) && b.st.stats.is_none() {
+                // We created it and it vanished (evicted, deleted by hand) before reporting.
+                return b.fail("WorkerLost", format!("worker pod {wn} disappeared before it reported"));
+            }
+            let claims: Vec<(String, String)> =
+                b.st.volumes
+                    .iter()
+                    .map(|v| {
+                        let claim = if b.st.consistency == Some(Consistency::CrashConsistent) {
+                            clone_name(&name, v)
+                        } else {
+                            v.clone()
+                        };
+                        (v.clone(), claim)
+                    })
+                    .collect();
+            let node =
+                if b.st.consistency == Some(Consistency::Inconsistent) { b.obs.mount_node.clone() } else { None };
+            b.st.node_name = node.clone();
+            b.created("Pod", &wn);
+            b.actions.push(Action::CreateWorker { name: wn, claims, node });
+            b.wait("worker pod created", Duration::from_secs(2));
+        }
+        Some(WorkerObs::Pending) | Some(WorkerObs::Running) => b.wait("copying the volumes", Duration::from_secs(5)),
+        Some(WorkerObs::Succeeded { message }) => match serde_json::from_str::<WorkerReport>(&message) {
+            Ok(report) => {
+                if !report.warnings.is_empty() {
+                    b.event(
+                        true,
+                        "UnreadableEntries",
+                        format!("{} entries could not be read: {}", report.warnings.len(), report.warnings.join("; ")),
+                    );
+                }
+                b.st.snapshots = report.volumes;
+                b.st.stats = Some(report.stats);
+                if b.job.spec.mode == Mode::Offline && !b.st.replicas.is_empty() {
+                    b.enter(Phase::Resuming, "copy complete; bringing the workloads back");
+                } else {
+                    b.enter(Phase::CleaningUp, "copy complete; cleaning up");
+                }
+            }
+            Err(e) => b.fail("WorkerReportInvalid", format!("the worker's report does not parse: {e}")),
+        },
+        Some(WorkerObs::Failed { message, exit_code }) => {
+            let detail = serde_json::from_str::<WorkerReport>(&message).ok().and_then(|r| r.error).unwrap_or(message);
+            let code = exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default();
+            b.fail("WorkerFailed", format!("the worker failed{code}: {detail}"))
+        }
+    }
+}
+
+fn resuming(b: &mut Builder) {
+    b.stop_worker();
+    let name = b.name().to_string();
+    let mut pending = false;
+    for rec in b.st.replicas.clone() {
+        let w = WorkloadRef { kind: rec.kind, name: rec.name.clone() };
+        let Some(obs) = b.obs.workloads.iter().find(|o| o.workload == w) else { continue };
+        let Some(current) = obs.replicas else { continue }; // deleted: nothing to bring back
+        if current != rec.replicas {
+            pending = true;
+            b.actions.push(Action::Scale { workload: w.clone(), replicas: rec.replicas });
+        }
+        if obs.annotation.as_deref().and_then(parse_annotation).is_some_and(|(j, _)| j == name) {
+            b.actions.push(Action::RemoveAnnotation { workload: w });
+        }
+    }
+    if pending || !b.actions.is_empty() {
+        b.wait("scaling the workloads back", Duration::from_secs(1));
+    } else {
+        b.enter(Phase::CleaningUp, "workloads back; cleaning up");
+    }
+}
+
+fn exists(obs: &Observed, o: &CreatedObject) -> bool {
+    match o.kind.as_str() {
+        "Pod" => obs.worker.is_some(),
+        "VolumeSnapshot" => obs.snapshots.iter().any(|s| s.name == o.name),
+        "PersistentVolumeClaim" => obs.clones.contains(&o.name),
+        _ => false,
+    }
+}
+
+fn cleaning_up(b: &mut Builder) {
+    let left: Vec<CreatedObject> = b.st.created.iter().filter(|o| exists(b.obs, o)).cloned().collect();
+    if !left.is_empty() {
+        for o in left {
+            b.actions.push(Action::Delete(o));
+        }
+        b.wait("deleting what the push created", Duration::from_secs(2));
+        return;
+    }
+    b.st.completion_time = Some(time(b.obs.now));
+    b.st.node_name = None;
+    if b.st.failure.is_some() {
+        let f = b.st.failure.clone().unwrap();
+        b.enter(Phase::Failed, format!("{}: {}", f.reason, f.message));
+    } else {
+        b.enter(Phase::Succeeded, "push complete");
+    }
+    b.requeue = None;
+}
+
+/// What a deleted job (finalizer) must still do: stop the worker, bring the workloads back,
+/// delete what it created. Empty when nothing is left.
+pub fn cleanup(job: &PushJob, obs: &Observed) -> Vec<Action> {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let st = job.status.clone().unwrap_or_default();
+    let mut actions = Vec::new();
+    if let Some(w) = &obs.worker
+        && matches!(w, WorkerObs::Pending | WorkerObs::Running)
+    {
+        actions.push(Action::Delete(CreatedObject { kind: "Pod".into(), name: worker_name(&name) }));
+    }
+    for obs_w in &obs.workloads {
+        let recorded = st
+            .replicas
+            .iter()
+            .find(|r| r.kind == obs_w.workload.kind && r.name == obs_w.workload.name)
+            .map(|r| r.replicas);
+        let annotated =
+            obs_w.annotation.as_deref().and_then(parse_annotation).filter(|(j, _)| *j == name).map(|(_, n)| n);
+        // The status record wins; the annotation is the truth when the status was never stored.
+        if let (Some(want), Some(current)) = (recorded.or(annotated), obs_w.replicas)
+            && current != want
+        {
+            actions.push(Action::Scale { workload: obs_w.workload.clone(), replicas: want });
+        }
+        if annotated.is_some() {
+            actions.push(Action::RemoveAnnotation { workload: obs_w.workload.clone() });
+        }
+    }
+    for o in &st.created {
+        if exists(obs, o) && !(o.kind == "Pod" && actions.iter().any(|a| matches!(a, Action::Delete(d) if d == o))) {
+            actions.push(Action::Delete(o.clone()));
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

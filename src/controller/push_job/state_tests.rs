@@ -1,0 +1,537 @@
+use super::*;
+use chrono::TimeZone;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::BTreeMap;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 26, 2, 0, 0).unwrap()
+}
+
+fn repo(class: Option<&str>) -> RepositorySpec {
+    RepositorySpec {
+        volumes: vec!["data".into(), "logs".into()],
+        volume_selector: None,
+        workloads: None,
+        storage: StorageSpec { bucket: "b".into(), ..Default::default() },
+        online: OnlineSpec { volume_snapshot_class_name: class.map(String::from), live: None },
+        hooks: None,
+        exclude: vec![],
+        worker_resources: None,
+    }
+}
+
+fn job(mode: Mode, priority: Priority) -> PushJob {
+    PushJob {
+        metadata: ObjectMeta {
+            name: Some("j1".into()),
+            namespace: Some("shop".into()),
+            generation: Some(1),
+            creation_timestamp: Some(time(t0())),
+            ..Default::default()
+        },
+        spec: PushJobSpec {
+            repository_ref: LocalRef { name: "shop".into() },
+            mode,
+            priority,
+            deadline_seconds: None,
+            reason: None,
+            ttl_seconds_after_finished: None,
+        },
+        status: None,
+    }
+}
+
+fn wl(kind: WorkloadKind, name: &str) -> WorkloadRef {
+    WorkloadRef { kind, name: name.into() }
+}
+
+/// A tiny cluster that applies actions the way the apply layer would, with the simulated
+/// controllers (pods follow replicas; attachments follow pods; snapshots become ready).
+#[derive(Debug, Clone)]
+struct World {
+    now: DateTime<Utc>,
+    repo: Option<RepositorySpec>,
+    replicas: BTreeMap<WorkloadRef, i32>,
+    original: BTreeMap<WorkloadRef, i32>,
+    annotations: BTreeMap<WorkloadRef, String>,
+    pods_left: usize,
+    worker: Option<WorkerObs>,
+    snapshots: Vec<SnapshotObs>,
+    clones: Vec<String>,
+    admitted: bool,
+    /// What the worker will do once it runs.
+    worker_outcome: WorkerObs,
+    /// Every replica count ever seen (to check the workloads only went to 0 and back).
+    history: Vec<(WorkloadRef, i32)>,
+}
+
+impl World {
+    fn new(repo: Option<RepositorySpec>) -> World {
+        let mut replicas = BTreeMap::new();
+        replicas.insert(wl(WorkloadKind::Deployment, "web"), 3);
+        replicas.insert(wl(WorkloadKind::StatefulSet, "db"), 1);
+        World {
+            now: t0(),
+            repo,
+            original: replicas.clone(),
+            replicas,
+            annotations: BTreeMap::new(),
+            pods_left: 4,
+            worker: None,
+            snapshots: vec![],
+            clones: vec![],
+            admitted: true,
+            worker_outcome: WorkerObs::Succeeded { message: report_json() },
+            history: vec![],
+        }
+    }
+
+    fn observe(&self) -> Observed {
+        Observed {
+            now: self.now,
+            repository: self.repo.clone(),
+            volumes: vec!["data".into(), "logs".into()],
+            missing_volumes: vec![],
+            workloads: self
+                .replicas
+                .iter()
+                .map(|(w, r)| WorkloadObs {
+                    workload: w.clone(),
+                    replicas: Some(*r),
+                    annotation: self.annotations.get(w).cloned(),
+                })
+                .collect(),
+            bare_pods: vec![],
+            pods_mounting: (0..self.pods_left).map(|i| format!("pod-{i}")).collect(),
+            attachments: if self.pods_left > 0 { vec!["att-1".into()] } else { vec![] },
+            mount_node: Some("node-a".into()),
+            snapshots: self.snapshots.clone(),
+            clones: self.clones.clone(),
+            worker: self.worker.clone(),
+            admitted: self.admitted,
+            queue_position: if self.admitted { None } else { Some(2) },
+        }
+    }
+
+    fn apply(&mut self, actions: &[Action]) {
+        for a in actions {
+            match a {
+                Action::Annotate { workload, value } => {
+                    self.annotations.insert(workload.clone(), value.clone());
+                }
+                Action::Scale { workload, replicas } => {
+                    assert!(
+                        *replicas == 0
+                            || self.annotations.contains_key(workload)
+                            || *replicas == self.original[workload],
+                        "scale to a count that is neither 0 nor the original"
+                    );
+                    if *replicas == 0 {
+                        assert!(
+                            self.annotations.contains_key(workload),
+                            "scaled to zero before the annotation was written"
+                        );
+                    }
+                    self.replicas.insert(workload.clone(), *replicas);
+                    self.history.push((workload.clone(), *replicas));
+                }
+                Action::RemoveAnnotation { workload } => {
+                    self.annotations.remove(workload);
+                }
+                Action::CreateSnapshot { name, volume, .. } => self.snapshots.push(SnapshotObs {
+                    name: name.clone(),
+                    volume: volume.clone(),
+                    ready: false,
+                    error: None,
+                }),
+                Action::CreateClone { name, .. } => self.clones.push(name.clone()),
+                Action::CreateWorker { .. } => self.worker = Some(WorkerObs::Pending),
+                Action::Delete(o) => match o.kind.as_str() {
+                    "Pod" => self.worker = None,
+                    "VolumeSnapshot" => self.snapshots.retain(|s| s.name != o.name),
+                    "PersistentVolumeClaim" => self.clones.retain(|c| *c != o.name),
+                    k => panic!("unknown kind {k}"),
+                },
+            }
+        }
+    }
+
+    /// The simulated controllers take one step.
+    fn tick(&mut self) {
+        self.now += chrono::Duration::seconds(1);
+        if self.replicas.values().all(|r| *r == 0) && self.pods_left > 0 {
+            self.pods_left -= 1;
+        }
+        if self.replicas.values().any(|r| *r > 0) {
+            self.pods_left = 4;
+        }
+        for s in &mut self.snapshots {
+            s.ready = true;
+        }
+        self.worker = match self.worker.take() {
+            Some(WorkerObs::Pending) => Some(WorkerObs::Running),
+            Some(WorkerObs::Running) => Some(self.worker_outcome.clone()),
+            other => other,
+        };
+    }
+}
+
+fn report_json() -> String {
+    serde_json::to_string(&WorkerReport {
+        volumes: vec![VolumeResult {
+            volume: "data".into(),
+            snapshot: "abc123".into(),
+            files: 3,
+            bytes_total: 10,
+            bytes_new: 5,
+        }],
+        stats: JobStats { files: 3, bytes_total: 10, ..Default::default() },
+        warnings: vec![],
+        error: None,
+    })
+    .unwrap()
+}
+
+/// Runs the job to a terminal phase; `interrupt` may change the world before step `n`.
+fn run(job: &mut PushJob, world: &mut World, mut interrupt: impl FnMut(usize, &mut PushJob, &mut World)) -> Vec<Event> {
+    let settings = Settings::default();
+    let mut events = vec![];
+    for step in 0..500 {
+        interrupt(step, job, world);
+        let d = next(job, &world.observe(), &settings);
+        world.apply(&d.actions);
+        events.extend(d.events);
+        job.status = Some(d.status);
+        if job.phase().is_terminal() {
+            return events;
+        }
+        world.tick();
+    }
+    panic!("job did not finish: {:?}", job.status);
+}
+
+fn assert_nothing_lost(world: &World) {
+    assert_eq!(world.replicas, world.original, "every workload back at its recorded replicas");
+    assert!(world.annotations.is_empty(), "annotations removed: {:?}", world.annotations);
+    assert!(world.worker.is_none() && world.snapshots.is_empty() && world.clones.is_empty(), "created objects deleted");
+}
+
+fn cond(job: &PushJob, t: &str) -> Option<String> {
+    job.status.as_ref()?.conditions.iter().find(|c| c.type_ == t).map(|c| format!("{}/{}", c.status, c.reason))
+}
+
+#[test]
+fn offline_push_scales_down_waits_pushes_and_restores() {
+    let mut j = job(Mode::Offline, Priority::P4);
+    let mut w = World::new(Some(repo(None)));
+    let mut saw_push_with_pods = false;
+    let events = run(&mut j, &mut w, |_, job, world| {
+        if job.phase() == Phase::Pushing && world.pods_left > 0 {
+            saw_push_with_pods = true;
+        }
+    });
+    assert!(!saw_push_with_pods, "the worker starts only after every pod is gone");
+    assert_eq!(j.phase(), Phase::Succeeded);
+    assert_nothing_lost(&w);
+    let st = j.status.as_ref().unwrap();
+    assert_eq!(st.consistency, Some(Consistency::Consistent));
+    assert_eq!(st.replicas.len(), 2);
+    assert_eq!(st.snapshots[0].snapshot, "abc123");
+    assert!(st.completion_time.is_some() && st.start_time.is_some());
+    assert_eq!(cond(&j, "Complete").as_deref(), Some("True/Succeeded"));
+    assert_eq!(cond(&j, "Ready").as_deref(), Some("True/Succeeded"));
+    assert_eq!(cond(&j, "Reconciling").as_deref(), Some("False/Succeeded"));
+    // Replicas went 3 -> 0 -> 3 and 1 -> 0 -> 1.
+    let web: Vec<i32> = w.history.iter().filter(|(k, _)| k.name == "web").map(|(_, r)| *r).collect();
+    assert_eq!(web, vec![0, 3]);
+    let phases: Vec<&str> = events.iter().filter(|e| !e.warning).map(|e| e.reason.as_str()).collect();
+    assert_eq!(
+        phases,
+        vec!["Queued", "Quiescing", "WaitingForDetach", "Pushing", "Resuming", "CleaningUp", "Succeeded"]
+    );
+}
+
+#[test]
+fn replicas_are_stored_before_any_workload_is_touched() {
+    let j = job(Mode::Offline, Priority::P4);
+    let w = World::new(Some(repo(None)));
+    let settings = Settings::default();
+    let mut j = j;
+    j.status = Some(PushJobStatus { phase: Some(Phase::Quiescing), ..Default::default() });
+    let d = next(&j, &w.observe(), &settings);
+    assert!(d.actions.is_empty(), "first the record, no action: {:?}", d.actions);
+    assert_eq!(d.status.replicas.len(), 2);
+    j.status = Some(d.status);
+    let d = next(&j, &w.observe(), &settings);
+    // For each workload: annotate, then scale.
+    let kinds: Vec<String> = d
+        .actions
+        .iter()
+        .map(|a| match a {
+            Action::Annotate { workload, .. } => format!("annotate {}", workload.name),
+            Action::Scale { workload, replicas } => format!("scale {} {replicas}", workload.name),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, vec!["annotate web", "scale web 0", "annotate db", "scale db 0"]);
+    assert!(d.actions.iter().any(|a| matches!(a, Action::Annotate { value, .. } if value == "j1=3")));
+}
+
+#[test]
+fn online_with_snapshot_class_never_scales_and_cleans_up() {
+    let mut j = job(Mode::Online, Priority::P3);
+    let mut w = World::new(Some(repo(Some("csi-snap"))));
+    let mut worker_claims = vec![];
+    let mut created_snaps = 0;
+    run(&mut j, &mut w, |_, _, world| {
+        created_snaps = created_snaps.max(world.snapshots.len());
+        if world.worker.is_some() {
+            worker_claims = world.clones.clone();
+        }
+    });
+    assert_eq!(j.phase(), Phase::Succeeded);
+    assert!(w.history.is_empty(), "an online push never scales");
+    assert_eq!(created_snaps, 2, "one snapshot per PVC");
+    assert_eq!(worker_claims, vec!["j1-data-clone", "j1-logs-clone"], "the worker reads the clones");
+    assert_nothing_lost(&w);
+    assert_eq!(j.status.as_ref().unwrap().consistency, Some(Consistency::CrashConsistent));
+    assert_eq!(cond(&j, "ConsistencyWarning"), None);
+}
+
+#[test]
+fn online_without_class_reads_live_on_the_mount_node_and_warns() {
+    let j = job(Mode::Online, Priority::P4);
+    let mut w = World::new(Some(repo(None)));
+    let settings = Settings::default();
+    let mut j = j;
+    let mut events = vec![];
+    let mut worker_action = None;
+    for _ in 0..4 {
+        let d = next(&j, &w.observe(), &settings);
+        for a in &d.actions {
+            if let Action::CreateWorker { .. } = a {
+                worker_action = Some(a.clone());
+            }
+        }
+        w.apply(&d.actions);
+        events.extend(d.events);
+        j.status = Some(d.status);
+    }
+    assert_eq!(
+        worker_action,
+        Some(Action::CreateWorker {
+            name: "j1-push".into(),
+            claims: vec![("data".into(), "data".into()), ("logs".into(), "logs".into())],
+            node: Some("node-a".into()),
+        })
+    );
+    assert!(events.iter().any(|e| e.warning && e.reason == "ConsistencyWarning"));
+    assert_eq!(j.status.as_ref().unwrap().consistency, Some(Consistency::Inconsistent));
+    assert_eq!(cond(&j, "ConsistencyWarning").as_deref(), Some("True/LiveRead"));
+    let mut w2 = w.clone();
+    run(&mut j, &mut w2, |_, _, _| {});
+    assert_eq!(j.phase(), Phase::Succeeded);
+    assert_eq!(
+        cond(&j, "ConsistencyWarning").as_deref(),
+        Some("True/LiveRead"),
+        "the warning stays on the finished job"
+    );
+}
+
+#[test]
+fn queued_jobs_wait_with_their_position() {
+    let mut j = job(Mode::Offline, Priority::P5);
+    let mut w = World::new(Some(repo(None)));
+    w.admitted = false;
+    let s = Settings::default();
+    for _ in 0..3 {
+        let d = next(&j, &w.observe(), &s);
+        j.status = Some(d.status);
+    }
+    let st = j.status.as_ref().unwrap();
+    assert_eq!(st.phase, Some(Phase::Queued));
+    assert_eq!(st.queue_position, Some(2));
+    assert!(st.replicas.is_empty() && w.history.is_empty());
+    assert_eq!(cond(&j, "Reconciling").as_deref(), Some("True/Queued"));
+}
+
+#[test]
+fn p1_deadline_fails_the_job_and_still_restores_replicas() {
+    for stop_in in [Phase::Queued, Phase::Quiescing, Phase::WaitingForDetach, Phase::Pushing] {
+        let mut j = job(Mode::Offline, Priority::P1);
+        let mut w = World::new(Some(repo(None)));
+        w.worker_outcome = WorkerObs::Running; // the copy would never finish
+        if stop_in == Phase::Queued {
+            w.admitted = false;
+        }
+        let mut jumped = false;
+        run(&mut j, &mut w, |_, job, world| {
+            if job.phase() == stop_in && !jumped {
+                jumped = true;
+                world.now = t0() + chrono::Duration::seconds(34);
+            }
+        });
+        assert_eq!(j.phase(), Phase::Failed, "{stop_in:?}");
+        assert_eq!(cond(&j, "Failed").as_deref(), Some("True/DeadlineExceeded"), "{stop_in:?}");
+        assert_eq!(cond(&j, "Stalled").as_deref(), Some("True/DeadlineExceeded"));
+        assert_nothing_lost(&w);
+    }
+}
+
+#[test]
+fn explicit_deadline_overrides_the_priority_default() {
+    let mut j = job(Mode::Online, Priority::P1);
+    j.spec.deadline_seconds = Some(600);
+    assert_eq!(deadline(&j, &Settings::default()), Some(Duration::from_secs(600)));
+    j.spec.deadline_seconds = None;
+    assert_eq!(deadline(&j, &Settings::default()), Some(Duration::from_secs(33)));
+}
+
+#[test]
+fn a_failure_at_any_step_never_leaves_a_workload_down() {
+    // Fail the worker, or pass the deadline, at every step of an offline push.
+    for fail_at in 0..30 {
+        for how in ["worker", "deadline"] {
+            let mut j = job(Mode::Offline, Priority::P4);
+            let mut w = World::new(Some(repo(None)));
+            run(&mut j, &mut w, |step, _, world| {
+                if step == fail_at {
+                    match how {
+                        "worker" => {
+                            world.worker_outcome =
+                                WorkerObs::Failed { message: r#"{"volumes":[],"stats":{"files":0,"bytes_total":0,"bytes_read":0,"bytes_new":0,"bytes_uploaded":0,"chunks_new":0,"chunks_reused":0,"duration_seconds":0.0},"error":"store unreachable"}"#.into(), exit_code: Some(1) }
+                        }
+                        _ => world.now = t0() + chrono::Duration::hours(7),
+                    }
+                }
+            });
+            assert!(j.phase().is_terminal());
+            assert_nothing_lost(&w);
+        }
+    }
+}
+
+#[test]
+fn worker_failure_reports_the_workers_error() {
+    let mut j = job(Mode::Offline, Priority::P4);
+    let mut w = World::new(Some(repo(None)));
+    w.worker_outcome = WorkerObs::Failed {
+        message: r#"{"volumes":[],"stats":{"files":0,"bytes_total":0,"bytes_read":0,"bytes_new":0,"bytes_uploaded":0,"chunks_new":0,"chunks_reused":0,"duration_seconds":0.0},"error":"cannot reach the S3 endpoint"}"#.into(),
+        exit_code: Some(1),
+    };
+    let events = run(&mut j, &mut w, |_, _, _| {});
+    assert_eq!(j.phase(), Phase::Failed);
+    let f = j.status.as_ref().unwrap().failure.clone().unwrap();
+    assert_eq!(f.reason, "WorkerFailed");
+    assert!(f.message.contains("cannot reach the S3 endpoint") && f.message.contains("exit 1"), "{}", f.message);
+    assert!(events.iter().any(|e| e.warning && e.reason == "WorkerFailed"));
+    assert_nothing_lost(&w);
+}
+
+#[test]
+fn bad_input_fails_with_a_reason_and_touches_nothing() {
+    let mut j = job(Mode::Offline, Priority::P4);
+    let mut w = World::new(None);
+    run(&mut j, &mut w, |_, _, _| {});
+    assert_eq!(cond(&j, "Failed").as_deref(), Some("True/RepositoryNotFound"));
+    assert!(w.history.is_empty() && w.annotations.is_empty());
+
+    let mut j = job(Mode::Offline, Priority::P4);
+    let w = World::new(Some(repo(None)));
+    let mut o = w.observe();
+    o.bare_pods = vec!["lonely".into()];
+    let d = next(&j, &o, &Settings::default());
+    assert_eq!(d.status.failure.as_ref().unwrap().reason, "BarePod");
+    assert!(d.actions.is_empty());
+    j.status = Some(d.status);
+    let d = next(&j, &o, &Settings::default());
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+
+    let j = job(Mode::Online, Priority::P4);
+    let mut o = World::new(Some(repo(None))).observe();
+    o.missing_volumes = vec!["gone".into()];
+    let d = next(&j, &o, &Settings::default());
+    assert_eq!(d.status.failure.as_ref().unwrap().reason, "VolumeNotFound");
+    assert!(d.status.failure.as_ref().unwrap().message.contains("gone"));
+}
+
+#[test]
+fn detach_timeout_fails_and_restores() {
+    let mut j = job(Mode::Offline, Priority::P4);
+    let mut w = World::new(Some(repo(None)));
+    let mut stuck = false;
+    run(&mut j, &mut w, |_, job, world| {
+        if job.phase() == Phase::WaitingForDetach && !stuck {
+            stuck = true;
+            world.now += chrono::Duration::seconds(601);
+        }
+        if job.phase() == Phase::WaitingForDetach {
+            world.pods_left = 1; // a pod that never goes away
+        }
+    });
+    assert_eq!(cond(&j, "Failed").as_deref(), Some("True/DetachTimeout"));
+    assert_nothing_lost(&w);
+}
+
+#[test]
+fn deleted_mid_flow_cleanup_restores_and_deletes() {
+    for phase in [Phase::Quiescing, Phase::WaitingForDetach, Phase::Pushing, Phase::Snapshotting, Phase::Cloning] {
+        let mode = if matches!(phase, Phase::Snapshotting | Phase::Cloning) { Mode::Online } else { Mode::Offline };
+        let mut j = job(mode, Priority::P4);
+        let mut w = World::new(Some(repo(Some("csi"))));
+        w.worker_outcome = WorkerObs::Running;
+        let s = Settings::default();
+        for _ in 0..100 {
+            let d = next(&j, &w.observe(), &s);
+            w.apply(&d.actions);
+            j.status = Some(d.status);
+            w.tick();
+            if j.phase() == phase {
+                // one more round inside the phase so it acts
+                let d = next(&j, &w.observe(), &s);
+                w.apply(&d.actions);
+                j.status = Some(d.status);
+                break;
+            }
+        }
+        // The job is deleted: the finalizer runs cleanup until nothing is left.
+        for _ in 0..10 {
+            let acts = cleanup(&j, &w.observe());
+            if acts.is_empty() {
+                break;
+            }
+            w.apply(&acts);
+        }
+        assert!(cleanup(&j, &w.observe()).is_empty());
+        assert_nothing_lost(&w);
+    }
+}
+
+#[test]
+fn cleanup_trusts_the_annotation_when_the_status_was_lost() {
+    let j = job(Mode::Offline, Priority::P4);
+    let mut w = World::new(Some(repo(None)));
+    let web = wl(WorkloadKind::Deployment, "web");
+    w.annotations.insert(web.clone(), "j1=3".into());
+    w.replicas.insert(web.clone(), 0);
+    // another job's annotation is not ours to act on
+    let db = wl(WorkloadKind::StatefulSet, "db");
+    w.annotations.insert(db.clone(), "other=1".into());
+    let acts = cleanup(&j, &w.observe());
+    assert_eq!(
+        acts,
+        vec![Action::Scale { workload: web.clone(), replicas: 3 }, Action::RemoveAnnotation { workload: web }]
+    );
+}
+
+#[test]
+fn names_fit_in_63_characters_and_stay_unique() {
+    let long = "a".repeat(60);
+    let a = snapshot_name(&long, "data-volume-one");
+    let b = snapshot_name(&long, "data-volume-two");
+    assert!(a.len() <= 63 && b.len() <= 63);
+    assert_ne!(a, b);
+    assert_eq!(worker_name("j1"), "j1-push");
+    assert_eq!(parse_annotation("my-job=3"), Some(("my-job".into(), 3)));
+    assert_eq!(parse_annotation("garbage"), None);
+}

@@ -1,0 +1,162 @@
+//! `push-operator worker`: what runs in the worker pod. Pushes each mounted volume to the
+//! Repository's store as its own snapshot (source `pvc/<namespace>/<pvc>`, so each volume has
+//! its own parents and history), then writes a JSON report to the termination message, which
+//! the operator copies into the PushJob status.
+
+use crate::api::{JobStats, VolumeResult};
+use crate::controller::push_job::state::WorkerReport;
+use crate::store::Store;
+use crate::store::push::{Counters, PushOptions, push};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkerArgs {
+    pub namespace: String,
+    pub repository: String,
+    pub job: String,
+    pub mode: String,
+    pub consistency: String,
+    pub priority: String,
+    pub reason: Option<String>,
+    pub excludes: Vec<String>,
+    /// (PVC name, mount path)
+    pub volumes: Vec<(String, PathBuf)>,
+}
+
+/// The termination message is cut at 4096 bytes by the kubelet: keep the report under that.
+pub fn encode_report(report: &WorkerReport) -> String {
+    let mut r = report.clone();
+    loop {
+        let s = serde_json::to_string(&r).expect("reports serialize");
+        if s.len() <= 4000 || (r.warnings.is_empty() && r.error.as_ref().is_none_or(|e| e.len() < 200)) {
+            return s;
+        }
+        if !r.warnings.is_empty() {
+            let n = r.warnings.len();
+            r.warnings.truncate(n / 2);
+            r.warnings.push(format!("... and {} more", n - n / 2));
+            if n <= 2 {
+                r.warnings.clear();
+            }
+        } else if let Some(e) = &mut r.error {
+            e.truncate(e.len() / 2);
+        }
+    }
+}
+
+/// Pushes every volume; the report says what was done, or the error.
+pub fn run(store: &Store, args: &WorkerArgs) -> WorkerReport {
+    let mut report = WorkerReport::default();
+    let started = std::time::Instant::now();
+    let mut total = JobStats::default();
+    for (volume, path) in &args.volumes {
+        let mut opts = PushOptions::new(path);
+        opts.source_name = Some(format!("pvc/{}/{volume}", args.namespace));
+        opts.excludes = args.excludes.clone();
+        opts.repository = Some(format!("{}/{}", args.namespace, args.repository));
+        opts.mode = Some(args.mode.clone());
+        opts.consistency = Some(args.consistency.clone());
+        opts.job = Some(args.job.clone());
+        let mut tags =
+            BTreeMap::from([("priority".to_string(), args.priority.clone()), ("volume".to_string(), volume.clone())]);
+        if let Some(r) = &args.reason {
+            tags.insert("reason".into(), r.clone());
+        }
+        opts.tags = tags;
+        let counters = Counters::default();
+        match push(store, &opts, &counters) {
+            Ok(outcome) => {
+                let s = &outcome.snapshot.stats;
+                tracing::info!(volume, snapshot = %outcome.id, files = s.files, bytes_new = s.bytes_new, "volume pushed");
+                report.volumes.push(VolumeResult {
+                    volume: volume.clone(),
+                    snapshot: outcome.id.to_hex(),
+                    files: s.files as i64,
+                    bytes_total: s.bytes_total as i64,
+                    bytes_new: s.bytes_new as i64,
+                });
+                total.files += s.files as i64;
+                total.bytes_total += s.bytes_total as i64;
+                total.bytes_read += s.bytes_read as i64;
+                total.bytes_new += s.bytes_new as i64;
+                total.bytes_uploaded += s.bytes_uploaded as i64;
+                total.chunks_new += s.chunks_new as i64;
+                total.chunks_reused += s.chunks_reused as i64;
+                total.errors += s.errors as i64;
+                report.warnings.extend(outcome.warnings.iter().map(|w| format!("{volume}/{w}")));
+            }
+            Err(e) => {
+                report.error = Some(format!("volume {volume}: {e:#}"));
+                break;
+            }
+        }
+    }
+    total.duration_seconds = started.elapsed().as_secs_f64();
+    total.dedup_ratio = match (total.bytes_total, total.bytes_new) {
+        (0, _) => Some(1.0),
+        (_, 0) => None,
+        (t, n) => Some(t as f64 / n as f64),
+    };
+    report.stats = total;
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_fits_the_termination_message() {
+        let r = WorkerReport {
+            volumes: vec![VolumeResult {
+                volume: "data".into(),
+                snapshot: "a".repeat(64),
+                files: 1,
+                bytes_total: 1,
+                bytes_new: 1,
+            }],
+            stats: JobStats::default(),
+            warnings: (0..500).map(|i| format!("some/long/path/number/{i}: permission denied")).collect(),
+            error: None,
+        };
+        let s = encode_report(&r);
+        assert!(s.len() <= 4000, "{}", s.len());
+        let back: WorkerReport = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.volumes, r.volumes);
+        assert!(back.warnings.last().unwrap().contains("more"));
+    }
+
+    #[test]
+    fn pushes_each_volume_as_its_own_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        for v in ["a", "b"] {
+            std::fs::create_dir_all(tmp.path().join(v)).unwrap();
+            std::fs::write(tmp.path().join(v).join("f"), format!("volume {v}")).unwrap();
+        }
+        let backend = std::sync::Arc::new(crate::store::backend::fs::FsBackend::new(tmp.path().join("store")));
+        let store = Store::open_or_init(backend, &Default::default()).unwrap();
+        let args = WorkerArgs {
+            namespace: "shop".into(),
+            repository: "web".into(),
+            job: "j1".into(),
+            mode: "offline".into(),
+            consistency: "consistent".into(),
+            priority: "P2".into(),
+            reason: Some("pre-upgrade".into()),
+            excludes: vec![],
+            volumes: vec![("a".into(), tmp.path().join("a")), ("b".into(), tmp.path().join("b"))],
+        };
+        let report = run(&store, &args);
+        assert!(report.error.is_none(), "{:?}", report.error);
+        assert_eq!(report.volumes.len(), 2);
+        assert_eq!(report.stats.files, 2);
+        let snaps = store.list_snapshots().unwrap();
+        assert_eq!(snaps.len(), 2);
+        let s = &snaps.iter().find(|(_, s)| s.source == "pvc/shop/a").unwrap().1;
+        assert_eq!(s.repository.as_deref(), Some("shop/web"));
+        assert_eq!(s.consistency.as_deref(), Some("consistent"));
+        assert_eq!(s.job.as_deref(), Some("j1"));
+        assert_eq!(s.tags.get("reason").map(String::as_str), Some("pre-upgrade"));
+    }
+}
