@@ -260,7 +260,26 @@ pub struct Seaweed {
     pid: u32,
 }
 
-fn free_port() -> u16 {
+/// Starts `cmd` so that it is killed when the test process ends (PR_SET_PDEATHSIG on a thread
+/// that lives as long as the child). Returns its pid.
+pub fn spawn_tied(mut cmd: Command) -> u32 {
+    use std::os::unix::process::CommandExt;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        tx.send(child.id()).unwrap();
+        let _ = child.wait();
+    });
+    rx.recv().unwrap()
+}
+
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
