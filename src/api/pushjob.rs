@@ -149,6 +149,14 @@ pub struct JobStats {
     pub errors: i64,
 }
 
+/// What the hooks of one stage did.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct HookOutcome {
+    /// All hooks succeeded, or the failing ones have `onError: Continue`.
+    pub ok: bool,
+    pub message: String,
+}
+
 /// Why a job is failing, recorded as soon as it is known, while cleanup still runs.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Failure {
@@ -197,6 +205,13 @@ pub struct PushJobStatus {
     pub stats: Option<JobStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// Online: the pre hooks' outcome (they ran before the snapshot or live read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_hook: Option<HookOutcome>,
+    /// Online: the post hooks' outcome (they run after the snapshot, and after a failure once
+    /// the pre hooks ran, so a freeze is always thawed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_hook: Option<HookOutcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -367,6 +367,17 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
             ok_absent(pods.create(&PostParams::default(), &pod).await.map(|_| ()))?;
         }
+        Action::RunHooks(stage) => {
+            let outcome = run_hooks(job, ctx, *stage).await?;
+            let field = match stage {
+                state::HookStage::Pre => "preHook",
+                state::HookStage::Post => "postHook",
+            };
+            let api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &ns);
+            api.patch_status(&job.name_any(), &pp, &Patch::Merge(json!({"status": {field: outcome}}))).await?;
+            let reason = if outcome.ok { "HookSucceeded" } else { "HookFailed" };
+            publish(ctx, job, !outcome.ok, reason, &format!("{field}: {}", outcome.message)).await;
+        }
         Action::Delete(o) => {
             let dp = DeleteParams::background();
             let r = match o.kind.as_str() {
@@ -382,6 +393,79 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the Repository's hooks of one stage in their pods; never fails for a hook's own error
+/// (that is the outcome), only for API errors.
+async fn run_hooks(job: &PushJob, ctx: &Context, stage: state::HookStage) -> Result<HookOutcome> {
+    let ns = job.namespace().unwrap_or_default();
+    let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(repo) = repos.get_opt(&job.spec.repository_ref.name).await? else {
+        return Ok(HookOutcome { ok: false, message: "the Repository is gone".into() });
+    };
+    let hooks = repo.spec.hooks.clone().unwrap_or_default();
+    let list = match stage {
+        state::HookStage::Pre => hooks.pre,
+        state::HookStage::Post => hooks.post,
+    };
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let volumes = job.status.as_ref().map(|s| s.volumes.clone()).unwrap_or_default();
+    let mut notes = Vec::new();
+    let mut ok = true;
+    for (i, hook) in list.iter().enumerate() {
+        let targets: Vec<Pod> = match &hook.pod_selector {
+            Some(sel) => pods_api.list(&ListParams::default().labels(&label_selector_string(sel))).await?.items,
+            None => pods_api
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| {
+                    let info = PodInfo::from_pod(p);
+                    !info.ours && info.claims.iter().any(|c| volumes.contains(c))
+                })
+                .collect(),
+        };
+        let running: Vec<&Pod> =
+            targets.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).collect();
+        if running.is_empty() {
+            notes.push(format!("hook {i}: no running pod to run in"));
+            ok &= hook.on_error == HookErrorPolicy::Continue;
+            continue;
+        }
+        for pod in running {
+            let container = hook
+                .container
+                .clone()
+                .or_else(|| pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()))
+                .unwrap_or_default();
+            let ap = kube::api::AttachParams::default().container(container.clone()).stdout(false).stderr(true);
+            let timeout = Duration::from_secs(hook.timeout_seconds.max(1) as u64);
+            let result = tokio::time::timeout(timeout, async {
+                let mut proc = pods_api.exec(&pod.name_any(), hook.command.clone(), &ap).await?;
+                let status = match proc.take_status() {
+                    Some(s) => s.await,
+                    None => None,
+                };
+                Ok::<_, kube::Error>(status)
+            })
+            .await;
+            let failed = match result {
+                Err(_) => Some(format!("timed out after {}s", timeout.as_secs())),
+                Ok(Err(e)) => Some(format!("exec failed: {e}")),
+                Ok(Ok(Some(s))) if s.status.as_deref() != Some("Success") => {
+                    Some(s.message.unwrap_or_else(|| "non-zero exit".into()))
+                }
+                Ok(Ok(_)) => None,
+            };
+            if let Some(why) = failed {
+                notes.push(format!("hook {i} in {}/{container}: {why}", pod.name_any()));
+                ok &= hook.on_error == HookErrorPolicy::Continue;
+            }
+        }
+    }
+    let message = if notes.is_empty() { format!("{} hooks succeeded", list.len()) } else { notes.join("; ") };
+    Ok(HookOutcome { ok, message })
 }
 
 async fn publish(ctx: &Context, job: &PushJob, warning: bool, reason: &str, message: &str) {

@@ -101,6 +101,14 @@ pub enum Action {
         node: Option<String>,
     },
     Delete(CreatedObject),
+    /// Run the Repository's hooks of this stage and record the outcome in the status.
+    RunHooks(HookStage),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookStage {
+    Pre,
+    Post,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -232,10 +240,31 @@ impl Builder<'_> {
             self.st.failure = Some(Failure { reason: reason.into(), message: message.clone() });
         }
         self.stop_worker();
+        self.thaw_if_needed();
         if self.job.spec.mode == Mode::Offline && !self.st.replicas.is_empty() {
             self.enter(Phase::Resuming, format!("{reason}: bringing the workloads back"));
         } else {
             self.enter(Phase::CleaningUp, format!("{reason}: cleaning up"));
+        }
+    }
+
+    fn hooks(&self, stage: HookStage) -> usize {
+        let h = self.obs.repository.as_ref().and_then(|r| r.hooks.as_ref());
+        match stage {
+            HookStage::Pre => h.map_or(0, |h| h.pre.len()),
+            HookStage::Post => h.map_or(0, |h| h.post.len()),
+        }
+    }
+
+    /// Post hooks are owed once the pre hooks ran (even when they failed: a partial freeze must
+    /// be undone) until they have run once.
+    fn post_hooks_owed(&self) -> bool {
+        self.st.pre_hook.is_some() && self.st.post_hook.is_none() && self.hooks(HookStage::Post) > 0
+    }
+
+    fn thaw_if_needed(&mut self) {
+        if self.post_hooks_owed() && !self.actions.contains(&Action::RunHooks(HookStage::Post)) {
+            self.actions.push(Action::RunHooks(HookStage::Post));
         }
     }
 
@@ -351,7 +380,7 @@ pub fn next(job: &PushJob, obs: &Observed, settings: &Settings) -> Decision {
         Phase::Queued => queued(&mut b),
         Phase::Quiescing => quiescing(&mut b),
         Phase::WaitingForDetach => waiting_for_detach(&mut b, settings),
-        Phase::Hooks => b.enter(Phase::Snapshotting, "taking VolumeSnapshots"),
+        Phase::Hooks => hooks(&mut b),
         Phase::Snapshotting => snapshotting(&mut b, settings),
         Phase::Cloning => cloning(&mut b),
         Phase::Pushing => pushing(&mut b),
@@ -407,7 +436,11 @@ fn queued(b: &mut Builder) {
         Mode::Online => match repo.online.volume_snapshot_class_name.as_deref() {
             Some(_) if repo.online.live != Some(true) => {
                 b.st.consistency = Some(Consistency::CrashConsistent);
-                b.enter(Phase::Snapshotting, "taking VolumeSnapshots");
+                if b.hooks(HookStage::Pre) > 0 {
+                    b.enter(Phase::Hooks, "running the pre hooks");
+                } else {
+                    b.enter(Phase::Snapshotting, "taking VolumeSnapshots");
+                }
             }
             _ => {
                 b.st.consistency = Some(Consistency::Inconsistent);
@@ -416,9 +449,33 @@ fn queued(b: &mut Builder) {
                     "ConsistencyWarning",
                     "no VolumeSnapshotClass: reading the live volumes; the snapshot is marked inconsistent",
                 );
-                b.enter(Phase::Pushing, "reading the live volumes");
+                if b.hooks(HookStage::Pre) > 0 {
+                    b.enter(Phase::Hooks, "running the pre hooks");
+                } else {
+                    b.enter(Phase::Pushing, "reading the live volumes");
+                }
             }
         },
+    }
+}
+
+fn hooks(b: &mut Builder) {
+    match b.st.pre_hook.clone() {
+        None => {
+            b.actions.push(Action::RunHooks(HookStage::Pre));
+            b.wait("running the pre hooks", Duration::from_secs(1));
+        }
+        Some(o) if !o.ok => b.fail("HookFailed", format!("pre hook failed: {}", o.message)),
+        Some(o) => {
+            if !o.message.is_empty() {
+                b.st.message = Some(o.message);
+            }
+            if b.st.consistency == Some(Consistency::Inconsistent) {
+                b.enter(Phase::Pushing, "reading the live volumes");
+            } else {
+                b.enter(Phase::Snapshotting, "taking VolumeSnapshots");
+            }
+        }
     }
 }
 
@@ -506,7 +563,10 @@ fn snapshotting(b: &mut Builder, settings: &Settings) {
             Some(_) => {}
         }
     }
-    if all_ready {
+    if all_ready && b.post_hooks_owed() {
+        b.actions.push(Action::RunHooks(HookStage::Post));
+        b.wait("snapshots taken; running the post hooks", Duration::from_secs(1));
+    } else if all_ready {
         b.enter(Phase::Cloning, "creating PVCs from the snapshots");
     } else if phase_age(b) >= settings.snapshot_timeout {
         b.fail("SnapshotTimeout", format!("VolumeSnapshots not ready after {}s", settings.snapshot_timeout.as_secs()));
@@ -579,7 +639,10 @@ fn pushing(b: &mut Builder) {
                 }
                 b.st.snapshots = report.volumes;
                 b.st.stats = Some(report.stats);
-                if b.job.spec.mode == Mode::Offline && !b.st.replicas.is_empty() {
+                if b.post_hooks_owed() {
+                    b.actions.push(Action::RunHooks(HookStage::Post));
+                    b.wait("copy complete; running the post hooks", Duration::from_secs(1));
+                } else if b.job.spec.mode == Mode::Offline && !b.st.replicas.is_empty() {
                     b.enter(Phase::Resuming, "copy complete; bringing the workloads back");
                 } else {
                     b.enter(Phase::CleaningUp, "copy complete; cleaning up");
@@ -628,6 +691,11 @@ fn exists(obs: &Observed, o: &CreatedObject) -> bool {
 }
 
 fn cleaning_up(b: &mut Builder) {
+    if b.post_hooks_owed() {
+        b.thaw_if_needed();
+        b.wait("running the post hooks", Duration::from_secs(1));
+        return;
+    }
     let left: Vec<CreatedObject> = b.st.created.iter().filter(|o| exists(b.obs, o)).cloned().collect();
     if !left.is_empty() {
         for o in left {

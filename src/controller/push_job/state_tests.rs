@@ -63,6 +63,12 @@ struct World {
     worker_outcome: WorkerObs,
     /// Every replica count ever seen (to check the workloads only went to 0 and back).
     history: Vec<(WorkloadRef, i32)>,
+    /// Whether the pre hooks succeed.
+    pre_hook_ok: bool,
+    /// Everything that happened, in order (hooks, snapshots, clones, worker).
+    log: Vec<String>,
+    /// A snapshot error to report.
+    snapshot_error: Option<String>,
 }
 
 impl World {
@@ -83,6 +89,9 @@ impl World {
             admitted: true,
             worker_outcome: WorkerObs::Succeeded { message: report_json() },
             history: vec![],
+            pre_hook_ok: true,
+            log: vec![],
+            snapshot_error: None,
         }
     }
 
@@ -138,6 +147,7 @@ impl World {
                 Action::RemoveAnnotation { workload } => {
                     self.annotations.remove(workload);
                 }
+                Action::RunHooks(stage) => self.log.push(format!("hooks {stage:?}")),
                 Action::CreateSnapshot { name, volume, .. } => self.snapshots.push(SnapshotObs {
                     name: name.clone(),
                     volume: volume.clone(),
@@ -166,7 +176,8 @@ impl World {
             self.pods_left = 4;
         }
         for s in &mut self.snapshots {
-            s.ready = true;
+            s.ready = self.snapshot_error.is_none();
+            s.error = self.snapshot_error.clone();
         }
         self.worker = match self.worker.take() {
             Some(WorkerObs::Pending) => Some(WorkerObs::Running),
@@ -174,6 +185,35 @@ impl World {
             other => other,
         };
     }
+}
+
+/// What the apply layer does after running hooks: store the outcome in the status.
+fn record_hooks(job: &mut PushJob, world: &World, actions: &[Action]) {
+    let st = job.status.as_mut().unwrap();
+    for a in actions {
+        match a {
+            Action::RunHooks(HookStage::Pre) => {
+                st.pre_hook = Some(HookOutcome {
+                    ok: world.pre_hook_ok,
+                    message: if world.pre_hook_ok { "ok".into() } else { "fsfreeze: exit 1".into() },
+                })
+            }
+            Action::RunHooks(HookStage::Post) => st.post_hook = Some(HookOutcome { ok: true, message: "ok".into() }),
+            _ => {}
+        }
+    }
+}
+
+fn with_hooks(mut r: RepositorySpec) -> RepositorySpec {
+    let hook = |cmd: &str| Hook {
+        pod_selector: None,
+        container: None,
+        command: vec!["sh".into(), "-c".into(), cmd.into()],
+        timeout_seconds: 30,
+        on_error: HookErrorPolicy::Fail,
+    };
+    r.hooks = Some(Hooks { pre: vec![hook("fsfreeze -f /data")], post: vec![hook("fsfreeze -u /data")] });
+    r
 }
 
 fn report_json() -> String {
@@ -202,6 +242,7 @@ fn run(job: &mut PushJob, world: &mut World, mut interrupt: impl FnMut(usize, &m
         world.apply(&d.actions);
         events.extend(d.events);
         job.status = Some(d.status);
+        record_hooks(job, world, &d.actions);
         if job.phase().is_terminal() {
             return events;
         }
@@ -534,4 +575,71 @@ fn names_fit_in_63_characters_and_stay_unique() {
     assert_eq!(worker_name("j1"), "j1-push");
     assert_eq!(parse_annotation("my-job=3"), Some(("my-job".into(), 3)));
     assert_eq!(parse_annotation("garbage"), None);
+}
+
+#[test]
+fn hooks_wrap_the_snapshot() {
+    let mut j = job(Mode::Online, Priority::P3);
+    let mut w = World::new(Some(with_hooks(repo(Some("csi")))));
+    // Record the order of hooks and snapshot/clone creation.
+    let settings = Settings::default();
+    let mut order = vec![];
+    for _ in 0..100 {
+        let d = next(&j, &w.observe(), &settings);
+        for a in &d.actions {
+            match a {
+                Action::RunHooks(s) => order.push(format!("hooks {s:?}")),
+                Action::CreateSnapshot { volume, .. } => order.push(format!("snapshot {volume}")),
+                Action::CreateClone { volume, .. } => order.push(format!("clone {volume}")),
+                Action::CreateWorker { .. } => order.push("worker".into()),
+                _ => {}
+            }
+        }
+        w.apply(&d.actions);
+        j.status = Some(d.status);
+        record_hooks(&mut j, &w, &d.actions);
+        if j.phase().is_terminal() {
+            break;
+        }
+        w.tick();
+    }
+    assert_eq!(j.phase(), Phase::Succeeded);
+    assert_eq!(
+        order,
+        vec!["hooks Pre", "snapshot data", "snapshot logs", "hooks Post", "clone data", "clone logs", "worker"],
+        "pre hook before any snapshot, post hook once all are ready, then the copy"
+    );
+}
+
+#[test]
+fn a_failed_pre_hook_fails_the_job_and_still_thaws() {
+    let mut j = job(Mode::Online, Priority::P3);
+    let mut w = World::new(Some(with_hooks(repo(Some("csi")))));
+    w.pre_hook_ok = false;
+    run(&mut j, &mut w, |_, _, _| {});
+    assert_eq!(cond(&j, "Failed").as_deref(), Some("True/HookFailed"));
+    assert_eq!(w.log, vec!["hooks Pre", "hooks Post"], "post hooks run after a failed pre hook");
+    assert!(w.snapshots.is_empty(), "no snapshot taken after a failed pre hook");
+    assert_nothing_lost(&w);
+}
+
+#[test]
+fn a_snapshot_failure_after_the_pre_hook_still_runs_the_post_hook() {
+    let mut j = job(Mode::Online, Priority::P3);
+    let mut w = World::new(Some(with_hooks(repo(Some("csi")))));
+    w.snapshot_error = Some("driver error".into());
+    run(&mut j, &mut w, |_, _, _| {});
+    assert_eq!(cond(&j, "Failed").as_deref(), Some("True/SnapshotFailed"));
+    assert_eq!(w.log, vec!["hooks Pre", "hooks Post"]);
+    assert_nothing_lost(&w);
+}
+
+#[test]
+fn live_reads_run_hooks_around_the_copy() {
+    let mut j = job(Mode::Online, Priority::P3);
+    let mut w = World::new(Some(with_hooks(repo(None))));
+    run(&mut j, &mut w, |_, _, _| {});
+    assert_eq!(j.phase(), Phase::Succeeded);
+    assert_eq!(w.log, vec!["hooks Pre", "hooks Post"]);
+    assert!(j.status.as_ref().unwrap().post_hook.as_ref().unwrap().ok);
 }

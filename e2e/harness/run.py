@@ -1,0 +1,952 @@
+#!/usr/bin/env python3
+"""End-to-end runner: etcd + crdserver + API proxy + SeaweedFS + simulator + push-operator,
+then the scenarios. Prints one line per scenario and `N passed, M failed`.
+
+Usage: run.py [--keep] [--only NAME[,NAME...]]
+"""
+import argparse
+import atexit
+import base64
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+from k8s import ApiError, Client  # noqa: E402
+
+AK, SK, BUCKET = "AKIAE2EPUSHOPERATOR", "e2e-secret-key-push-operator", "e2e"
+GROUP = "/apis/rediacc.io/v1alpha1"
+CORE, APPS = "/api/v1", "/apis/apps/v1"
+SNAPG = "/apis/snapshot.storage.k8s.io/v1"
+JOB_LABEL = "rediacc.io/push-job"
+
+
+class Failure(Exception):
+    pass
+
+
+def free_port(pair=False):
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        if not pair:
+            return p
+        if p < 55000:
+            try:
+                t = socket.socket()
+                t.bind(("127.0.0.1", p + 10000))
+                t.close()
+                return p
+            except OSError:
+                pass
+
+
+def nsp(base, ns, plural, name=None, sub=None):
+    p = f"{base}/namespaces/{ns}/{plural}"
+    return p + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+
+def wait_for(pred, timeout, what, interval=0.25):
+    end = time.time() + timeout
+    last = None
+    while time.time() < end:
+        try:
+            v = pred()
+            if v:
+                return v
+        except (ApiError, OSError) as e:
+            last = e
+        time.sleep(interval)
+    raise Failure(f"timed out after {timeout}s waiting for {what}" + (f" (last error {last})" if last else ""))
+
+
+class Harness:
+    def __init__(self, keep):
+        self.tmp = tempfile.mkdtemp(prefix="push-e2e-")
+        self.logs = os.path.join(self.tmp, "logs")
+        os.makedirs(self.logs)
+        self.keep = keep
+        self.procs = {}
+        self.operator = None
+        self.op_n = 0
+        self.metrics_port = None
+
+    # ------------------------------------------------------------ processes
+    def start(self, name, argv, env=None, cwd=None):
+        log = open(os.path.join(self.logs, f"{name}.log"), "ab")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, cwd=cwd, start_new_session=True)
+        log.close()
+        self.procs[name] = p
+        return p
+
+    def stop(self, name, sig=signal.SIGTERM, wait=10):
+        p = self.procs.pop(name, None)
+        if p is None or p.poll() is not None:
+            return
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(wait)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+    def stop_all(self):
+        for name in ["operator", "sim", "proxy", "weed", "crdserver", "etcd"] + list(self.procs):
+            self.stop(name, wait=5)
+
+    # ------------------------------------------------------------ set-up
+    def setup(self):
+        t0 = time.time()
+        binsrc = os.path.join(REPO, "target/debug/push-operator")
+        self.bin = os.path.join(self.tmp, "bin", "push-operator")
+        os.makedirs(os.path.dirname(self.bin))
+        shutil.copy2(binsrc, self.bin)
+        out = subprocess.run([os.path.join(REPO, "e2e/apiserver/build.sh"), "--offline"], capture_output=True,
+                             text=True)
+        if out.returncode != 0:
+            raise Failure(f"e2e/apiserver/build.sh --offline failed: {out.stderr[-2000:]}")
+        bindir = out.stdout.strip().splitlines()[-1]
+        pki = os.path.join(self.tmp, "pki")
+        os.makedirs(pki)
+        sh = (
+            "set -e; "
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -keyout ca.key "
+            "-out ca.crt -subj /CN=test-ca -addext basicConstraints=critical,CA:TRUE "
+            "-addext keyUsage=critical,keyCertSign,cRLSign; "
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key "
+            "-out server.csr -subj /CN=localhost; "
+            "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth\\n"
+            "keyUsage=critical,digitalSignature\\n' > server.ext; "
+            "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 "
+            "-extfile server.ext -out server.crt"
+        )
+        subprocess.run(["sh", "-c", sh], cwd=pki, check=True, capture_output=True)
+        self.cacert = os.path.join(pki, "ca.crt")
+        core_kc = os.path.join(self.tmp, "core-kubeconfig")
+        with open(core_kc, "w") as f:
+            f.write('apiVersion: v1\nkind: Config\nclusters: [{name: none, cluster: {server: "http://127.0.0.1:1"}}]\n'
+                    "contexts: [{name: none, context: {cluster: none, user: none}}]\ncurrent-context: none\n"
+                    "users: [{name: none, user: {token: none}}]\n")
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        self.start("etcd", [os.path.join(bindir, "etcd"), "--name=default",
+                            f"--data-dir={os.path.join(self.tmp, 'etcd')}",
+                            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                            f"--initial-cluster=default=http://127.0.0.1:{peer_port}", "--unsafe-no-fsync"])
+        self.start("crdserver", [os.path.join(bindir, "crdserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                                 "--bind-address=127.0.0.1", f"--secure-port={api_port}",
+                                 f"--tls-cert-file={pki}/server.crt", f"--tls-private-key-file={pki}/server.key",
+                                 "--authentication-skip-lookup", f"--authentication-kubeconfig={core_kc}",
+                                 f"--kubeconfig={core_kc}", "--enable-priority-and-fairness=false",
+                                 "--disable-admission-plugins=NamespaceLifecycle,MutatingAdmissionWebhook,"
+                                 "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,MutatingAdmissionPolicy"])
+        self.upstream = f"https://127.0.0.1:{api_port}"
+        # SeaweedFS in parallel with the API server start.
+        s3dir = os.path.join(self.tmp, "s3")
+        os.makedirs(os.path.join(s3dir, "data"))
+        with open(os.path.join(s3dir, "s3.json"), "w") as f:
+            json.dump({"identities": [{"name": "t", "credentials": [{"accessKey": AK, "secretKey": SK}],
+                                       "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, f)
+        s3port = free_port()
+        wargs = ["weed", "mini", f"-dir={s3dir}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                 f"-s3.config={s3dir}/s3.json", "-admin.ui=false", "-webdav=false", f"-s3.port={s3port}",
+                 f"-bucket={BUCKET}"]
+        for flag in ["master.port", "volume.port", "filer.port", "admin.port", "s3.port.iceberg", "s3.metricsPort"]:
+            wargs.append(f"-{flag}={free_port(pair=True)}")
+        self.start("weed", wargs)
+        self.s3 = f"http://127.0.0.1:{s3port}"
+        direct = Client(self.upstream, self.cacert)
+        wait_for(lambda: direct.request("GET", "/livez") == "ok", 90, "crdserver /livez")
+        self.install_crds(direct)
+        # The proxy, the kubeconfig, the simulator.
+        pport = free_port()
+        self.start("proxy", [sys.executable, os.path.join(HERE, "proxy.py"), "--listen", str(pport),
+                             "--upstream", self.upstream, "--cacert", self.cacert,
+                             "--log", os.path.join(self.logs, "proxy-requests.log")])
+        self.api = f"http://127.0.0.1:{pport}"
+        self.kubeconfig = os.path.join(self.tmp, "kubeconfig")
+        with open(self.kubeconfig, "w") as f:
+            f.write(f'apiVersion: v1\nkind: Config\nclusters: [{{name: e2e, cluster: {{server: "{self.api}"}}}}]\n'
+                    "contexts: [{name: e2e, context: {cluster: e2e, user: anon, namespace: default}}]\n"
+                    "current-context: e2e\nusers: [{name: anon, user: {username: anonymous, password: unused}}]\n")
+        self.c = Client(self.api)
+        wait_for(lambda: self.c.get("/api/v1") is not None, 20, "the proxy")
+
+        def discovered():
+            groups = {g["name"] for g in self.c.get("/apis")["groups"]}
+            res = {r["name"] for r in (self.c.get(GROUP) or {}).get("resources", [])}
+            return {"apps", "rediacc.io", "snapshot.storage.k8s.io"} <= groups and "pushjobs" in res
+        wait_for(discovered, 30, "discovery of apps/v1 and rediacc.io through the proxy")
+        self.data = os.path.join(self.tmp, "data")
+        os.makedirs(self.data)
+        self.simcfg = os.path.join(self.tmp, "sim-config.json")
+        self.sim_config({})
+        self.start("sim", [sys.executable, os.path.join(HERE, "sim.py"), "--server", self.upstream,
+                           "--cacert", self.cacert, "--data", self.data, "--binary", self.bin,
+                           "--config", self.simcfg, "--logdir", self.logs])
+        wait_for(self.s3_ready, 60, "SeaweedFS")
+        self.start_operator()
+        print(f"set-up done in {time.time() - t0:.1f}s (logs: {self.tmp})", flush=True)
+
+    def s3_env(self):
+        e = dict(os.environ)
+        e.update(AWS_ENDPOINT_URL=self.s3, AWS_ACCESS_KEY_ID=AK, AWS_SECRET_ACCESS_KEY=SK, AWS_REGION="us-east-1")
+        return e
+
+    def s3_ready(self):
+        try:
+            urllib.request.urlopen(self.s3, timeout=2)
+        except urllib.error.HTTPError:
+            pass
+        except OSError:
+            return False
+        r = subprocess.run([self.bin, "snapshots", "--store", f"s3://{BUCKET}/ready", "--json"],
+                           env=self.s3_env(), capture_output=True, text=True)
+        self.s3_probe = r.stdout + r.stderr
+        return r.returncode == 0 or "does not exist" not in self.s3_probe.lower()
+
+    def sim_config(self, cfg):
+        tmp = self.simcfg + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(cfg, f)
+        os.replace(tmp, self.simcfg)
+
+    def set_knobs(self, key, **knobs):
+        try:
+            cfg = json.load(open(self.simcfg))
+        except (OSError, ValueError):
+            cfg = {}
+        cfg.setdefault("overrides", {}).setdefault(key, {}).update(knobs)
+        self.sim_config(cfg)
+
+    def install_crds(self, direct):
+        def standin(group, kind, plural, namespaced=True, scale=False):
+            sub = {"status": {}}
+            if scale:
+                sub["scale"] = {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                                "labelSelectorPath": ".status.labelSelector"}
+            md = {"name": f"{plural}.{group}"}
+            if group.endswith("k8s.io") or group.endswith("kubernetes.io"):
+                md["annotations"] = {"api-approved.kubernetes.io": "unapproved, test stand-in"}
+            return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": md,
+                    "spec": {"group": group, "scope": "Namespaced" if namespaced else "Cluster",
+                             "names": {"kind": kind, "plural": plural, "singular": kind.lower(),
+                                       "listKind": f"{kind}List"},
+                             "versions": [{"name": "v1", "served": True, "storage": True, "subresources": sub,
+                                           "schema": {"openAPIV3Schema": {
+                                               "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+        crds = [
+            standin("core.sim.local", "Pod", "pods"),
+            standin("core.sim.local", "PersistentVolumeClaim", "persistentvolumeclaims"),
+            standin("core.sim.local", "PersistentVolume", "persistentvolumes", namespaced=False),
+            standin("core.sim.local", "Secret", "secrets"),
+            standin("core.sim.local", "Event", "events"),
+            standin("apps.sim.local", "Deployment", "deployments", scale=True),
+            standin("apps.sim.local", "StatefulSet", "statefulsets", scale=True),
+            standin("apps.sim.local", "ReplicaSet", "replicasets", scale=True),
+            standin("coordination.k8s.io", "Lease", "leases"),
+            standin("events.k8s.io", "Event", "events"),
+            standin("storage.k8s.io", "VolumeAttachment", "volumeattachments", namespaced=False),
+            standin("snapshot.storage.k8s.io", "VolumeSnapshot", "volumesnapshots"),
+            standin("snapshot.storage.k8s.io", "VolumeSnapshotContent", "volumesnapshotcontents", namespaced=False),
+            standin("snapshot.storage.k8s.io", "VolumeSnapshotClass", "volumesnapshotclasses", namespaced=False),
+        ]
+        for crd in crds:
+            direct.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        yaml = subprocess.run([self.bin, "crds"], capture_output=True, text=True, check=True).stdout
+        path = os.path.join(self.tmp, "crds.yaml")
+        with open(path, "w") as f:
+            f.write(yaml)
+        kc = os.path.join(self.tmp, "direct-kubeconfig")
+        with open(kc, "w") as f:
+            f.write(f'apiVersion: v1\nkind: Config\nclusters: [{{name: d, cluster: {{server: "{self.upstream}", '
+                    f'certificate-authority: "{self.cacert}"}}}}]\ncontexts: [{{name: d, context: {{cluster: d, '
+                    "user: anon}}]\ncurrent-context: d\nusers: [{name: anon, user: {username: a, password: b}}]\n")
+        r = subprocess.run(["kubectl", "--kubeconfig", kc, "create", "-f", path], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Failure(f"our CRDs rejected: {r.stderr}")
+        names = [c["metadata"]["name"] for c in crds] + ["repositories.rediacc.io", "pushpolicies.rediacc.io",
+                                                        "pushjobs.rediacc.io"]
+
+        def established():
+            for n in names:
+                c = direct.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}")
+                conds = (c.get("status") or {}).get("conditions") or []
+                if not any(x["type"] == "Established" and x["status"] == "True" for x in conds):
+                    return False
+            return True
+        wait_for(established, 60, "CRDs established")
+
+    def start_operator(self, max_pushes=4, extra=()):
+        self.stop("operator", signal.SIGTERM)
+        self.metrics_port = free_port()
+        self.op_n += 1
+        env = dict(os.environ, KUBECONFIG=self.kubeconfig, PUSH_OPERATOR_LOG="info,kube=warn")
+        # The operator log is one file across restarts.
+        log = open(os.path.join(self.logs, "operator.log"), "ab")
+        log.write(f"===== operator start #{self.op_n} (max {max_pushes}) {time.strftime('%H:%M:%S')}\n".encode())
+        log.close()
+        p = subprocess.Popen([self.bin, "controller", "--listen", f"127.0.0.1:{self.metrics_port}",
+                              "--lease-namespace", "push-operator-system", "--max-concurrent-pushes", str(max_pushes),
+                              "--leader-elect", "true", "--detach-timeout", "2m", *extra],
+                             stdout=open(os.path.join(self.logs, "operator.log"), "ab"), stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.procs["operator"] = p
+        wait_for(lambda: self.http(f"http://127.0.0.1:{self.metrics_port}/healthz"), 20, "operator /healthz")
+
+    def kill_operator(self):
+        self.stop("operator", signal.SIGKILL)
+
+    def http(self, url):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            return None
+
+    def kubectl(self, *args, stdin=None, timeout=150):
+        return subprocess.run(["kubectl", "--kubeconfig", self.kubeconfig, "--cache-dir",
+                               os.path.join(self.tmp, "kubectl-cache"), *args], input=stdin, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def operator_tail(self, n=50):
+        try:
+            lines = open(os.path.join(self.logs, "operator.log"), errors="replace").read().splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+
+# ---------------------------------------------------------------- scenario helpers
+class Ctx:
+    def __init__(self, h, ns):
+        self.h, self.c, self.ns = h, h.c, ns
+        self.stop = threading.Event()
+
+    def close(self):
+        self.stop.set()
+
+    def secret(self, name="s3", bucket_creds=True):
+        self.c.create(nsp(CORE, self.ns, "secrets"), {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": self.ns},
+            "type": "Opaque", "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(AK.encode()).decode(),
+                                       "AWS_SECRET_ACCESS_KEY": base64.b64encode(SK.encode()).decode()}})
+
+    def pvc(self, name, labels=None):
+        self.c.create(nsp(CORE, self.ns, "persistentvolumeclaims"), {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": self.ns, "labels": labels or {}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "sim",
+                     "resources": {"requests": {"storage": "1Gi"}}}})
+
+    def wait_bound(self, name):
+        wait_for(lambda: (self.c.get(nsp(CORE, self.ns, "persistentvolumeclaims", name)) or {})
+                 .get("status", {}).get("phase") == "Bound", 30, f"PVC {name} bound")
+        return os.path.join(self.h.data, "pvcs", self.ns, name)
+
+    def fill(self, name, seed):
+        d = self.wait_bound(name)
+        rnd = random.Random(seed)
+        os.makedirs(os.path.join(d, "sub", "deeper"), exist_ok=True)
+        with open(os.path.join(d, "hello.txt"), "w") as f:
+            f.write(f"hello from {self.ns}/{name}\n")
+        with open(os.path.join(d, "sub", "notes.md"), "w") as f:
+            f.write("# notes\n" * 50)
+        with open(os.path.join(d, "sub", "deeper", "random.bin"), "wb") as f:
+            f.write(bytes(rnd.getrandbits(8) for _ in range(300_000)))
+        with open(os.path.join(d, "empty"), "w"):
+            pass
+        if not os.path.lexists(os.path.join(d, "link")):
+            os.symlink("sub/notes.md", os.path.join(d, "link"))
+        return d
+
+    def template(self, app, claims, node=None):
+        spec = {"containers": [{"name": "app", "image": "busybox",
+                                "volumeMounts": [{"name": f"v{i}", "mountPath": f"/data{i}"}
+                                                 for i in range(len(claims))]}],
+                "volumes": [{"name": f"v{i}", "persistentVolumeClaim": {"claimName": c}}
+                            for i, c in enumerate(claims)]}
+        if node:
+            spec["nodeName"] = node
+        return {"metadata": {"labels": {"app": app}}, "spec": spec}
+
+    def deployment(self, name, replicas, claims, node=None):
+        self.c.create(nsp(APPS, self.ns, "deployments"), {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": self.ns},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": self.template(name, claims, node)}})
+
+    def statefulset(self, name, replicas, claims):
+        self.c.create(nsp(APPS, self.ns, "statefulsets"), {
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name, "namespace": self.ns},
+            "spec": {"replicas": replicas, "serviceName": name, "selector": {"matchLabels": {"app": name}},
+                     "template": self.template(name, claims)}})
+
+    def running_pods(self, app):
+        return [p for p in self.c.list(nsp(CORE, self.ns, "pods"), f"app={app}")
+                if not p["metadata"].get("deletionTimestamp") and (p.get("status") or {}).get("phase") == "Running"]
+
+    def wait_running(self, app, n, timeout=30):
+        wait_for(lambda: len(self.running_pods(app)) == n, timeout, f"{n} running pods of {app}")
+
+    def repository(self, name, volumes, prefix=None, bucket=BUCKET, endpoint=None, online=None, workloads=None):
+        spec = {"volumes": volumes,
+                "storage": {"endpoint": endpoint or self.h.s3, "bucket": bucket, "prefix": prefix or self.ns,
+                            "region": "us-east-1", "credentialsSecretRef": {"name": "s3"}}}
+        if online:
+            spec["online"] = online
+        if workloads:
+            spec["workloads"] = workloads
+        self.c.create(nsp(GROUP, self.ns, "repositories"), {
+            "apiVersion": "rediacc.io/v1alpha1", "kind": "Repository",
+            "metadata": {"name": name, "namespace": self.ns}, "spec": spec})
+
+    def job(self, name, repo, mode, priority=None, **spec):
+        s = {"repositoryRef": {"name": repo}, "mode": mode}
+        if priority:
+            s["priority"] = priority
+        s.update(spec)
+        return self.c.create(nsp(GROUP, self.ns, "pushjobs"), {
+            "apiVersion": "rediacc.io/v1alpha1", "kind": "PushJob",
+            "metadata": {"name": name, "namespace": self.ns}, "spec": s})
+
+    def get_job(self, name):
+        return self.c.get(nsp(GROUP, self.ns, "pushjobs", name))
+
+    def phase(self, name):
+        return ((self.get_job(name) or {}).get("status") or {}).get("phase")
+
+    def wait_done(self, name, timeout=120):
+        def done():
+            j = self.get_job(name)
+            return j if ((j or {}).get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+        try:
+            return wait_for(done, timeout, f"PushJob {name} to finish", 0.3)
+        except Failure:
+            j = self.get_job(name) or {}
+            raise Failure(f"PushJob {name} did not finish in {timeout}s; status: "
+                          f"{json.dumps(j.get('status'))[:1500]}")
+
+    def replicas(self, kind, name):
+        plural = "deployments" if kind == "Deployment" else "statefulsets"
+        return (self.c.get(nsp(APPS, self.ns, plural, name)) or {}).get("spec", {}).get("replicas")
+
+    def watch(self, path, sink):
+        self.c.watch(path, lambda t, o: sink.append((time.time(), t, o)), self.stop)
+
+    def restore_equals(self, snapshot, src, prefix=None):
+        target = tempfile.mkdtemp(prefix="restore-", dir=self.h.tmp)
+        r = subprocess.run([self.h.bin, "restore", snapshot, "--store", f"s3://{BUCKET}/{prefix or self.ns}",
+                            "--target", target], env=self.h.s3_env(), capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Failure(f"restore {snapshot[:12]} failed: {r.stderr[-800:]}")
+        d = subprocess.run(["diff", "-r", "--no-dereference", src, target], capture_output=True, text=True)
+        if d.returncode != 0:
+            raise Failure(f"restore of {snapshot[:12]} differs from {src}: {d.stdout[:800]}{d.stderr[:400]}")
+
+    def labelled(self, job):
+        sel = f"{JOB_LABEL}={job}"
+        return {
+            "pods": [p["metadata"]["name"] for p in self.c.list(nsp(CORE, self.ns, "pods"), sel)],
+            "pvcs": [p["metadata"]["name"] for p in self.c.list(nsp(CORE, self.ns, "persistentvolumeclaims"), sel)],
+            "snapshots": [p["metadata"]["name"] for p in self.c.list(nsp(SNAPG, self.ns, "volumesnapshots"), sel)],
+        }
+
+
+def cond(job, typ):
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c["type"] == typ:
+            return c
+    return None
+
+
+def history(events, name):
+    """Distinct consecutive spec.replicas values seen for object `name`."""
+    out = []
+    for _, t, o in events:
+        if o["metadata"]["name"] != name or t == "DELETED":
+            continue
+        r = (o.get("spec") or {}).get("replicas")
+        if not out or out[-1] != r:
+            out.append(r)
+    return out
+
+
+def expect(ok, msg):
+    if not ok:
+        raise Failure(msg)
+
+
+def failure_reason(job):
+    st = job.get("status") or {}
+    return (st.get("failure") or {}).get("reason") or (cond(job, "Failed") or {}).get("reason")
+
+
+# ---------------------------------------------------------------- scenarios
+def sc_invalid_manifests(h):
+    docs = {
+        "no-repositoryRef": {"apiVersion": "rediacc.io/v1alpha1", "kind": "PushJob",
+                             "metadata": {"name": "bad1", "namespace": "inv"}, "spec": {"mode": "Offline"}},
+        "priority-P9": {"apiVersion": "rediacc.io/v1alpha1", "kind": "PushJob",
+                        "metadata": {"name": "bad2", "namespace": "inv"},
+                        "spec": {"repositoryRef": {"name": "r"}, "mode": "Offline", "priority": "P9"}},
+        "cron-every-day": {"apiVersion": "rediacc.io/v1alpha1", "kind": "PushPolicy",
+                           "metadata": {"name": "bad3", "namespace": "inv"},
+                           "spec": {"repositoryRef": {"name": "r"},
+                                    "schedules": [{"name": "daily", "mode": "Offline", "cron": "every day"}]}},
+    }
+    for what, doc in docs.items():
+        r = h.kubectl("apply", "-f", "-", stdin=json.dumps(doc))
+        expect(r.returncode != 0, f"{what}: kubectl apply accepted it: {r.stdout}")
+        expect("invalid" in r.stderr.lower() or "unsupported" in r.stderr.lower() or "required" in r.stderr.lower(),
+               f"{what}: rejected, but not by validation: {r.stderr[:300]}")
+    # A valid one is accepted (the rejection is the schema's, not a broken path).
+    good = {"apiVersion": "rediacc.io/v1alpha1", "kind": "PushPolicy", "metadata": {"name": "ok", "namespace": "inv"},
+            "spec": {"repositoryRef": {"name": "r"}, "suspend": True,
+                     "schedules": [{"name": "daily", "mode": "Offline", "cron": "0 3 * * *"}]}}
+    r = h.kubectl("apply", "-f", "-", stdin=json.dumps(good))
+    expect(r.returncode == 0, f"a valid PushPolicy was rejected: {r.stderr[:300]}")
+    r = h.kubectl("get", "pushjobs", "-n", "inv", "-o", "name")
+    expect(r.returncode == 0 and r.stdout.strip() == "", f"rejected PushJobs exist: {r.stdout} {r.stderr}")
+    return "3 rejected, 1 valid accepted"
+
+
+def sc_offline(h):
+    x = Ctx(h, "off")
+    try:
+        x.secret()
+        x.pvc("web-data")
+        x.pvc("db-data")
+        da, db = x.fill("web-data", 1), x.fill("db-data", 2)
+        x.deployment("web", 3, ["web-data"])
+        x.statefulset("db", 1, ["db-data"])
+        x.repository("shop", ["web-data", "db-data"])
+        x.wait_running("web", 3)
+        x.wait_running("db", 1)
+        wl, pods, vas = [], [], []
+        x.watch(nsp(APPS, "off", "deployments"), wl)
+        x.watch(nsp(APPS, "off", "statefulsets"), wl)
+        x.watch(nsp(CORE, "off", "pods"), pods)
+        x.watch("/apis/storage.k8s.io/v1/volumeattachments", vas)
+        time.sleep(1)
+        x.job("nightly", "shop", "Offline", reason="e2e")
+        j = x.wait_done("nightly", 120)
+        x.wait_running("web", 3)
+        x.wait_running("db", 1)
+        time.sleep(0.5)
+        st = j["status"]
+        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('message')} {st.get('failure')}")
+        expect((cond(j, "Complete") or {}).get("status") == "True", f"Complete condition: {cond(j, 'Complete')}")
+        expect(st.get("consistency") == "consistent", f"consistency {st.get('consistency')}")
+        hw, hd = history(wl, "web"), history(wl, "db")
+        expect(hw == [3, 0, 3], f"web replicas history {hw}, want [3, 0, 3]")
+        expect(hd == [1, 0, 1], f"db replicas history {hd}, want [1, 0, 1]")
+        # The worker was created only after the app pods and the attachments were gone.
+        wadd = [t for t, typ, o in pods if typ == "ADDED" and o["metadata"]["name"] == "nightly-push"]
+        expect(wadd, "no worker pod nightly-push was seen")
+        tw = wadd[0]
+        app_gone = max([t for t, typ, o in pods if typ == "DELETED" and o["metadata"]["name"] != "nightly-push"]
+                       or [0])
+        app_live_at = {o["metadata"]["name"] for t, typ, o in pods if t < tw and typ != "DELETED"} - \
+            {o["metadata"]["name"] for t, typ, o in pods if t < tw and typ == "DELETED"}
+        app_live_at.discard("nightly-push")
+        expect(not app_live_at, f"app pods still existed when the worker was created: {sorted(app_live_at)}")
+        va_live = {o["metadata"]["name"] for t, typ, o in vas if t < tw and typ == "ADDED"} - \
+            {o["metadata"]["name"] for t, typ, o in vas if t < tw and typ == "DELETED"}
+        expect(not va_live, f"VolumeAttachments still existed when the worker was created: {va_live}")
+        expect(app_gone > 0, "app pods never went away")
+        snaps = {s["volume"]: s["snapshot"] for s in st.get("snapshots") or []}
+        expect(set(snaps) == {"web-data", "db-data"}, f"status.snapshots {st.get('snapshots')}")
+        x.restore_equals(snaps["web-data"], da)
+        x.restore_equals(snaps["db-data"], db)
+        left = x.labelled("nightly")
+        expect(not any(left.values()), f"objects left behind: {left}")
+        return f"web {hw}, db {hd}, 2 volumes restored identical"
+    finally:
+        x.close()
+
+
+def sc_online_class(h):
+    x = Ctx(h, "onc")
+    try:
+        h.c.create("/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses", {
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+            "metadata": {"name": "sim-snap"}, "driver": "sim.csi.local", "deletionPolicy": "Delete"})
+        x.secret()
+        x.pvc("data")
+        d = x.fill("data", 3)
+        x.deployment("app", 2, ["data"])
+        x.repository("app", ["data"], online={"volumeSnapshotClassName": "sim-snap"})
+        x.wait_running("app", 2)
+        wl, snapev, pvcev = [], [], []
+        x.watch(nsp(APPS, "onc", "deployments"), wl)
+        x.watch(nsp(SNAPG, "onc", "volumesnapshots"), snapev)
+        x.watch(nsp(CORE, "onc", "persistentvolumeclaims"), pvcev)
+        time.sleep(0.5)
+        x.job("snap1", "app", "Online")
+        j = x.wait_done("snap1", 120)
+        st = j["status"]
+        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('message')} {st.get('failure')}")
+        expect(st.get("consistency") == "crash-consistent", f"status.consistency {st.get('consistency')}")
+        hw = history(wl, "app")
+        expect(hw == [2], f"the workload was scaled: {hw}")
+        expect(any(o["metadata"]["name"].endswith("-snap") for _, t, o in snapev if t == "ADDED"),
+               "no VolumeSnapshot was ever created")
+        expect(any(o["metadata"]["name"].endswith("-clone") for _, t, o in pvcev if t == "ADDED"),
+               "no clone PVC was ever created")
+        left = x.labelled("snap1")
+        expect(not any(left.values()), f"objects left behind: {left}")
+        snap = st["snapshots"][0]["snapshot"]
+        r = subprocess.run([h.bin, "snapshots", "--store", f"s3://{BUCKET}/onc", "--json"], env=h.s3_env(),
+                           capture_output=True, text=True)
+        expect(r.returncode == 0, f"snapshots --json: {r.stderr}")
+        listed = json.loads(r.stdout)
+        items = listed if isinstance(listed, list) else listed.get("snapshots", [])
+        mine = [s for s in items if str(s.get("id", s.get("snapshot", ""))).startswith(snap[:12])]
+        expect(mine, f"snapshot {snap[:12]} not listed: {r.stdout[:500]}")
+        expect(mine[0].get("consistency") == "crash-consistent", f"snapshot consistency: {mine[0]}")
+        x.restore_equals(snap, d)
+        return "never scaled, snapshot+clone cleaned, crash-consistent"
+    finally:
+        x.close()
+
+
+def sc_online_live(h):
+    x = Ctx(h, "live")
+    try:
+        x.secret()
+        x.pvc("data")
+        d = x.fill("data", 4)
+        x.deployment("app", 1, ["data"], node="node-b")
+        x.repository("app", ["data"])
+        x.wait_running("app", 1)
+        pods = []
+        x.watch(nsp(CORE, "live", "pods"), pods)
+        time.sleep(0.5)
+        x.job("live1", "app", "Online")
+        j = x.wait_done("live1", 120)
+        st = j["status"]
+        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('message')} {st.get('failure')}")
+        expect(st.get("consistency") == "inconsistent", f"consistency {st.get('consistency')}")
+        cw = cond(j, "ConsistencyWarning")
+        expect(cw and cw["status"] == "True", f"ConsistencyWarning condition: {cw}")
+        nodes = {(o.get("spec") or {}).get("nodeName") for _, t, o in pods if o["metadata"]["name"] == "live1-push"}
+        expect(nodes, "no worker pod seen")
+        expect("node-b" in nodes, f"worker nodeName {nodes}, want node-b (the app pod's node)")
+        evs = h.c.list("/apis/events.k8s.io/v1/namespaces/live/events")
+        warn = [e for e in evs if e.get("reason") == "ConsistencyWarning" and e.get("type") == "Warning"
+                and (e.get("regarding") or {}).get("name") == "live1"]
+        expect(warn, f"no Warning event ConsistencyWarning; events: {[(e.get('type'), e.get('reason')) for e in evs]}")
+        x.restore_equals(st["snapshots"][0]["snapshot"], d)
+        return "ConsistencyWarning condition + Warning event, worker on node-b"
+    finally:
+        x.close()
+
+
+def sc_queue_order(h):
+    h.start_operator(max_pushes=1)
+    x = Ctx(h, "q")
+    try:
+        x.secret()
+        names = ["long", "a", "b", "c", "d", "e"]
+        for n in names:
+            x.pvc(f"{n}-data")
+        for n in names:
+            x.fill(f"{n}-data", 10)
+            x.repository(n, [f"{n}-data"])
+        h.set_knobs("q/long-", worker_start_delay=6)
+        jobs_ev = []
+        x.watch(nsp(GROUP, "q", "pushjobs"), jobs_ev)
+        x.job("long", "long", "Offline", priority="P4")
+        wait_for(lambda: x.phase("long") == "Pushing", 30, "long job Pushing")
+        prios = dict(zip(["a", "b", "c", "d", "e"], ["P3", "P1", "P5", "P1", "P2"]))
+        for n in ["a", "b", "c", "d", "e"]:
+            x.job(n, n, "Offline", priority=prios[n])
+            time.sleep(1.1)  # creationTimestamp has one-second resolution
+        expect(x.phase("long") == "Pushing", f"the long job finished too early ({x.phase('long')}); order untested")
+        queued = [x.get_job(n) for n in prios]
+        qpos = {j["metadata"]["name"]: (j.get("status") or {}).get("queuePosition") for j in queued}
+        for n in prios:
+            x.wait_done(n, 150)
+        x.wait_done("long", 30)
+        started = []
+        for _, t, o in jobs_ev:
+            n = o["metadata"]["name"]
+            ph = (o.get("status") or {}).get("phase")
+            if n in prios and ph not in (None, "Pending", "Queued") and n not in started:
+                started.append(n)
+        want = ["b", "d", "e", "a", "c"]
+        expect(started == want, f"start order {[(n, prios[n]) for n in started]}, want "
+                                f"{[(n, prios[n]) for n in want]} (queue positions seen: {qpos})")
+        st_times = [(x.get_job(n)["status"].get("startTime"), n) for n in want]
+        expect([t for t, _ in st_times] == sorted(t for t, _ in st_times), f"status.startTime order {st_times}")
+        bad = [n for n in prios if x.phase(n) != "Succeeded"]
+        expect(not bad, f"jobs not Succeeded: {bad}")
+        return "order " + ",".join(f"{n}:{prios[n]}" for n in started) + f"; positions {qpos}"
+    finally:
+        x.close()
+        h.start_operator()
+
+
+def sc_p1_deadline(h):
+    x = Ctx(h, "p1")
+    try:
+        x.secret()
+        x.pvc("data")
+        x.fill("data", 5)
+        x.deployment("app", 2, ["data"])
+        x.repository("app", ["data"])
+        x.wait_running("app", 2)
+        h.set_knobs("p1/", worker_start_delay=60)
+        t0 = time.time()
+        x.job("urgent", "app", "Offline", priority="P1")
+        j = x.wait_done("urgent", 90)
+        took = time.time() - t0
+        st = j["status"]
+        expect(st["phase"] == "Failed", f"phase {st['phase']}")
+        expect(failure_reason(j) == "DeadlineExceeded", f"reason {failure_reason(j)}: {st.get('failure')}")
+        expect(x.replicas("Deployment", "app") == 2, f"replicas {x.replicas('Deployment', 'app')}, want 2")
+        x.wait_running("app", 2)
+        left = x.labelled("urgent")
+        expect(not any(left.values()), f"objects left behind: {left}")
+        return f"Failed/DeadlineExceeded after {took:.0f}s, replicas back to 2"
+    finally:
+        x.close()
+
+
+def sc_operator_kill(h):
+    x = Ctx(h, "kill")
+    out = []
+    try:
+        x.secret()
+        x.pvc("data")
+        d = x.fill("data", 6)
+        x.deployment("app", 2, ["data"])
+        x.repository("app", ["data"])
+        x.wait_running("app", 2)
+        for i, (target, knobs) in enumerate([("Quiescing", {}),
+                                             ("WaitingForDetach", {"grace": 8}),
+                                             ("Pushing", {"worker_start_delay": 6})]):
+            h.sim_config({"overrides": {**{k: v for k, v in (json.load(open(h.simcfg)).get("overrides") or {}).items()
+                                           if not k.startswith("kill/")}, "kill/": knobs}})
+            name = f"k{i}-{target.lower()}"
+            ev = []
+            phases_seen = threading.Event()
+
+            def sink(t, o, name=name, target=target, ev=ev):
+                ph = (o.get("status") or {}).get("phase")
+                ev.append(ph)
+                if o["metadata"]["name"] == name and ph == target and not phases_seen.is_set():
+                    phases_seen.set()
+                    h.kill_operator()
+            stop = threading.Event()
+            h.c.watch(nsp(GROUP, "kill", "pushjobs") + f"?fieldSelector=metadata.name%3D{name}", sink, stop)
+            time.sleep(0.3)
+            x.job(name, "app", "Offline")
+            if not phases_seen.wait(60):
+                stop.set()
+                raise Failure(f"{name}: never saw phase {target} (phases {ev})")
+            stop.set()
+            h.kill_operator()
+            killed_in = x.phase(name)
+            time.sleep(1)
+            h.start_operator()
+            j = x.wait_done(name, 150)
+            st = j["status"]
+            wait_for(lambda: x.replicas("Deployment", "app") == 2, 30, f"{name}: replicas back to 2")
+            x.wait_running("app", 2)
+            expect(st["phase"] == "Succeeded", f"{name}: killed in {killed_in}, ended {st['phase']}: "
+                                               f"{st.get('failure')}")
+            x.restore_equals(st["snapshots"][0]["snapshot"], d)
+            dep = x.c.get(nsp(APPS, "kill", "deployments", "app"))
+            ann = (dep["metadata"].get("annotations") or {}).get("rediacc.io/push-original-replicas")
+            expect(ann is None, f"{name}: replica annotation left: {ann}")
+            out.append(f"{target}(at {killed_in})->{st['phase']}")
+        return ", ".join(out)
+    finally:
+        h.sim_config({})
+        x.close()
+        if "operator" not in h.procs:
+            h.start_operator()
+
+
+def sc_delete_mid_flow(h):
+    x = Ctx(h, "del")
+    try:
+        x.secret()
+        x.pvc("data")
+        x.fill("data", 7)
+        x.deployment("app", 2, ["data"])
+        x.statefulset("db", 1, ["data"])
+        x.repository("app", ["data"])
+        x.wait_running("app", 2)
+        x.wait_running("db", 1)
+        h.set_knobs("del/", worker_start_delay=30)
+        x.job("doomed", "app", "Offline")
+        wait_for(lambda: x.phase("doomed") == "Pushing", 60, "job Pushing")
+        wait_for(lambda: x.labelled("doomed")["pods"], 20, "worker pod")
+        r = h.kubectl("delete", "pushjob", "doomed", "-n", "del", "--wait=false")
+        expect(r.returncode == 0, f"kubectl delete: {r.stderr}")
+        wait_for(lambda: x.get_job("doomed") is None, 60, "the deleted PushJob to go (finalizer)")
+        expect(x.replicas("Deployment", "app") == 2, f"app replicas {x.replicas('Deployment', 'app')}")
+        expect(x.replicas("StatefulSet", "db") == 1, f"db replicas {x.replicas('StatefulSet', 'db')}")
+        x.wait_running("app", 2)
+        x.wait_running("db", 1)
+        wait_for(lambda: not any(x.labelled("doomed").values()), 20, "worker/snapshots/clones gone")
+        return "finalizer restored 2+1 replicas, nothing left"
+    finally:
+        x.close()
+
+
+def sc_worker_failure(h):
+    x = Ctx(h, "wf")
+    try:
+        x.secret()
+        x.pvc("data")
+        x.fill("data", 8)
+        x.deployment("app", 1, ["data"])
+        x.repository("app", ["data"], bucket="no-such-bucket")
+        x.wait_running("app", 1)
+        x.job("broken", "app", "Offline")
+        j = x.wait_done("broken", 150)
+        st = j["status"]
+        expect(st["phase"] == "Failed", f"phase {st['phase']}")
+        expect(failure_reason(j) == "WorkerFailed", f"reason {failure_reason(j)}: {st.get('failure')}")
+        expect(x.replicas("Deployment", "app") == 1, f"replicas {x.replicas('Deployment', 'app')}")
+        x.wait_running("app", 1)
+        return f"WorkerFailed: {(st.get('failure') or {}).get('message', '')[:100]}"
+    finally:
+        x.close()
+
+
+def sc_pre_upgrade(h):
+    x = Ctx(h, "hook")
+    try:
+        x.secret()
+        x.pvc("data")
+        x.fill("data", 9)
+        x.deployment("app", 1, ["data"])
+        x.repository("app", ["data"])
+        x.wait_running("app", 1)
+        doc = {"apiVersion": "rediacc.io/v1alpha1", "kind": "PushJob",
+               "metadata": {"name": "pre-upgrade-1", "namespace": "hook"},
+               "spec": {"repositoryRef": {"name": "app"}, "mode": "Offline", "priority": "P2",
+                        "reason": "helm pre-upgrade"}}
+        r = h.kubectl("apply", "-f", "-", stdin=json.dumps(doc))
+        expect(r.returncode == 0, f"kubectl apply: {r.stderr}")
+        t0 = time.time()
+        r = h.kubectl("-n", "hook", "wait", "--for=condition=Complete", "pushjob/pre-upgrade-1", "--timeout=120s")
+        expect(r.returncode == 0, f"kubectl wait: rc {r.returncode} {r.stdout} {r.stderr}; status "
+                                  f"{json.dumps((x.get_job('pre-upgrade-1') or {}).get('status'))[:600]}")
+        r2 = h.kubectl("-n", "hook", "get", "pushjob", "pre-upgrade-1")
+        return f"kubectl wait ok in {time.time() - t0:.1f}s; {r2.stdout.splitlines()[-1] if r2.stdout else ''}"
+    finally:
+        x.close()
+
+
+def sc_metrics(h):
+    text = h.http(f"http://127.0.0.1:{h.metrics_port}/metrics") or ""
+    lines = [ln for ln in text.splitlines() if ln.startswith("push_operator_")]
+    ok = [ln for ln in lines if ln.startswith("push_operator_jobs_total") and 'result="succeeded"' in ln]
+    bad = [ln for ln in lines if ln.startswith("push_operator_jobs_total") and 'result="failed"' in ln]
+    last = [ln for ln in lines if ln.startswith("push_operator_last_success_timestamp_seconds") and "repository=" in ln]
+    qd = [ln for ln in lines if ln.startswith("push_operator_queue_depth")]
+    expect(ok, "no push_operator_jobs_total{result=succeeded}")
+    expect(bad, "no push_operator_jobs_total{result=failed}")
+    expect(last, "no push_operator_last_success_timestamp_seconds{repository=...}")
+    expect(qd, "no push_operator_queue_depth")
+    return f"{ok[0]}; {bad[0]}; {len(last)} last_success series; {len(qd)} queue_depth series"
+
+
+SCENARIOS = [
+    ("invalid-manifests", sc_invalid_manifests),
+    ("offline-deployment-statefulset", sc_offline),
+    ("queue-order", sc_queue_order),
+    ("operator-kill", sc_operator_kill),
+    ("online-with-class", sc_online_class),
+    ("online-live", sc_online_live),
+    ("p1-deadline", sc_p1_deadline),
+    ("delete-mid-flow", sc_delete_mid_flow),
+    ("worker-failure", sc_worker_failure),
+    ("pre-upgrade", sc_pre_upgrade),
+    ("metrics", sc_metrics),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir even on success")
+    ap.add_argument("--only", help="comma-separated scenario names")
+    a = ap.parse_args()
+    h = Harness(a.keep)
+    atexit.register(h.stop_all)
+
+    def on_signal(sig, _):
+        h.stop_all()
+        print(f"interrupted (signal {sig}); logs in {h.tmp}", flush=True)
+        os._exit(130)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    t0 = time.time()
+    passed, failed = 0, 0
+    try:
+        h.setup()
+    except Exception as e:  # noqa: BLE001
+        print(f"SET-UP FAILED: {e}\n{traceback.format_exc()}")
+        print(f"logs in {h.tmp}\n--- last 50 lines of the operator log ---\n{h.operator_tail()}")
+        print("0 passed, 1 failed")
+        return 1
+    only = set(a.only.split(",")) if a.only else None
+    for name, fn in SCENARIOS:
+        if only and name not in only:
+            continue
+        t = time.time()
+        try:
+            detail = fn(h)
+            passed += 1
+            print(f"PASS {name} ({time.time() - t:.1f}s): {detail}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            msg = str(e) if isinstance(e, Failure) else f"{e!r}\n{traceback.format_exc()}"
+            print(f"FAIL {name} ({time.time() - t:.1f}s): {msg}", flush=True)
+            if "operator" not in h.procs or h.procs["operator"].poll() is not None:
+                try:
+                    h.start_operator()
+                except Exception:  # noqa: BLE001
+                    pass
+    h.stop_all()
+    print(f"total {time.time() - t0:.1f}s", flush=True)
+    if failed:
+        print(f"logs in {h.tmp}\n--- last 50 lines of the operator log ---\n{h.operator_tail()}")
+    elif not a.keep:
+        shutil.rmtree(h.tmp, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
