@@ -32,6 +32,8 @@ GROUP = "/apis/rediacc.io/v1alpha1"
 CORE, APPS = "/api/v1", "/apis/apps/v1"
 SNAPG = "/apis/snapshot.storage.k8s.io/v1"
 JOB_LABEL = "rediacc.io/push-job"
+SHORT = {"pods": "po", "persistentvolumeclaims": "pvc", "persistentvolumes": "pv", "deployments": "deploy",
+         "replicasets": "rs", "statefulsets": "sts", "volumesnapshots": "vs", "volumeattachments": "va"}
 
 
 class Failure(Exception):
@@ -255,7 +257,8 @@ class Harness:
             return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": md,
                     "spec": {"group": group, "scope": "Namespaced" if namespaced else "Cluster",
                              "names": {"kind": kind, "plural": plural, "singular": kind.lower(),
-                                       "listKind": f"{kind}List"},
+                                       "listKind": f"{kind}List", **({"shortNames": [SHORT[plural]]}
+                                                                      if plural in SHORT else {})},
                              "versions": [{"name": "v1", "served": True, "storage": True, "subresources": sub,
                                            "schema": {"openAPIV3Schema": {
                                                "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
@@ -286,7 +289,8 @@ class Harness:
             f.write(f'apiVersion: v1\nkind: Config\nclusters: [{{name: d, cluster: {{server: "{self.upstream}", '
                     f'certificate-authority: "{self.cacert}"}}}}]\ncontexts: [{{name: d, context: {{cluster: d, '
                     "user: anon}}]\ncurrent-context: d\nusers: [{name: anon, user: {username: a, password: b}}]\n")
-        r = subprocess.run(["kubectl", "--kubeconfig", kc, "create", "-f", path], capture_output=True, text=True)
+        r = subprocess.run(["kubectl", "--kubeconfig", kc, "--cache-dir", os.path.join(self.tmp, "kubectl-cache"),
+                            "create", "-f", path], capture_output=True, text=True)
         if r.returncode != 0:
             raise Failure(f"our CRDs rejected: {r.stderr}")
         names = [c["metadata"]["name"] for c in crds] + ["repositories.rediacc.io", "pushpolicies.rediacc.io",
@@ -797,27 +801,44 @@ def sc_operator_kill(h):
 def sc_delete_mid_flow(h):
     x = Ctx(h, "del")
     try:
+        h.c.create("/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses", {
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+            "metadata": {"name": "sim-snap-del"}, "driver": "sim.csi.local", "deletionPolicy": "Delete"})
         x.secret()
         x.pvc("data")
         x.fill("data", 7)
+        x.pvc("odata")
+        x.fill("odata", 17)
         x.deployment("app", 2, ["data"])
         x.statefulset("db", 1, ["data"])
+        x.deployment("web", 1, ["odata"])
         x.repository("app", ["data"])
+        x.repository("web", ["odata"], online={"volumeSnapshotClassName": "sim-snap-del"})
         x.wait_running("app", 2)
         x.wait_running("db", 1)
+        x.wait_running("web", 1)
         h.set_knobs("del/", worker_start_delay=30)
         x.job("doomed", "app", "Offline")
-        wait_for(lambda: x.phase("doomed") == "Pushing", 60, "job Pushing")
-        wait_for(lambda: x.labelled("doomed")["pods"], 20, "worker pod")
-        r = h.kubectl("delete", "pushjob", "doomed", "-n", "del", "--wait=false")
-        expect(r.returncode == 0, f"kubectl delete: {r.stderr}")
-        wait_for(lambda: x.get_job("doomed") is None, 60, "the deleted PushJob to go (finalizer)")
+        x.job("doomed-online", "web", "Online")
+        for j in ("doomed", "doomed-online"):
+            wait_for(lambda: x.phase(j) == "Pushing", 60, f"{j} Pushing")
+            wait_for(lambda: x.labelled(j)["pods"], 20, f"{j} worker pod")
+        seen = x.labelled("doomed-online")
+        expect(seen["snapshots"] and seen["pvcs"], f"online job created no snapshot/clone: {seen}")
+        for j in ("doomed", "doomed-online"):
+            r = h.kubectl("delete", "pushjob", j, "-n", "del", "--wait=false")
+            expect(r.returncode == 0, f"kubectl delete: {r.stderr}")
+        for j in ("doomed", "doomed-online"):
+            wait_for(lambda: x.get_job(j) is None, 60, f"the deleted PushJob {j} to go (finalizer)")
         expect(x.replicas("Deployment", "app") == 2, f"app replicas {x.replicas('Deployment', 'app')}")
         expect(x.replicas("StatefulSet", "db") == 1, f"db replicas {x.replicas('StatefulSet', 'db')}")
+        expect(x.replicas("Deployment", "web") == 1, f"web replicas {x.replicas('Deployment', 'web')}")
         x.wait_running("app", 2)
         x.wait_running("db", 1)
-        wait_for(lambda: not any(x.labelled("doomed").values()), 20, "worker/snapshots/clones gone")
-        return "finalizer restored 2+1 replicas, nothing left"
+        for j in ("doomed", "doomed-online"):
+            wait_for(lambda: not any(x.labelled(j).values()), 20, f"{j}: worker/snapshots/clones gone "
+                                                                 f"(left: {x.labelled(j)})")
+        return f"finalizer restored 2+1 replicas; online job's {seen} deleted"
     finally:
         x.close()
 
@@ -826,19 +847,26 @@ def sc_worker_failure(h):
     x = Ctx(h, "wf")
     try:
         x.secret()
-        x.pvc("data")
-        x.fill("data", 8)
-        x.deployment("app", 1, ["data"])
-        x.repository("app", ["data"], bucket="no-such-bucket")
-        x.wait_running("app", 1)
-        x.job("broken", "app", "Offline")
-        j = x.wait_done("broken", 150)
-        st = j["status"]
-        expect(st["phase"] == "Failed", f"phase {st['phase']}")
-        expect(failure_reason(j) == "WorkerFailed", f"reason {failure_reason(j)}: {st.get('failure')}")
-        expect(x.replicas("Deployment", "app") == 1, f"replicas {x.replicas('Deployment', 'app')}")
-        x.wait_running("app", 1)
-        return f"WorkerFailed: {(st.get('failure') or {}).get('message', '')[:100]}"
+        out = []
+        variants = [("nobucket", {"bucket": "no-such-bucket"}), ("noendpoint", {"endpoint": "http://127.0.0.1:9"})]
+        for n, kw in variants:
+            x.pvc(f"{n}-data")
+            x.fill(f"{n}-data", 8)
+            x.deployment(n, 1, [f"{n}-data"])
+            x.repository(n, [f"{n}-data"], **kw)
+            x.wait_running(n, 1)
+        t0 = time.time()
+        for n, _ in variants:
+            x.job(f"broken-{n}", n, "Offline")
+        for n, _ in variants:
+            j = x.wait_done(f"broken-{n}", 180)
+            st = j["status"]
+            expect(st["phase"] == "Failed", f"{n}: phase {st['phase']}")
+            expect(failure_reason(j) == "WorkerFailed", f"{n}: reason {failure_reason(j)}: {st.get('failure')}")
+            wait_for(lambda: x.replicas("Deployment", n) == 1, 20, f"{n}: replicas back to 1")
+            x.wait_running(n, 1)
+            out.append(f"{n} after {time.time() - t0:.0f}s: {(st.get('failure') or {}).get('message', '')[:90]}")
+        return "; ".join(out)
     finally:
         x.close()
 
@@ -863,6 +891,9 @@ def sc_pre_upgrade(h):
         expect(r.returncode == 0, f"kubectl wait: rc {r.returncode} {r.stdout} {r.stderr}; status "
                                   f"{json.dumps((x.get_job('pre-upgrade-1') or {}).get('status'))[:600]}")
         r2 = h.kubectl("-n", "hook", "get", "pushjob", "pre-upgrade-1")
+        r3 = h.kubectl("-n", "hook", "get", "deployments,replicasets,pods,pvc", "-o", "name")
+        expect(r3.returncode == 0 and "deployment.apps/app" in r3.stdout and "pod/" in r3.stdout,
+               f"kubectl get of core/apps stand-ins through the proxy: {r3.stdout} {r3.stderr}")
         return f"kubectl wait ok in {time.time() - t0:.1f}s; {r2.stdout.splitlines()[-1] if r2.stdout else ''}"
     finally:
         x.close()

@@ -5,7 +5,7 @@
 
 use super::push_job::build::discover;
 use super::push_job::state::parse_annotation;
-use super::push_job::{pods_and_owners, resolve_volumes};
+use super::push_job::{patch_workload, pods_and_owners, resolve_volumes};
 use super::{Context, Error, Result};
 use crate::api::conditions::{self, set_condition};
 use crate::api::*;
@@ -125,38 +125,28 @@ async fn sweep_orphaned_scale_downs(ctx: &Context, ns: &str) -> Result<()> {
             }
         }
     };
-    let pp = PatchParams::default();
+    let mut annotated: Vec<(WorkloadRef, String)> = Vec::new();
     let deps: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     for d in deps.list(&ListParams::default()).await? {
-        if let Some((job, replicas)) = d.annotations().get(REPLICAS_ANNOTATION).and_then(|v| parse_annotation(v))
-            && !live(&job).await?
-        {
-            tracing::warn!(namespace = ns, deployment = %d.name_any(), job, replicas, "restoring replicas left by a job that is gone");
-            deps.patch_scale(&d.name_any(), &pp, &Patch::Merge(json!({"spec": {"replicas": replicas}}))).await?;
-            deps.patch(
-                &d.name_any(),
-                &pp,
-                &Patch::Merge(json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: null}}})),
-            )
-            .await?;
-            ctx.metrics.workloads_restored.with_label_values(&[ns]).inc();
+        if let Some(v) = d.annotations().get(REPLICAS_ANNOTATION) {
+            annotated.push((WorkloadRef { kind: WorkloadKind::Deployment, name: d.name_any() }, v.clone()));
         }
     }
     let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     for s in sts.list(&ListParams::default()).await? {
-        if let Some((job, replicas)) = s.annotations().get(REPLICAS_ANNOTATION).and_then(|v| parse_annotation(v))
-            && !live(&job).await?
-        {
-            tracing::warn!(namespace = ns, statefulset = %s.name_any(), job, replicas, "restoring replicas left by a job that is gone");
-            sts.patch_scale(&s.name_any(), &pp, &Patch::Merge(json!({"spec": {"replicas": replicas}}))).await?;
-            sts.patch(
-                &s.name_any(),
-                &pp,
-                &Patch::Merge(json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: null}}})),
-            )
-            .await?;
-            ctx.metrics.workloads_restored.with_label_values(&[ns]).inc();
+        if let Some(v) = s.annotations().get(REPLICAS_ANNOTATION) {
+            annotated.push((WorkloadRef { kind: WorkloadKind::StatefulSet, name: s.name_any() }, v.clone()));
         }
+    }
+    for (w, value) in annotated {
+        let Some((job, replicas)) = parse_annotation(&value) else { continue };
+        if live(&job).await? {
+            continue;
+        }
+        tracing::warn!(namespace = ns, kind = w.kind.as_str(), name = %w.name, job, replicas, "restoring replicas left by a job that is gone");
+        patch_workload(ctx, ns, &w, json!({"spec": {"replicas": replicas}}), true).await?;
+        patch_workload(ctx, ns, &w, json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: null}}}), false).await?;
+        ctx.metrics.workloads_restored.with_label_values(&[ns]).inc();
     }
     Ok(())
 }

@@ -117,21 +117,7 @@ impl Chunker {
 mod tests {
     use super::*;
 
-    /// splitmix64: a fixed generator, so pinned values never move with a dependency.
-    pub(crate) fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
-        let mut s = seed;
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            s = s.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            z ^= z >> 31;
-            out.extend_from_slice(&z.to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use crate::store::testdata::seeded_bytes;
 
     fn chunks(c: &Chunker, data: &[u8]) -> Vec<(usize, String)> {
         let mut start = 0;

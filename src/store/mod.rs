@@ -17,6 +17,7 @@ pub mod pack;
 pub mod push;
 pub mod restore;
 pub mod snapshot;
+pub mod testdata;
 pub mod tree;
 pub mod verify;
 

@@ -297,6 +297,32 @@ async fn admission(job: &PushJob, ctx: &Context) -> (bool, Option<i32>) {
     (admitted.contains(&me), plan.positions.get(&me).copied())
 }
 
+/// Merge-patches a Deployment or StatefulSet, or (with `scale`) its scale subresource.
+pub async fn patch_workload(
+    ctx: &Context,
+    ns: &str,
+    w: &WorkloadRef,
+    patch: serde_json::Value,
+    scale: bool,
+) -> Result<(), kube::Error> {
+    let pp = PatchParams::default();
+    let patch = Patch::Merge(patch);
+    match (w.kind, scale) {
+        (WorkloadKind::Deployment, false) => {
+            workload_api::<Deployment>(ctx, ns).patch(&w.name, &pp, &patch).await.map(|_| ())
+        }
+        (WorkloadKind::Deployment, true) => {
+            workload_api::<Deployment>(ctx, ns).patch_scale(&w.name, &pp, &patch).await.map(|_| ())
+        }
+        (WorkloadKind::StatefulSet, false) => {
+            workload_api::<StatefulSet>(ctx, ns).patch(&w.name, &pp, &patch).await.map(|_| ())
+        }
+        (WorkloadKind::StatefulSet, true) => {
+            workload_api::<StatefulSet>(ctx, ns).patch_scale(&w.name, &pp, &patch).await.map(|_| ())
+        }
+    }
+}
+
 async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
     let ns = job.namespace().unwrap_or_default();
     let pp = PatchParams::default();
@@ -306,39 +332,21 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
     };
     match action {
         Action::Annotate { workload, value } => {
-            let patch = Patch::Merge(json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: value}}}));
-            match workload.kind {
-                WorkloadKind::Deployment => {
-                    workload_api::<Deployment>(ctx, &ns).patch(&workload.name, &pp, &patch).await.map(|_| ())?
-                }
-                WorkloadKind::StatefulSet => {
-                    workload_api::<StatefulSet>(ctx, &ns).patch(&workload.name, &pp, &patch).await.map(|_| ())?
-                }
-            }
+            patch_workload(
+                ctx,
+                &ns,
+                workload,
+                json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: value}}}),
+                false,
+            )
+            .await?;
         }
         Action::RemoveAnnotation { workload } => {
-            let patch = Patch::Merge(json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: null}}}));
-            let r = match workload.kind {
-                WorkloadKind::Deployment => {
-                    workload_api::<Deployment>(ctx, &ns).patch(&workload.name, &pp, &patch).await.map(|_| ())
-                }
-                WorkloadKind::StatefulSet => {
-                    workload_api::<StatefulSet>(ctx, &ns).patch(&workload.name, &pp, &patch).await.map(|_| ())
-                }
-            };
-            ok_absent(r)?;
+            let patch = json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: null}}});
+            ok_absent(patch_workload(ctx, &ns, workload, patch, false).await)?;
         }
         Action::Scale { workload, replicas } => {
-            let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
-            let r = match workload.kind {
-                WorkloadKind::Deployment => {
-                    workload_api::<Deployment>(ctx, &ns).patch_scale(&workload.name, &pp, &patch).await.map(|_| ())
-                }
-                WorkloadKind::StatefulSet => {
-                    workload_api::<StatefulSet>(ctx, &ns).patch_scale(&workload.name, &pp, &patch).await.map(|_| ())
-                }
-            };
-            ok_absent(r)?;
+            ok_absent(patch_workload(ctx, &ns, workload, json!({"spec": {"replicas": replicas}}), true).await)?;
             tracing::info!(job = %key(job), workload = %workload.name, replicas, "scaled");
         }
         Action::CreateSnapshot { name, volume, class } => {
