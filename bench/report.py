@@ -279,7 +279,7 @@ def cmd_render(args):
         L.append(
             f"\\* other processes used more than {BUSY_SHARE:.0%} of the machine's CPU during this "
             "measurement (`other_cpu_seconds` in results.jsonl): the machine was not quiet, so the wall "
-            "time is inflated; CPU s is the steadier figure."
+            "time is inflated (CPU s less so)."
         )
     L.append("")
     L.append("## Store size after c (`du -sb`)")

@@ -89,6 +89,11 @@ done
 [[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "--quiet-wait needs a number of seconds"
 case "$SCRATCH/" in "${DATA}/linux/"*|"${DATA}/pgdata/"*) die "scratch must not be inside a dataset" ;; esac
 
+# One run per scratch directory: a second run.sh would delete this one's working copy and stores.
+mkdir -p "$SCRATCH"
+exec 9>"$SCRATCH/.run.lock"
+flock -n 9 || die "another bench/run.sh is using $SCRATCH (wait for it, or pass --scratch DIR)"
+
 mkdir -p "$OUT/logs"
 JSONL=$OUT/results.jsonl
 : >"$JSONL"
@@ -250,7 +255,7 @@ for REP in $(seq 1 "$REPEAT"); do
   log "=== $DS ($SRC) run $REP/$REPEAT"
   rm -rf "$D"
   mkdir -p "$D"
-  if [[ -d $SRC ]]; then KIND=dir; WORK=$D/src; else KIND=file; WORK=$D/$(basename "$SRC"); fi
+  if [[ -d $SRC ]]; then KIND="dir"; WORK=$D/src; else KIND="file"; WORK=$D/$(basename "$SRC"); fi
   t0=$EPOCHREALTIME
   cp -a "$SRC" "$WORK"
   log "copied working copy in $("$PY" -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.1f}")' "$t0" "$EPOCHREALTIME")s"
