@@ -196,6 +196,9 @@ pub struct PushJobStatus {
     /// Objects this job created; cleanup deletes exactly these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub created: Vec<CreatedObject>,
+    /// When the worker pod was first seen (a recorded worker never seen was not created yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_start_time: Option<Time>,
     /// Live reads: the node of the pod that mounts the volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,

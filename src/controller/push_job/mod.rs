@@ -31,7 +31,13 @@ pub async fn reconcile(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> 
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .or_else(|e| match e {
+        // The job was already gone when the finalizer was to be removed: nothing left to do.
+        kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(ae)) if ae.code == 404 => {
+            Ok(Requeue::await_change())
+        }
+        e => Err(Error::Finalizer(Box::new(e))),
+    })
 }
 
 pub fn key(job: &PushJob) -> String {
@@ -234,7 +240,8 @@ fn worker_obs(p: &Pod) -> Option<WorkerObs> {
     if p.metadata.deletion_timestamp.is_some() {
         return None;
     }
-    let status = p.status.as_ref()?;
+    // A pod just created may have no status yet: that is Pending, not gone.
+    let status = p.status.clone().unwrap_or_default();
     let term = status
         .container_statuses
         .as_ref()
@@ -245,7 +252,7 @@ fn worker_obs(p: &Pod) -> Option<WorkerObs> {
     Some(match status.phase.as_deref() {
         Some("Succeeded") => WorkerObs::Succeeded { message },
         Some("Failed") => WorkerObs::Failed {
-            message: if message.is_empty() { status.message.clone().unwrap_or_default() } else { message },
+            message: if message.is_empty() { status.message.unwrap_or_default() } else { message },
             exit_code: term.map(|t| t.exit_code),
         },
         Some("Running") => WorkerObs::Running,

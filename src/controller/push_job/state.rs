@@ -604,8 +604,10 @@ fn pushing(b: &mut Builder) {
     let wn = worker_name(&name);
     match b.obs.worker.clone() {
         None => {
-            if b.st.created.iter().any(|c| c.kind == "Pod" && c.name == wn) && b.st.stats.is_none() {
-                // We created it and it vanished (evicted, deleted by hand) before reporting.
+            if b.st.worker_start_time.is_some() && b.st.stats.is_none() {
+                // It ran and vanished (evicted, deleted by hand) before reporting. (A worker
+                // recorded but never seen was not created yet, e.g. the operator died between
+                // storing the status and creating the pod: it is created now.)
                 return b.fail("WorkerLost", format!("worker pod {wn} disappeared before it reported"));
             }
             let claims: Vec<(String, String)> =
@@ -627,7 +629,12 @@ fn pushing(b: &mut Builder) {
             b.actions.push(Action::CreateWorker { name: wn, claims, node });
             b.wait("worker pod created", Duration::from_secs(2));
         }
-        Some(WorkerObs::Pending) | Some(WorkerObs::Running) => b.wait("copying the volumes", Duration::from_secs(5)),
+        Some(WorkerObs::Pending) | Some(WorkerObs::Running) => {
+            if b.st.worker_start_time.is_none() {
+                b.st.worker_start_time = Some(time(b.obs.now));
+            }
+            b.wait("copying the volumes", Duration::from_secs(5))
+        }
         Some(WorkerObs::Succeeded { message }) => match serde_json::from_str::<WorkerReport>(&message) {
             Ok(report) => {
                 if !report.warnings.is_empty() {

@@ -643,3 +643,30 @@ fn live_reads_run_hooks_around_the_copy() {
     assert_eq!(w.log, vec!["hooks Pre", "hooks Post"]);
     assert!(j.status.as_ref().unwrap().post_hook.as_ref().unwrap().ok);
 }
+
+#[test]
+fn a_recorded_worker_never_seen_is_created_and_a_vanished_one_fails() {
+    let mut j = job(Mode::Online, Priority::P4);
+    let w = World::new(Some(repo(None)));
+    let s = Settings::default();
+    // The status says the worker was created, but the operator died before creating it.
+    j.status = Some(PushJobStatus {
+        phase: Some(Phase::Pushing),
+        volumes: vec!["data".into()],
+        consistency: Some(Consistency::Inconsistent),
+        created: vec![CreatedObject { kind: "Pod".into(), name: "j1-push".into() }],
+        ..Default::default()
+    });
+    let d = next(&j, &w.observe(), &s);
+    assert!(d.actions.iter().any(|a| matches!(a, Action::CreateWorker { .. })), "{:?}", d.actions);
+    assert!(d.status.failure.is_none());
+    // Once seen running, a worker that vanishes before reporting fails the job.
+    let mut o = w.observe();
+    o.worker = Some(WorkerObs::Running);
+    j.status = Some(d.status);
+    let d = next(&j, &o, &s);
+    assert!(d.status.worker_start_time.is_some());
+    j.status = Some(d.status);
+    let d = next(&j, &w.observe(), &s);
+    assert_eq!(d.status.failure.as_ref().map(|f| f.reason.as_str()), Some("WorkerLost"));
+}
