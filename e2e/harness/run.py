@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.dont_write_bytecode = True
 sys.path.insert(0, HERE)
 from k8s import ApiError, Client  # noqa: E402
 
@@ -309,7 +311,7 @@ class Harness:
         self.stop("operator", signal.SIGTERM)
         self.metrics_port = free_port()
         self.op_n += 1
-        env = dict(os.environ, KUBECONFIG=self.kubeconfig, PUSH_OPERATOR_LOG="info,kube=warn")
+        env = dict(os.environ, KUBECONFIG=self.kubeconfig, PUSH_OPERATOR_LOG="info,kube=warn", NO_COLOR="1")
         # The operator log is one file across restarts.
         log = open(os.path.join(self.logs, "operator.log"), "ab")
         log.write(f"===== operator start #{self.op_n} (max {max_pushes}) {time.strftime('%H:%M:%S')}\n".encode())
@@ -342,7 +344,7 @@ class Harness:
             lines = open(os.path.join(self.logs, "operator.log"), errors="replace").read().splitlines()
         except OSError:
             return ""
-        return "\n".join(lines[-n:])
+        return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(lines[-n:]))
 
 
 # ---------------------------------------------------------------- scenario helpers

@@ -23,6 +23,7 @@ import sys
 import time
 import traceback
 
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from k8s import ApiError, Client  # noqa: E402
 
@@ -239,7 +240,7 @@ class Sim:
                 args[i] = f"{vol}={self.pvc_dir(ns, claim)}"
         term = os.path.join(self.logdir, f"worker-{ns}-{name}-{uid[:8]}.term")
         args += ["--termination-log", term]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), "NO_COLOR": "1"}
         try:
             env.update(self.resolve_env(ns, c0.get("env")))
         except Exception as e:  # noqa: BLE001
