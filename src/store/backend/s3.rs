@@ -113,26 +113,39 @@ impl S3Backend {
     }
 
     /// Fails early, with the fix in the message, when the bucket is missing or access is denied.
+    /// Transient errors (the endpoint briefly unreachable, 5xx) are retried like any request.
     fn check_bucket(&self) -> anyhow::Result<()> {
-        let r = self.rt.block_on(self.client.head_bucket().bucket(&self.loc.bucket).send());
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let status = match &e {
-                    SdkError::ServiceError(se) => Some(se.raw().status().as_u16()),
-                    _ => None,
-                };
-                let b = &self.loc.bucket;
-                let ep = &self.endpoint_desc;
-                match status {
-                    Some(404) => {
-                        anyhow::bail!("bucket {b:?} does not exist at {ep}: create it first or fix the store address")
-                    }
-                    Some(403) | Some(401) => anyhow::bail!(
-                        "access to bucket {b:?} at {ep} denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                    ),
-                    _ => Err(anyhow::anyhow!(classify("open bucket", b, e))),
+        let policy = super::retry::RetryPolicy::default();
+        let mut attempt = 1;
+        loop {
+            let r = self.rt.block_on(self.client.head_bucket().bucket(&self.loc.bucket).send());
+            let e = match r {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            let status = match &e {
+                SdkError::ServiceError(se) => Some(se.raw().status().as_u16()),
+                _ => None,
+            };
+            let b = &self.loc.bucket;
+            let ep = &self.endpoint_desc;
+            match status {
+                Some(404) => {
+                    anyhow::bail!("bucket {b:?} does not exist at {ep}: create it first or fix the store address")
                 }
+                Some(403) | Some(401) => {
+                    anyhow::bail!(
+                        "access to bucket {b:?} at {ep} denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    )
+                }
+                _ => match classify("open bucket", b, e) {
+                    BackendError::Transient(msg) if attempt < policy.attempts => {
+                        tracing::warn!(%msg, attempt, "retrying");
+                        std::thread::sleep(policy.delay(attempt));
+                        attempt += 1;
+                    }
+                    other => anyhow::bail!("{other} (after {attempt} attempts)"),
+                },
             }
         }
     }
