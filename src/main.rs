@@ -199,9 +199,13 @@ struct ControllerArgs {
     /// Image of the worker pods (the operator's own image).
     #[arg(long, env = "PUSH_OPERATOR_WORKER_IMAGE", default_value = "ghcr.io/rediacc/push-operator:latest")]
     worker_image: String,
-    /// ServiceAccount of the worker pods.
+    /// ServiceAccount of the worker pods (it must exist in every namespace with PushJobs;
+    /// default: the namespace's default account, without a token).
     #[arg(long, env = "PUSH_OPERATOR_WORKER_SERVICE_ACCOUNT")]
     worker_service_account: Option<String>,
+    /// Secret for pulling the worker image, in each job's namespace (repeatable).
+    #[arg(long = "worker-image-pull-secret")]
+    worker_image_pull_secrets: Vec<String>,
     /// Worker CPU request.
     #[arg(long, default_value = "500m")]
     worker_cpu_request: String,
@@ -304,6 +308,7 @@ fn controller_config(a: &ControllerArgs) -> anyhow::Result<push_operator::contro
         image: a.worker_image.clone(),
         image_pull_policy: None,
         service_account: a.worker_service_account.clone(),
+        image_pull_secrets: a.worker_image_pull_secrets.clone(),
         resources: k8s_openapi::api::core::v1::ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".into(), q(&a.worker_cpu_request)),

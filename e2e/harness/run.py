@@ -934,6 +934,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--keep", action="store_true", help="keep the temp dir even on success")
     ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--rbac-manifests", help="rendered chart (scripts/check-chart --out): after the scenarios, "
+                    "check that its RBAC grants every API call the operator made, and nothing unexplained")
     a = ap.parse_args()
     h = Harness(a.keep)
     atexit.register(h.stop_all)
@@ -972,6 +974,17 @@ def main():
                 except Exception:  # noqa: BLE001
                     pass
     h.stop_all()
+    if a.rbac_manifests:
+        log = os.path.join(h.tmp, "logs", "proxy-requests.log")
+        r = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "rbac_check.py"),
+                            "--log", log, "--manifests", a.rbac_manifests], capture_output=True, text=True)
+        last = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
+        if r.returncode == 0:
+            passed += 1
+            print(f"PASS rbac: {last}", flush=True)
+        else:
+            failed += 1
+            print(f"FAIL rbac:\n{r.stdout}{r.stderr}", flush=True)
     print(f"total {time.time() - t0:.1f}s", flush=True)
     if failed:
         print(f"logs in {h.tmp}\n--- last 50 lines of the operator log ---\n{h.operator_tail()}")

@@ -21,6 +21,8 @@ pub struct WorkerConfig {
     pub image: String,
     pub image_pull_policy: Option<String>,
     pub service_account: Option<String>,
+    /// Secrets (in each job's namespace) for pulling the worker image.
+    pub image_pull_secrets: Vec<String>,
     pub resources: ResourceRequirements,
 }
 
@@ -31,6 +33,7 @@ impl Default for WorkerConfig {
             image: "ghcr.io/rediacc/push-operator:latest".into(),
             image_pull_policy: None,
             service_account: None,
+            image_pull_secrets: Vec::new(),
             resources: ResourceRequirements {
                 requests: Some(BTreeMap::from([("cpu".into(), q("500m")), ("memory".into(), q("512Mi"))])),
                 limits: Some(BTreeMap::from([("memory".into(), q("2Gi"))])),
@@ -170,6 +173,12 @@ pub fn worker_pod(
             restart_policy: Some("Never".into()),
             node_name: node,
             service_account_name: cfg.service_account.clone(),
+            image_pull_secrets: (!cfg.image_pull_secrets.is_empty()).then(|| {
+                cfg.image_pull_secrets
+                    .iter()
+                    .map(|n| k8s_openapi::api::core::v1::LocalObjectReference { name: n.clone() })
+                    .collect()
+            }),
             automount_service_account_token: Some(false),
             security_context: Some(PodSecurityContext {
                 run_as_user: Some(0),
@@ -443,16 +452,12 @@ mod tests {
     #[test]
     fn live_reads_pin_the_worker_to_the_node() {
         let (job, repo) = fixtures();
-        let pod = worker_pod(
-            &job,
-            &repo,
-            "w",
-            &[("data".into(), "data".into())],
-            &BTreeSet::new(),
-            Some("n1".into()),
-            &WorkerConfig::default(),
-        );
-        assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("n1"));
+        let cfg = WorkerConfig { image_pull_secrets: vec!["regcred".into()], ..WorkerConfig::default() };
+        let pod =
+            worker_pod(&job, &repo, "w", &[("data".into(), "data".into())], &BTreeSet::new(), Some("n1".into()), &cfg);
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.image_pull_secrets.unwrap()[0].name, "regcred", "pull secrets reach the workers");
     }
 
     #[test]
