@@ -419,6 +419,16 @@ class Ctx:
     def wait_running(self, app, n, timeout=30):
         wait_for(lambda: len(self.running_pods(app)) == n, timeout, f"{n} running pods of {app}")
 
+    def app(self, name, replicas, pvc, seed, node=None, **repo):
+        """A PVC filled with seeded data, a Deployment using it and a Repository of the same
+        name, running; returns the PVC's data directory."""
+        self.pvc(pvc)
+        d = self.fill(pvc, seed)
+        self.deployment(name, replicas, [pvc], node=node)
+        self.repository(name, [pvc], **repo)
+        self.wait_running(name, replicas)
+        return d
+
     def repository(self, name, volumes, prefix=None, bucket=BUCKET, endpoint=None, online=None, workloads=None):
         spec = {"volumes": volumes,
                 "storage": {"endpoint": endpoint or self.h.s3, "bucket": bucket, "prefix": prefix or self.ns,
@@ -603,11 +613,7 @@ def sc_online_class(h):
             "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
             "metadata": {"name": "sim-snap"}, "driver": "sim.csi.local", "deletionPolicy": "Delete"})
         x.secret()
-        x.pvc("data")
-        d = x.fill("data", 3)
-        x.deployment("app", 2, ["data"])
-        x.repository("app", ["data"], online={"volumeSnapshotClassName": "sim-snap"})
-        x.wait_running("app", 2)
+        d = x.app("app", 2, "data", 3, online={"volumeSnapshotClassName": "sim-snap"})
         wl, snapev, pvcev = [], [], []
         x.watch(nsp(APPS, "onc", "deployments"), wl)
         x.watch(nsp(SNAPG, "onc", "volumesnapshots"), snapev)
@@ -645,11 +651,7 @@ def sc_online_live(h):
     x = Ctx(h, "live")
     try:
         x.secret()
-        x.pvc("data")
-        d = x.fill("data", 4)
-        x.deployment("app", 1, ["data"], node="node-b")
-        x.repository("app", ["data"])
-        x.wait_running("app", 1)
+        d = x.app("app", 1, "data", 4, node="node-b")
         pods = []
         x.watch(nsp(CORE, "live", "pods"), pods)
         time.sleep(0.5)
@@ -722,11 +724,7 @@ def sc_p1_deadline(h):
     x = Ctx(h, "p1")
     try:
         x.secret()
-        x.pvc("data")
-        x.fill("data", 5)
-        x.deployment("app", 2, ["data"])
-        x.repository("app", ["data"])
-        x.wait_running("app", 2)
+        x.app("app", 2, "data", 5)
         h.set_knobs("p1/", worker_start_delay=60)
         t0 = time.time()
         x.job("urgent", "app", "Offline", priority="P1")
@@ -749,11 +747,7 @@ def sc_operator_kill(h):
     out = []
     try:
         x.secret()
-        x.pvc("data")
-        d = x.fill("data", 6)
-        x.deployment("app", 2, ["data"])
-        x.repository("app", ["data"])
-        x.wait_running("app", 2)
+        d = x.app("app", 2, "data", 6)
         for i, (target, knobs) in enumerate([("Quiescing", {}),
                                              ("WaitingForDetach", {"grace": 8}),
                                              ("Pushing", {"worker_start_delay": 6})]):
@@ -852,11 +846,7 @@ def sc_worker_failure(h):
         out = []
         variants = [("nobucket", {"bucket": "no-such-bucket"}), ("noendpoint", {"endpoint": "http://127.0.0.1:9"})]
         for n, kw in variants:
-            x.pvc(f"{n}-data")
-            x.fill(f"{n}-data", 8)
-            x.deployment(n, 1, [f"{n}-data"])
-            x.repository(n, [f"{n}-data"], **kw)
-            x.wait_running(n, 1)
+            x.app(n, 1, f"{n}-data", 8, **kw)
         t0 = time.time()
         for n, _ in variants:
             x.job(f"broken-{n}", n, "Offline")
@@ -877,11 +867,7 @@ def sc_pre_upgrade(h):
     x = Ctx(h, "hook")
     try:
         x.secret()
-        x.pvc("data")
-        x.fill("data", 9)
-        x.deployment("app", 1, ["data"])
-        x.repository("app", ["data"])
-        x.wait_running("app", 1)
+        x.app("app", 1, "data", 9)
         doc = {"apiVersion": "rediacc.io/v1alpha1", "kind": "PushJob",
                "metadata": {"name": "pre-upgrade-1", "namespace": "hook"},
                "spec": {"repositoryRef": {"name": "app"}, "mode": "Offline", "priority": "P2",
