@@ -96,6 +96,14 @@ impl Node {
         self.os_name().into_vec()
     }
 
+    /// Compares the name's bytes with `other`, allocating only for a non-UTF-8 name.
+    fn cmp_name(&self, other: &[u8]) -> std::cmp::Ordering {
+        match &self.name_hex {
+            None => self.name.as_bytes().cmp(other),
+            Some(_) => self.name_bytes().as_slice().cmp(other),
+        }
+    }
+
     pub fn set_target(&mut self, target: &OsStr) {
         let (t, h) = encode_os(target);
         self.target = Some(t);
@@ -132,7 +140,7 @@ impl Tree {
     }
 
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
-        self.nodes.binary_search_by(|n| n.name_bytes().as_slice().cmp(name)).ok().map(|i| &self.nodes[i])
+        self.nodes.binary_search_by(|n| n.cmp_name(name)).ok().map(|i| &self.nodes[i])
     }
 
     pub fn encode(&self) -> Vec<u8> {
