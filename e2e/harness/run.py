@@ -606,12 +606,17 @@ def sc_offline(h):
         x.close()
 
 
+def snapshot_class(h, name):
+    """A VolumeSnapshotClass served by the simulated CSI driver."""
+    h.c.create("/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses", {
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+        "metadata": {"name": name}, "driver": "sim.csi.local", "deletionPolicy": "Delete"})
+
+
 def sc_online_class(h):
     x = Ctx(h, "onc")
     try:
-        h.c.create("/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses", {
-            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
-            "metadata": {"name": "sim-snap"}, "driver": "sim.csi.local", "deletionPolicy": "Delete"})
+        snapshot_class(h, "sim-snap")
         x.secret()
         d = x.app("app", 2, "data", 3, online={"volumeSnapshotClassName": "sim-snap"})
         wl, snapev, pvcev = [], [], []
@@ -797,9 +802,7 @@ def sc_operator_kill(h):
 def sc_delete_mid_flow(h):
     x = Ctx(h, "del")
     try:
-        h.c.create("/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses", {
-            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
-            "metadata": {"name": "sim-snap-del"}, "driver": "sim.csi.local", "deletionPolicy": "Delete"})
+        snapshot_class(h, "sim-snap-del")
         x.secret()
         x.pvc("data")
         x.fill("data", 7)
