@@ -170,6 +170,24 @@ enum Command {
     Controller(ControllerArgs),
     /// Push the mounted volumes of a PushJob (what the worker pod runs).
     Worker(WorkerCliArgs),
+    /// Forget snapshots a retention policy does not keep (restic's rules; the data goes with
+    /// the next prune).
+    Forget(ForgetArgs),
+    /// Delete data no snapshot references; safe while pushes run.
+    Prune(PruneArgs),
+    /// List the audit trail: every push, forget and prune, with its result.
+    Audit {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only the newest N records.
+        #[arg(long)]
+        last: Option<usize>,
+        /// Only records of this action (push, forget, prune).
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that every snapshot is restorable; with --read-data, read the data back too.
     Verify {
         #[command(flatten)]
@@ -231,6 +249,137 @@ struct ControllerArgs {
 }
 
 #[derive(Args, Clone)]
+struct KeepArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the N most recent hours that have one.
+    #[arg(long, value_name = "N")]
+    keep_hourly: Option<u32>,
+    /// ... of each of the N most recent days.
+    #[arg(long, value_name = "N")]
+    keep_daily: Option<u32>,
+    /// ... of each of the N most recent ISO weeks.
+    #[arg(long, value_name = "N")]
+    keep_weekly: Option<u32>,
+    /// ... of each of the N most recent months.
+    #[arg(long, value_name = "N")]
+    keep_monthly: Option<u32>,
+    /// ... of each of the N most recent years.
+    #[arg(long, value_name = "N")]
+    keep_yearly: Option<u32>,
+    /// Keep every snapshot newer than the newest one minus DURATION (e.g. 7d, 36h, 1y6m).
+    #[arg(long, value_name = "DURATION", value_parser = push_operator::store::retention::Within::parse)]
+    keep_within: Option<push_operator::store::retention::Within>,
+}
+
+impl KeepArgs {
+    fn policy(&self) -> push_operator::store::retention::KeepPolicy {
+        push_operator::store::retention::KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct ForgetArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    keep: KeepArgs,
+    /// Only snapshots of this Repository (NAMESPACE/NAME).
+    #[arg(long)]
+    repository: Option<String>,
+    /// Only snapshots of this source.
+    #[arg(long)]
+    source: Option<String>,
+    /// Only snapshots of this mode (online, offline).
+    #[arg(long, value_parser = ["online", "offline"])]
+    mode: Option<String>,
+    /// Time zone of the calendar periods (an IANA name; default UTC).
+    #[arg(long, value_parser = parse_tz)]
+    time_zone: Option<chrono_tz::Tz>,
+    /// Show what would be forgotten; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Prune afterwards.
+    #[arg(long)]
+    prune: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct PruneArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Show what would be deleted; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Repack packs with more than this share of unreferenced bytes (percent).
+    #[arg(long, default_value = "50", value_parser = parse_share)]
+    max_unused: f64,
+    /// Wait this long for pushes that started before the prune, then delete (default: leave
+    /// the deletion to the next prune when pushes still run).
+    #[arg(long, value_parser = |s: &str| parse_duration(s).map_err(|e| e.to_string()))]
+    wait: Option<std::time::Duration>,
+    /// Recorded in the audit trail.
+    #[arg(long, default_value = "manual")]
+    reason: String,
+    #[arg(long, hide = true)]
+    job: Option<String>,
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report here (the maintenance pod's termination message).
+    #[arg(long, hide = true)]
+    termination_log: Option<PathBuf>,
+}
+
+fn parse_tz(s: &str) -> Result<chrono_tz::Tz, String> {
+    s.parse::<chrono_tz::Tz>().map_err(|_| format!("unknown time zone {s:?}: use an IANA name such as Europe/Berlin"))
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("{s:?} is not a percentage"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{s} is not in [0, 100]"));
+    }
+    Ok(v / 100.0)
+}
+
+fn print_prune(r: &push_operator::store::prune::PruneReport) {
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    println!(
+        "{} snapshots reference {} blobs in {} packs; {} packs unused, {} to repack",
+        r.snapshots, r.blobs_used, r.packs, r.packs_unused, r.packs_repack
+    );
+    if r.dry_run {
+        println!("{verb} {} (dry run: nothing changed)", HumanBytes(r.bytes_reclaimed));
+    } else {
+        println!(
+            "{verb} {} packs, reclaimed {}, repacked {}; index objects {} -> {}",
+            r.packs_deleted,
+            HumanBytes(r.bytes_reclaimed),
+            HumanBytes(r.bytes_repacked),
+            r.index_objects_before,
+            r.index_objects_after
+        );
+    }
+    if r.plans_pending > 0 {
+        println!("{} still marked, deleted by a later prune: {} plan(s)", HumanBytes(r.bytes_pending), r.plans_pending);
+    }
+    for m in &r.messages {
+        println!("{m}");
+    }
+}
+
+#[derive(Args, Clone)]
 struct WorkerCliArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -253,6 +402,9 @@ struct WorkerCliArgs {
     /// A volume to push: PVC=MOUNTPATH (repeatable).
     #[arg(long = "volume", value_parser = parse_volume, required = true)]
     volumes: Vec<(String, PathBuf)>,
+    /// After a successful push, forget what this retention (a PushPolicy's, JSON) does not keep.
+    #[arg(long)]
+    retention: Option<String>,
     /// Where the report goes (the kubelet shows it as the termination message).
     #[arg(long, default_value = "/dev/termination-log")]
     termination_log: PathBuf,
@@ -531,6 +683,10 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 reason: a.reason,
                 excludes: a.excludes,
                 volumes: a.volumes,
+                retention: match &a.retention {
+                    None => None,
+                    Some(j) => Some(serde_json::from_str(j).context("--retention is not a retention spec (JSON)")?),
+                },
             };
             let report = match a.store.backend().and_then(|b| Store::open_or_init(b, &InitOptions::default())) {
                 Ok(store) => worker::run(&store, &args),
@@ -551,6 +707,120 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     ExitCode::FAILURE
                 }
             })
+        }
+        Command::Forget(a) => {
+            let s = a.store.open()?;
+            let opts = push_operator::store::forget::ForgetOptions {
+                rules: push_operator::store::forget::Rules { default: a.keep.policy(), online: None, offline: None },
+                tz: a.time_zone,
+                dry_run: a.dry_run,
+                repository: a.repository,
+                source: a.source,
+                mode: a.mode,
+                reason: "manual".into(),
+                job: None,
+            };
+            let report = push_operator::store::forget::forget(&s, &opts)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for g in &report.groups {
+                    let mode = g.mode.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+                    println!("{}{mode}: keep {} by {}", g.source, g.keep.len(), g.policy);
+                    for d in &g.keep {
+                        println!("  keep   {:.8} {}  {}", d.id, d.time, d.reasons.join(", "));
+                    }
+                    for d in &g.remove {
+                        println!("  {} {:.8} {}", if a.dry_run { "would remove" } else { "remove" }, d.id, d.time);
+                    }
+                }
+                println!(
+                    "{} kept, {} {}",
+                    report.kept,
+                    report.removed.len(),
+                    if a.dry_run { "would be forgotten (dry run: nothing changed)" } else { "forgotten" }
+                );
+            }
+            if a.prune && !a.dry_run {
+                let r = push_operator::store::prune::prune(&s, &Default::default())?;
+                if !a.json {
+                    print_prune(&r);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune(a) => {
+            let s = a.store.open()?;
+            let opts = push_operator::store::prune::PruneOptions {
+                dry_run: a.dry_run,
+                max_unused: a.max_unused,
+                wait: a.wait,
+                reason: a.reason,
+                job: a.job,
+                ..Default::default()
+            };
+            let result = push_operator::store::prune::prune(&s, &opts);
+            if let Some(path) = &a.termination_log {
+                let text = match &result {
+                    Ok(r) => serde_json::to_string(r)?,
+                    Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+                };
+                let cut: String = text.chars().take(4000).collect();
+                if let Err(e) = std::fs::write(path, cut) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
+                }
+            }
+            let r = result?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_prune(&r);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { store, last, action, json } => {
+            let s = store.open()?;
+            let mut recs = push_operator::store::audit::list(&s)?;
+            if let Some(a) = &action {
+                recs.retain(|r| &r.action == a);
+            }
+            if let Some(n) = last {
+                let skip = recs.len().saturating_sub(n);
+                recs.drain(..skip);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&recs)?);
+            } else {
+                println!(
+                    "{:<20} {:<7} {:<8} {:<26} {:<10} details",
+                    "time (UTC)", "action", "result", "reason", "snapshot"
+                );
+                for r in &recs {
+                    let snap = match r.snapshots.len() {
+                        0 => "-".to_string(),
+                        1 => r.snapshots[0].chars().take(8).collect(),
+                        n => format!("{n} snaps"),
+                    };
+                    let mut details: Vec<String> = r.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    if let Some(j) = &r.job {
+                        details.insert(0, format!("job={j}"));
+                    }
+                    if let Some(e) = &r.error {
+                        details.push(format!("error={e}"));
+                    }
+                    println!(
+                        "{:<20} {:<7} {:<8} {:<26} {:<10} {}",
+                        r.time.format("%Y-%m-%d %H:%M:%S"),
+                        r.action,
+                        r.result,
+                        r.reason.chars().take(26).collect::<String>(),
+                        snap,
+                        details.join(" ")
+                    );
+                }
+                println!("{} records", recs.len());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Verify { store, read_data, json } => {
             let s = store.open()?;

@@ -6,6 +6,7 @@
 use crate::api::{JobStats, VolumeResult};
 use crate::controller::push_job::state::WorkerReport;
 use crate::store::Store;
+use crate::store::forget::{ForgetOptions, forget};
 use crate::store::push::{Counters, PushOptions, push};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub struct WorkerArgs {
     pub excludes: Vec<String>,
     /// (PVC name, mount path)
     pub volumes: Vec<(String, PathBuf)>,
+    /// Applied after every volume is pushed.
+    pub retention: Option<crate::api::policy::RetentionSpec>,
 }
 
 /// The termination message is cut at 4096 bytes by the kubelet: keep the report under that.
@@ -92,6 +95,15 @@ pub fn run(store: &Store, args: &WorkerArgs) -> WorkerReport {
             }
         }
     }
+    if report.error.is_none()
+        && let Some(spec) = &args.retention
+    {
+        match apply_retention(store, args, spec) {
+            Ok(n) => total.snapshots_forgotten = n as i64,
+            // The push succeeded: a retention failure is a warning, and the next push retries.
+            Err(e) => report.warnings.insert(0, format!("retention not applied: {e:#}")),
+        }
+    }
     total.duration_seconds = started.elapsed().as_secs_f64();
     total.dedup_ratio = match (total.bytes_total, total.bytes_new) {
         (0, _) => Some(1.0),
@@ -100,6 +112,27 @@ pub fn run(store: &Store, args: &WorkerArgs) -> WorkerReport {
     };
     report.stats = total;
     report
+}
+
+/// Forgets the snapshots of this Repository the rules do not keep.
+fn apply_retention(store: &Store, args: &WorkerArgs, spec: &crate::api::policy::RetentionSpec) -> anyhow::Result<u32> {
+    let (rules, tz) = spec.to_rules().map_err(anyhow::Error::msg)?;
+    if rules.is_empty() {
+        return Ok(0);
+    }
+    let opts = ForgetOptions {
+        rules,
+        tz,
+        dry_run: false,
+        repository: Some(format!("{}/{}", args.namespace, args.repository)),
+        source: None,
+        mode: None,
+        reason: "retention after push".into(),
+        job: Some(args.job.clone()),
+    };
+    let report = forget(store, &opts)?;
+    tracing::info!(kept = report.kept, forgotten = report.removed.len(), "retention applied");
+    Ok(report.removed.len() as u32)
 }
 
 #[cfg(test)]
@@ -146,6 +179,7 @@ mod tests {
             reason: Some("pre-upgrade".into()),
             excludes: vec![],
             volumes: vec![("a".into(), tmp.path().join("a")), ("b".into(), tmp.path().join("b"))],
+            retention: None,
         };
         let report = run(&store, &args);
         assert!(report.error.is_none(), "{:?}", report.error);

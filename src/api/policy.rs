@@ -1,5 +1,4 @@
-//! PushPolicy: when to push and what to keep. (The scheduler is a later part; the type is here
-//! so the CRD is complete.)
+//! PushPolicy: when to push (schedules), what to keep (retention) and when to prune.
 
 use super::conditions::conditions_schema;
 use super::{LocalRef, Mode, Priority};
@@ -116,6 +115,42 @@ pub struct RetentionSpec {
     /// Rules for offline snapshots (the safety anchors: keep them longer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline: Option<KeepRules>,
+    /// IANA time zone in which hours, days, weeks, months and years are counted (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+}
+
+impl KeepRules {
+    pub fn to_policy(&self) -> Result<crate::store::retention::KeepPolicy, String> {
+        let n = |v: Option<i32>| v.map(|v| v.max(0) as u32);
+        Ok(crate::store::retention::KeepPolicy {
+            last: n(self.keep_last),
+            hourly: n(self.keep_hourly),
+            daily: n(self.keep_daily),
+            weekly: n(self.keep_weekly),
+            monthly: n(self.keep_monthly),
+            yearly: n(self.keep_yearly),
+            within: self.keep_within.as_deref().map(crate::store::retention::Within::parse).transpose()?,
+        })
+    }
+}
+
+impl RetentionSpec {
+    /// The rules in the store's terms; an error names what is wrong.
+    pub fn to_rules(&self) -> Result<(crate::store::forget::Rules, Option<chrono_tz::Tz>), String> {
+        let rules = crate::store::forget::Rules {
+            default: self.all.to_policy()?,
+            online: self.online.as_ref().map(KeepRules::to_policy).transpose()?,
+            offline: self.offline.as_ref().map(KeepRules::to_policy).transpose()?,
+        };
+        let tz = self
+            .time_zone
+            .as_deref()
+            .map(|z| z.parse::<chrono_tz::Tz>().map_err(|_| format!("unknown time zone {z:?}")))
+            .transpose()?;
+        Ok((rules, tz))
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]

@@ -47,6 +47,10 @@ pub struct PushJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i64>,
+    /// After a successful push, forget the snapshots of this Repository that these rules do
+    /// not keep (set by the PushPolicy that creates the job; restic's `forget` rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::api::policy::RetentionSpec>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, schemars::JsonSchema)]
@@ -147,6 +151,9 @@ pub struct JobStats {
     /// Entries the worker could not read.
     #[serde(default)]
     pub errors: i64,
+    /// Snapshots the job's retention forgot after the push.
+    #[serde(default)]
+    pub snapshots_forgotten: i64,
 }
 
 /// What the hooks of one stage did.

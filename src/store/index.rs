@@ -129,6 +129,9 @@ pub struct Index {
     blobs: HashMap<Id, BlobLoc>,
     /// Index objects loaded (their ids), superseded ones excluded.
     pub files: Vec<Id>,
+    /// Positions of packs a prune has marked for deletion (see `store::prune`): their blobs
+    /// can be read but must not be reused by a push.
+    doomed: HashSet<u32>,
 }
 
 impl Index {
@@ -148,6 +151,26 @@ impl Index {
                 compression: e.compression,
             });
         }
+    }
+
+    /// Adds a pack a prune has marked for deletion, unless an index object lists it (then it
+    /// stays usable).
+    pub fn add_doomed_pack(&mut self, pack: Id, entries: &[PackEntry]) {
+        if self.pack_pos.contains_key(&pack) {
+            return;
+        }
+        self.add_pack(pack, entries);
+        self.doomed.insert(self.pack_pos[&pack]);
+    }
+
+    /// True when a push may reference `id` without storing it: indexed, and not only in packs
+    /// marked for deletion.
+    pub fn usable(&self, id: &Id) -> bool {
+        self.blobs.get(id).is_some_and(|l| !self.doomed.contains(&l.pack))
+    }
+
+    pub fn is_doomed_pack(&self, id: &Id) -> bool {
+        self.pack_pos.get(id).is_some_and(|p| self.doomed.contains(p))
     }
 
     /// Builds the index from decoded index objects, dropping the superseded ones.

@@ -8,14 +8,19 @@
 //! ```
 //! Nothing here knows about Kubernetes. The full format is in docs/FORMAT.md.
 
+pub mod audit;
 pub mod backend;
 pub mod chunker;
 pub mod compress;
+pub mod forget;
 pub mod id;
 pub mod index;
+pub mod lock;
 pub mod pack;
+pub mod prune;
 pub mod push;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 pub mod testdata;
 pub mod tree;
@@ -174,26 +179,84 @@ impl Store {
         }
     }
 
-    /// Reads every index object (in parallel) into memory.
+    /// The index for reading and pushing: every live index object, plus the packs pending
+    /// prunes have marked for deletion (readable, never reused; see [`prune`]).
     pub fn load_index(&self) -> anyhow::Result<Index> {
-        let objects = self.backend.list("index/")?;
-        let files: Vec<(Id, IndexFile)> = objects
-            .par_iter()
-            .map(|o| -> anyhow::Result<(Id, IndexFile)> {
-                let name = o.key.trim_start_matches("index/");
-                let id = Id::parse(name).map_err(|e| anyhow::anyhow!("stray object {} in the store: {e}", o.key))?;
-                let bytes = self.backend.get(&o.key)?;
-                if Id::of(&bytes) != id {
-                    bail!("index object {} is damaged (content does not match its name)", o.key);
+        let mut index = Index::from_files(self.load_index_files()?);
+        for (pack, entries) in self.doomed_packs()? {
+            index.add_doomed_pack(pack, &entries);
+        }
+        Ok(index)
+    }
+
+    /// Every index object that is not superseded, decoded. An object that disappears while
+    /// being read (a prune replaced it) makes the listing start over.
+    pub fn load_index_files(&self) -> anyhow::Result<Vec<(Id, IndexFile)>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let objects = self.backend.list("index/")?;
+            let loaded: Vec<anyhow::Result<Option<(Id, IndexFile)>>> = objects
+                .par_iter()
+                .map(|o| -> anyhow::Result<Option<(Id, IndexFile)>> {
+                    let name = o.key.trim_start_matches("index/");
+                    let id =
+                        Id::parse(name).map_err(|e| anyhow::anyhow!("stray object {} in the store: {e}", o.key))?;
+                    let bytes = match self.backend.get(&o.key) {
+                        Ok(b) => b,
+                        Err(BackendError::NotFound(_)) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    };
+                    if Id::of(&bytes) != id {
+                        bail!("index object {} is damaged (content does not match its name)", o.key);
+                    }
+                    Ok(Some((id, IndexFile::decode(&bytes).with_context(|| format!("index object {}", o.key))?)))
+                })
+                .collect();
+            let mut files = Vec::with_capacity(loaded.len());
+            let mut vanished = false;
+            for r in loaded {
+                match r? {
+                    Some(f) => files.push(f),
+                    None => vanished = true,
                 }
-                Ok((id, IndexFile::decode(&bytes).with_context(|| format!("index object {}", o.key))?))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Index::from_files(files))
+            }
+            if !vanished || attempt >= 5 {
+                if vanished {
+                    bail!("index objects keep disappearing while being read: is a prune running? try again");
+                }
+                let superseded: std::collections::HashSet<Id> =
+                    files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+                files.retain(|(id, _)| !superseded.contains(id));
+                return Ok(files);
+            }
+        }
+    }
+
+    /// The packs pending prunes have marked for deletion, with their entries.
+    pub fn doomed_packs(&self) -> anyhow::Result<Vec<(Id, Vec<PackEntry>)>> {
+        let mut out = Vec::new();
+        for o in self.backend.list(prune::PLAN_PREFIX)? {
+            if !o.key.ends_with(".index") {
+                continue;
+            }
+            match self.backend.get(&o.key) {
+                Ok(b) => out.extend(IndexFile::decode(&b).with_context(|| format!("prune plan {}", o.key))?.packs),
+                Err(BackendError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
     }
 
     /// Writes an index object; returns its id and size.
+    ///
+    /// Every index object carries one random id in its `supersedes` list (it names no object):
+    /// no two index objects are ever identical, so an object a prune deletes can never be one
+    /// a push is writing at the same moment.
     pub fn write_index(&self, file: &IndexFile) -> anyhow::Result<(Id, u64)> {
+        let mut file = file.clone();
+        file.supersedes.push(Id::random());
         let bytes = file.encode();
         let id = Id::of(&bytes);
         let written = self.backend.put_if_absent(&format!("index/{id}"), &bytes)?;

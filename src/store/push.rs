@@ -7,9 +7,11 @@
 //! written; the snapshot object is written last, once everything it references is stored and
 //! indexed. A push that dies leaves no snapshot, and the next push reuses what was stored.
 
+use super::audit::{self, AuditRecord};
 use super::compress;
 use super::id::Id;
 use super::index::{Index, IndexFile};
+use super::lock::Lock;
 use super::pack::{BlobKind, Compression, PackBuilder, SealedPack, pack_key};
 use super::snapshot::{PushStats, Snapshot, SourceKind};
 use super::tree::{Node, NodeKind, Tree};
@@ -136,7 +138,7 @@ pub struct PushOutcome {
 
 /// Test hook: `PUSH_OPERATOR_CRASH_AT=pack:N|index:N|snapshot` kills the process with SIGKILL
 /// at that point, so crash tests hit exact places. Unset in normal use.
-fn crashpoint(point: &str, n: u64) {
+pub(crate) fn crashpoint(point: &str, n: u64) {
     static SPEC: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
     let spec = SPEC.get_or_init(|| {
         let v = std::env::var("PUSH_OPERATOR_CRASH_AT").ok()?;
@@ -243,7 +245,7 @@ impl Pusher<'_> {
     /// Stores a blob unless the store (or this push) has it. Returns its id and whether it was new.
     fn store_blob(&self, kind: BlobKind, data: &[u8]) -> anyhow::Result<(Id, bool)> {
         let id = Id::of(data);
-        if self.index.contains(&id) || !self.pending.lock().unwrap().insert(id) {
+        if self.index.usable(&id) || !self.pending.lock().unwrap().insert(id) {
             return Ok((id, false));
         }
         let compressed = compress::compress(data, self.level)?;
@@ -285,9 +287,13 @@ impl Pusher<'_> {
 
     /// Uploader thread: stores sealed packs and indexes them once stored.
     fn upload_loop(&self, rx: Receiver<SealedPack>) {
-        for pack in rx {
+        for mut pack in rx {
             if self.abort.load(Ordering::Relaxed) {
                 continue; // drain, so senders never block on a dead queue
+            }
+            if self.index.is_doomed_pack(&pack.id) {
+                // The same bytes as a pack a prune is deleting: make this one different.
+                pack = salted(pack);
             }
             match self.store.backend().put_if_absent(&pack_key(&pack.id), &pack.bytes) {
                 Ok(written) => {
@@ -426,8 +432,11 @@ impl Pusher<'_> {
         parent: Option<&Node>,
         stream: bool,
     ) -> Result<(), EntryError> {
+        // Reuse only what the index still offers: a chunk in a pack a prune has marked for
+        // deletion must be stored again.
         if let Some(p) = parent
             && node.unchanged_since(p)
+            && p.content.iter().all(|c| self.index.usable(c))
         {
             node.content = p.content.clone();
             add(&self.counters.files, 1);
@@ -492,6 +501,23 @@ impl Pusher<'_> {
     }
 }
 
+/// The same blobs plus one small random blob nothing references, so the pack gets a new id.
+fn salted(pack: SealedPack) -> SealedPack {
+    let mut b = PackBuilder::new(pack.bytes.len() + 64);
+    for e in &pack.entries {
+        b.add(
+            e.kind,
+            e.compression,
+            e.id,
+            &pack.bytes[e.offset as usize..(e.offset + e.length) as usize],
+            e.raw_length as usize,
+        );
+    }
+    let salt = Id::random().0;
+    b.add(BlobKind::Data, Compression::Raw, Id::of(&salt), &salt, salt.len());
+    b.seal()
+}
+
 /// Reads until `buf` holds `target` bytes or the file ends; returns true at end of file.
 fn fill(f: &mut File, buf: &mut Vec<u8>, target: usize) -> io::Result<bool> {
     while buf.len() < target {
@@ -541,8 +567,48 @@ pub fn check_source(source: &Path) -> anyhow::Result<(SourceKind, fs::Metadata)>
     Ok((kind, meta))
 }
 
-/// Pushes `opts.source` into `store`.
+/// Pushes `opts.source` into `store`, holding a push lock (see [`super::lock`]) from before
+/// the index is read until the snapshot is written, and appends an audit record either way.
 pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::Result<PushOutcome> {
+    // Bad input fails before anything is written.
+    check_source(&opts.source)?;
+    build_excludes(&opts.excludes)?;
+    let lock = Lock::acquire(store, "push", opts.job.as_deref().unwrap_or(""), super::lock::ttl_from_env())?;
+    let result = push_locked(store, opts, counters, &lock);
+    let mut rec = AuditRecord::new("push", if result.is_ok() { "ok" } else { "failed" });
+    rec.reason = opts.tags.get("reason").cloned().unwrap_or_else(|| "manual".into());
+    rec.job = opts.job.clone();
+    rec.repository = opts.repository.clone();
+    match &result {
+        Ok(o) => {
+            rec.snapshots = vec![o.id.to_hex()];
+            rec = rec
+                .detail("source", o.snapshot.source.clone())
+                .detail("mode", o.snapshot.mode.clone().unwrap_or_default())
+                .detail("consistency", o.snapshot.consistency.clone().unwrap_or_default())
+                .detail("files", o.snapshot.stats.files)
+                .detail("bytes_total", o.snapshot.stats.bytes_total)
+                .detail("bytes_new", o.snapshot.stats.bytes_new)
+                .detail("bytes_uploaded", o.snapshot.stats.bytes_uploaded);
+        }
+        Err(e) => {
+            rec.error = Some(format!("{e:#}"));
+            rec = rec.detail("source", opts.source.to_string_lossy().into_owned());
+        }
+    }
+    drop(lock);
+    match (result, audit::append(store, &rec)) {
+        (Ok(o), Ok(_)) => Ok(o),
+        // The snapshot is complete; a missing record must not turn it into a failure.
+        (Ok(o), Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "snapshot written, but its audit record was not");
+            Ok(o)
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
+fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lock) -> anyhow::Result<PushOutcome> {
     let started = Instant::now();
     let source = &opts.source;
     let (kind, meta) = check_source(source)?;
@@ -655,6 +721,7 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
     let rest = std::mem::take(&mut *pusher.index_buf.lock().unwrap());
     pusher.write_index(&rest)?;
     crashpoint("snapshot", 0);
+    lock.check()?;
     let mut warnings = std::mem::take(&mut *pusher.warnings.lock().unwrap());
     warnings.sort();
     let snapshot = Snapshot {

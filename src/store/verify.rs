@@ -151,7 +151,16 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
             Err(p) => report.problems.push(p),
         }
     }
-    let index = Index::from_files(files);
+    let mut index = Index::from_files(files);
+    // Packs a pending prune marked for deletion are still read (see store::prune).
+    match store.doomed_packs() {
+        Ok(doomed) => {
+            for (pack, entries) in doomed {
+                index.add_doomed_pack(pack, &entries);
+            }
+        }
+        Err(e) => report.problems.push(format!("prune plans: {e:#}")),
+    }
     report.index_objects = index.files.len();
     report.packs_indexed = index.packs.len();
     report.blobs_indexed = index.blob_count();
@@ -176,6 +185,9 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
     for p in &packs_sorted {
         let blobs = pack_blobs.get(*p).map(|v| v.as_slice()).unwrap_or(&[]);
         match present.get(*p) {
+            // Deleted by a prune that has not yet removed its plan: only a snapshot that
+            // needs it makes it a problem (reported below).
+            None if index.is_doomed_pack(p) => damaged.extend(blobs.iter().copied()),
             None => {
                 report.problems.push(format!("pack {} is missing ({} blobs lost)", p.short(), blobs.len()));
                 damaged.extend(blobs.iter().copied());

@@ -126,6 +126,9 @@ pub fn worker_pod(
     for g in &repo.spec.exclude {
         args.extend(["--exclude".into(), g.clone()]);
     }
+    if let Some(r) = &job.spec.retention {
+        args.extend(["--retention".into(), serde_json::to_string(r).expect("retention serializes")]);
+    }
     let mut volumes = vec![Volume { name: "tmp".into(), empty_dir: Some(Default::default()), ..Default::default() }];
     let mut mounts = vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }];
     let mut devices = vec![];
@@ -380,6 +383,7 @@ mod tests {
                 deadline_seconds: None,
                 reason: Some("pre-upgrade".into()),
                 ttl_seconds_after_finished: None,
+                retention: None,
             },
         );
         job.metadata.namespace = Some("prod".into());

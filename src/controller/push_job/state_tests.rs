@@ -36,6 +36,7 @@ fn job(mode: Mode, priority: Priority) -> PushJob {
             deadline_seconds: None,
             reason: None,
             ttl_seconds_after_finished: None,
+            retention: None,
         },
         status: None,
     }

@@ -1,0 +1,184 @@
+//! Forget: delete the snapshot objects a retention policy does not keep. The data they
+//! reference stays until a prune finds it unreferenced.
+
+use super::Store;
+use super::audit::{self, AuditRecord};
+use super::id::Id;
+use super::retention::{KeepPolicy, select};
+use super::snapshot::{Snapshot, snapshot_key};
+use chrono_tz::Tz;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Rules, optionally per mode: the online and offline rules replace the default ones for
+/// snapshots of that mode. With per-mode rules, groups are split by mode as well.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rules {
+    pub default: KeepPolicy,
+    pub online: Option<KeepPolicy>,
+    pub offline: Option<KeepPolicy>,
+}
+
+impl Rules {
+    pub fn per_mode(&self) -> bool {
+        self.online.is_some() || self.offline.is_some()
+    }
+
+    pub fn for_mode(&self, mode: Option<&str>) -> &KeepPolicy {
+        match mode {
+            Some("online") => self.online.as_ref().unwrap_or(&self.default),
+            Some("offline") => self.offline.as_ref().unwrap_or(&self.default),
+            _ => &self.default,
+        }
+    }
+
+    /// True when some group would lose everything (no rule at all).
+    pub fn is_empty(&self) -> bool {
+        self.default.is_empty()
+            && self.online.as_ref().is_none_or(|p| p.is_empty())
+            && self.offline.as_ref().is_none_or(|p| p.is_empty())
+    }
+}
+
+impl std::fmt::Display for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.default)?;
+        if let Some(o) = &self.online {
+            write!(f, "; online: {o}")?;
+        }
+        if let Some(o) = &self.offline {
+            write!(f, "; offline: {o}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ForgetOptions {
+    pub rules: Rules,
+    pub tz: Option<Tz>,
+    pub dry_run: bool,
+    /// Only snapshots of this repository (`namespace/name`).
+    pub repository: Option<String>,
+    /// Only snapshots of this source.
+    pub source: Option<String>,
+    /// Only snapshots of this mode (online, offline).
+    pub mode: Option<String>,
+    /// For the audit record.
+    pub reason: String,
+    pub job: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotDecision {
+    pub id: String,
+    pub time: String,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupReport {
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    pub policy: String,
+    pub keep: Vec<SnapshotDecision>,
+    pub remove: Vec<SnapshotDecision>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ForgetReport {
+    pub groups: Vec<GroupReport>,
+    pub kept: usize,
+    pub removed: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Groups and decides, without touching the store. Groups whose rules are empty keep all.
+pub fn plan(snaps: &[(Id, Snapshot)], opts: &ForgetOptions) -> ForgetReport {
+    let tz = opts.tz.unwrap_or(Tz::UTC);
+    type Group<'a> = Vec<&'a (Id, Snapshot)>;
+    let mut groups: BTreeMap<(String, Option<String>), Group> = BTreeMap::new();
+    for s in snaps {
+        if opts.repository.as_ref().is_some_and(|r| s.1.repository.as_ref() != Some(r))
+            || opts.source.as_ref().is_some_and(|src| &s.1.source != src)
+            || opts.mode.as_ref().is_some_and(|m| s.1.mode.as_ref() != Some(m))
+        {
+            continue;
+        }
+        let mode = if opts.rules.per_mode() { s.1.mode.clone() } else { None };
+        groups.entry((s.1.source.clone(), mode)).or_default().push(s);
+    }
+    let mut report = ForgetReport { dry_run: opts.dry_run, ..Default::default() };
+    for ((source, mode), members) in groups {
+        let policy = opts.rules.for_mode(mode.as_deref());
+        let mut g = GroupReport { source, mode, policy: policy.to_string(), keep: vec![], remove: vec![] };
+        let times: Vec<_> = members.iter().map(|(_, s)| s.time).collect();
+        let decisions = if policy.is_empty() {
+            vec![super::retention::Decision { keep: true, reasons: vec!["no rules".into()] }; times.len()]
+        } else {
+            select(&times, policy, tz)
+        };
+        let mut order: Vec<usize> = (0..members.len()).collect();
+        order.sort_by(|a, b| times[*b].cmp(&times[*a]));
+        for i in order {
+            let d = SnapshotDecision {
+                id: members[i].0.to_hex(),
+                time: members[i].1.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                reasons: decisions[i].reasons.clone(),
+            };
+            if decisions[i].keep {
+                report.kept += 1;
+                g.keep.push(d);
+            } else {
+                report.removed.push(d.id.clone());
+                g.remove.push(d);
+            }
+        }
+        report.groups.push(g);
+    }
+    report
+}
+
+/// Applies the rules to the store: deletes the snapshots not kept (unless a dry run) and
+/// appends an audit record.
+pub fn forget(store: &Store, opts: &ForgetOptions) -> anyhow::Result<ForgetReport> {
+    if opts.rules.is_empty() {
+        anyhow::bail!(
+            "no retention rule given: forget would remove every snapshot; give at least one --keep-* rule (e.g. --keep-last 7)"
+        );
+    }
+    let snaps = store.list_snapshots()?;
+    let report = plan(&snaps, opts);
+    if opts.dry_run {
+        return Ok(report);
+    }
+    let mut done = Vec::new();
+    let mut failure = None;
+    for id in &report.removed {
+        let id = Id::parse(id).map_err(anyhow::Error::msg)?;
+        match store.backend().delete(&snapshot_key(&id)) {
+            Ok(()) => done.push(id.to_hex()),
+            Err(e) => {
+                failure = Some(format!("cannot delete snapshot {}: {e}", id.short()));
+                break;
+            }
+        }
+    }
+    if !done.is_empty() || failure.is_some() {
+        let mut rec = AuditRecord::new("forget", if failure.is_some() { "failed" } else { "ok" })
+            .detail("kept", report.kept)
+            .detail("removed", done.len())
+            .detail("rules", opts.rules.to_string());
+        rec.reason = opts.reason.clone();
+        rec.job = opts.job.clone();
+        rec.repository = opts.repository.clone();
+        rec.snapshots = done;
+        rec.error = failure.clone();
+        audit::append(store, &rec)?;
+    }
+    if let Some(f) = failure {
+        anyhow::bail!(f);
+    }
+    Ok(report)
+}

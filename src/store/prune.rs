@@ -1,0 +1,504 @@
+//! Prune: delete packs no snapshot references and repack packs that are mostly unused, safely
+//! while pushes run.
+//!
+//! The danger is a push that read the index before the prune and reuses a chunk of a pack the
+//! prune deletes: its snapshot would reference a chunk that is gone. Prune therefore deletes in
+//! two phases (a plan is the unit of both):
+//!
+//! 1. **Mark.** With the index and every snapshot read (any failure: nothing is marked), the
+//!    prune selects the packs to delete (no referenced blob) and to repack (more than
+//!    `max_unused` of their bytes unreferenced). It writes the plan, `prune/<plan>.index`
+//!    (the marked packs' entries) and `prune/<plan>.plan`, *before* touching the index: from
+//!    then on pushes read the marked packs as "doomed" (readable, never reused, never adopted as
+//!    unindexed packs). It copies the referenced blobs of the packs to repack into new packs,
+//!    rewrites the index without the marked packs (new objects that supersede the old ones,
+//!    then the old ones deleted), and finally lists the live push locks: the holders that may
+//!    still use the old index. They are written to `prune/<plan>.ready`.
+//! 2. **Delete.** Once none of those holders is alive (ended, or its lock expired: a killed
+//!    push never blocks a prune for longer than the lock's time to live), the snapshots written
+//!    since the mark are walked. A marked pack that holds a blob one of them references, and
+//!    that the index does not offer elsewhere, is put back into the index; the others are
+//!    deleted, then the plan.
+//!
+//! A prune waits for phase 2 up to `wait`; otherwise the next prune (or the next maintenance
+//! run) completes it. Reads (restore, verify) see the doomed packs meanwhile, so every
+//! snapshot stays restorable throughout. One prune runs at a time (a `prune` lock).
+
+use super::audit::{self, AuditRecord};
+use super::backend::BackendError;
+use super::id::Id;
+use super::index::{Index, IndexFile};
+use super::lock::{self, Lock};
+use super::pack::{BlobKind, PackBuilder, PackEntry, pack_key};
+use super::snapshot::Snapshot;
+use super::{BlobReader, Store};
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+pub const PLAN_PREFIX: &str = "prune/";
+
+/// Packs per consolidated index object.
+const PACKS_PER_INDEX: usize = 2000;
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    pub dry_run: bool,
+    /// Repack a pack when more than this share of its bytes is unreferenced (0..=1).
+    pub max_unused: f64,
+    /// How long to wait for pushes that started before the mark; `None` leaves the deletion to
+    /// the next prune when any runs.
+    pub wait: Option<Duration>,
+    pub ttl: Duration,
+    pub reason: String,
+    pub job: Option<String>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            dry_run: false,
+            max_unused: 0.5,
+            wait: None,
+            ttl: lock::ttl_from_env(),
+            reason: "manual".into(),
+            job: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub snapshots: usize,
+    pub packs: usize,
+    pub blobs_used: usize,
+    /// Packs with no referenced blob.
+    pub packs_unused: usize,
+    /// Packs repacked (or that would be).
+    pub packs_repack: usize,
+    /// Packs deleted by this run (from its own plan and earlier ones).
+    pub packs_deleted: usize,
+    pub bytes_reclaimed: u64,
+    /// Bytes written into new packs by repacking.
+    pub bytes_repacked: u64,
+    /// New packs written by repacking.
+    pub packs_written: usize,
+    /// Marked packs put back because a snapshot written meanwhile uses them.
+    pub packs_kept_for_new_snapshots: usize,
+    /// Plans whose deletion waits for running pushes.
+    pub plans_pending: usize,
+    pub bytes_pending: u64,
+    pub index_objects_before: usize,
+    pub index_objects_after: usize,
+    pub locks_removed: usize,
+    /// Bytes of packs the index lists, after this run.
+    pub store_bytes: u64,
+    pub messages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Plan {
+    id: Id,
+    created: DateTime<Utc>,
+    /// The prune that wrote it.
+    holder: Id,
+    /// Snapshots that existed at the mark.
+    snapshots: Vec<Id>,
+    packs: Vec<Id>,
+    bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ready {
+    /// Lock holders alive after the index was rewritten.
+    holders: Vec<Id>,
+}
+
+fn key(plan: &Id, ext: &str) -> String {
+    format!("{PLAN_PREFIX}{plan}.{ext}")
+}
+
+fn get_json<T: for<'de> Deserialize<'de>>(store: &Store, k: &str) -> anyhow::Result<Option<T>> {
+    match store.backend().get(k) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("{k} does not parse"))?)),
+        Err(BackendError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every blob the given snapshots reference (trees and chunks). Any tree that cannot be read
+/// fails the whole walk: prune deletes nothing on partial knowledge.
+fn referenced(store: &Store, index: &Index, snaps: &[&(Id, Snapshot)]) -> anyhow::Result<HashSet<Id>> {
+    let reader = BlobReader::new(store, index);
+    let mut used = HashSet::new();
+    let mut stack: Vec<(Id, Id)> = snaps.iter().map(|(sid, s)| (*sid, s.tree)).collect();
+    while let Some((sid, tree_id)) = stack.pop() {
+        if !used.insert(tree_id) {
+            continue;
+        }
+        let tree = reader.read_tree(&tree_id).with_context(|| {
+            format!(
+                "cannot read tree {} of snapshot {}: nothing deleted; run `push-operator verify` to see the damage",
+                tree_id.short(),
+                sid.short()
+            )
+        })?;
+        for node in &tree.nodes {
+            for c in &node.content {
+                if !index.contains(c) {
+                    bail!(
+                        "snapshot {} references chunk {} that no index lists: nothing deleted; run `push-operator verify`",
+                        sid.short(),
+                        c.short()
+                    );
+                }
+                used.insert(*c);
+            }
+            if let Some(sub) = node.subtree {
+                stack.push((sid, sub));
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// Runs a prune; see the module documentation.
+pub fn prune(store: &Store, opts: &PruneOptions) -> anyhow::Result<PruneReport> {
+    if !(0.0..=1.0).contains(&opts.max_unused) {
+        bail!("--max-unused must be between 0 and 100 percent");
+    }
+    let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
+    let lock = Lock::acquire(store, "prune", opts.job.as_deref().unwrap_or(""), opts.ttl)?;
+    let me = lock.info();
+    let now = Utc::now();
+    if let Some(other) = lock::live_holders(store, now)?
+        .into_values()
+        .find(|l| l.kind == "prune" && l.holder != me.holder && (l.since, l.holder) < (me.since, me.holder))
+    {
+        bail!(
+            "another prune is running on this store (host {}, pid {}, since {}); it ends, or its lock expires at {} at the latest: try again later",
+            other.host,
+            other.pid,
+            other.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            other.expires.format("%H:%M:%S UTC")
+        );
+    }
+    let result = run(store, opts, &lock, &mut report);
+    let result_name = match (&result, opts.dry_run) {
+        (Err(_), _) => "failed",
+        (Ok(()), true) => "dry-run",
+        (Ok(()), false) if report.plans_pending > 0 => "pending",
+        _ => "ok",
+    };
+    let mut rec = AuditRecord::new("prune", result_name)
+        .detail("packs_deleted", report.packs_deleted)
+        .detail("packs_repacked", report.packs_repack)
+        .detail("bytes_reclaimed", report.bytes_reclaimed)
+        .detail("bytes_pending", report.bytes_pending)
+        .detail("plans_pending", report.plans_pending)
+        .detail("store_bytes", report.store_bytes);
+    rec.reason = opts.reason.clone();
+    rec.job = opts.job.clone();
+    if let Err(e) = &result {
+        rec.error = Some(format!("{e:#}"));
+    }
+    let appended = audit::append(store, &rec);
+    drop(lock);
+    result?;
+    appended?;
+    Ok(report)
+}
+
+fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport) -> anyhow::Result<()> {
+    let me = lock.holder();
+    if !opts.dry_run {
+        report.locks_removed = lock::remove_expired(store, Utc::now(), opts.ttl)?;
+    }
+
+    // Earlier plans first: finish those whose pushes ended, drop those never completed.
+    let plans = list_plans(store)?;
+    let live = lock::live_holders(store, Utc::now())?;
+    let mut pending_packs: HashSet<Id> = HashSet::new();
+    for (plan, ready) in &plans {
+        match ready {
+            Some(r) if r.holders.iter().all(|h| !live.contains_key(h)) && !opts.dry_run => {
+                finish(store, plan, report)?;
+            }
+            None if !live.contains_key(&plan.holder) && !opts.dry_run => {
+                // Its prune died before the plan was complete: the marked packs go back to
+                // being ordinary packs (indexed, or adopted by the next push).
+                report
+                    .messages
+                    .push(format!("plan {} was left incomplete by a stopped prune; dropped", plan.id.short()));
+                drop_plan(store, &plan.id)?;
+            }
+            _ => {
+                pending_packs.extend(plan.packs.iter().copied());
+                report.plans_pending += 1;
+                report.bytes_pending += plan.bytes;
+            }
+        }
+    }
+
+    // Everything the store has, read in full before anything is decided.
+    let files = store.load_index_files().context("cannot read the index: nothing deleted")?;
+    report.index_objects_before = files.len();
+    let read_index = store.load_index().context("cannot read the index: nothing deleted")?;
+    let snaps = store.list_snapshots().context("cannot read the snapshots: nothing deleted")?;
+    report.snapshots = snaps.len();
+    let used = referenced(store, &read_index, &snaps.iter().collect::<Vec<_>>())?;
+    report.blobs_used = used.len();
+
+    // Per pack: total and referenced bytes. A blob counts as referenced in the pack the index
+    // reads it from; other copies are unused.
+    let live_index = Index::from_files(files.clone());
+    let mut entries_of: BTreeMap<Id, Vec<PackEntry>> = BTreeMap::new();
+    for (_, f) in &files {
+        for (pack, entries) in &f.packs {
+            entries_of.entry(*pack).or_insert_with(|| entries.clone());
+        }
+    }
+    report.packs = entries_of.len();
+    let mut delete = Vec::new();
+    let mut repack = Vec::new();
+    let mut store_bytes = 0u64;
+    for (pack, entries) in &entries_of {
+        let total: u64 = entries.iter().map(|e| e.length as u64).sum();
+        let size = pack_size(entries);
+        if pending_packs.contains(pack) {
+            continue;
+        }
+        let used_bytes: u64 = entries
+            .iter()
+            .filter(|e| used.contains(&e.id) && live_index.get(&e.id).is_some_and(|l| live_index.pack_id(l) == *pack))
+            .map(|e| e.length as u64)
+            .sum();
+        if used_bytes == 0 {
+            delete.push(*pack);
+        } else if total > 0 && (total - used_bytes) as f64 / total as f64 > opts.max_unused {
+            repack.push(*pack);
+            store_bytes += size;
+        } else {
+            store_bytes += size;
+        }
+    }
+    report.packs_unused = delete.len();
+    report.packs_repack = repack.len();
+    report.store_bytes = store_bytes;
+    let marked: Vec<Id> = delete.iter().chain(&repack).copied().collect();
+    let consolidate = files.len() > 8;
+    if opts.dry_run || (marked.is_empty() && !consolidate) {
+        report.index_objects_after = files.len();
+        if opts.dry_run {
+            report.bytes_reclaimed = marked.iter().map(|p| pack_size(&entries_of[p])).sum();
+        }
+        return Ok(());
+    }
+
+    // Phase 1: the plan, before the index changes.
+    let plan = Plan {
+        id: Id::random(),
+        created: Utc::now(),
+        holder: me,
+        snapshots: snaps.iter().map(|(id, _)| *id).collect(),
+        packs: marked.clone(),
+        bytes: marked.iter().map(|p| pack_size(&entries_of[p])).sum(),
+    };
+    if !marked.is_empty() {
+        let doomed =
+            IndexFile { supersedes: vec![], packs: marked.iter().map(|p| (*p, entries_of[p].clone())).collect() };
+        store.backend().put_if_absent(&key(&plan.id, "index"), &doomed.encode())?;
+        store.backend().put_if_absent(&key(&plan.id, "plan"), &serde_json::to_vec_pretty(&plan)?)?;
+    }
+    super::push::crashpoint("prune", 1);
+
+    // Repack: the referenced blobs of mostly-unused packs move to new packs (stored bytes
+    // copied as they are, hash checked on the way).
+    let mut new_packs: Vec<(Id, Vec<PackEntry>)> = Vec::new();
+    let mut builder = PackBuilder::new(0);
+    let mut kinds_seen: Option<BlobKind> = None;
+    for pack in &repack {
+        let bytes = store.backend().get(&pack_key(pack)).with_context(|| format!("repacking pack {}", pack.short()))?;
+        if Id::of(&bytes) != *pack {
+            bail!("pack {} is damaged (content does not match its name): nothing deleted; run verify", pack.short());
+        }
+        for e in &entries_of[pack] {
+            if !used.contains(&e.id) || live_index.get(&e.id).is_none_or(|l| live_index.pack_id(l) != *pack) {
+                continue;
+            }
+            let stored = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+            super::pack::decode_blob(e, stored)
+                .with_context(|| format!("blob {} in pack {}", e.id.short(), pack.short()))?;
+            if kinds_seen.is_some_and(|k| k != e.kind) || builder.len() >= store.config.pack_size as usize {
+                flush(store, &mut builder, &mut new_packs, report)?;
+            }
+            kinds_seen = Some(e.kind);
+            builder.add(e.kind, e.compression, e.id, stored, e.raw_length as usize);
+        }
+    }
+    flush(store, &mut builder, &mut new_packs, report)?;
+    let marked_set: HashSet<Id> = marked.iter().copied().collect();
+
+    // The new index: every pack but the marked ones, in a few new objects; then the objects
+    // read above go. (A reader that lists in between sees both: the same entries twice, or
+    // the marked packs as usable; the pushes that can have seen that are alive now, so they are
+    // waited for below.)
+    // (The repacked packs were indexed as they were written.)
+    let keep: Vec<(Id, Vec<PackEntry>)> =
+        entries_of.iter().filter(|(p, _)| !marked_set.contains(p)).map(|(p, e)| (*p, e.clone())).collect();
+    report.store_bytes += new_packs.iter().map(|(_, e)| pack_size(e)).sum::<u64>();
+    let mut written = HashSet::new();
+    for c in keep.chunks(PACKS_PER_INDEX) {
+        lock.check()?;
+        written.insert(store.write_index(&IndexFile { supersedes: vec![], packs: c.to_vec() })?.0);
+    }
+    for (id, _) in &files {
+        if !written.contains(id) {
+            store.backend().delete(&format!("index/{id}"))?;
+        }
+    }
+    report.index_objects_after = store.backend().list("index/")?.len();
+    super::push::crashpoint("prune", 2);
+    if marked.is_empty() {
+        return Ok(());
+    }
+
+    // The pushes that may hold the old view.
+    let holders: Vec<Id> = lock::live_holders(store, Utc::now())?.into_keys().filter(|h| *h != me).collect();
+    store
+        .backend()
+        .put_if_absent(&key(&plan.id, "ready"), &serde_json::to_vec(&Ready { holders: holders.clone() })?)?;
+
+    // Phase 2, now or after a wait, or by a later prune.
+    let deadline = opts.wait.map(|w| Instant::now() + w);
+    loop {
+        let live = lock::live_holders(store, Utc::now())?;
+        if holders.iter().all(|h| !live.contains_key(h)) {
+            return finish(store, &plan, report);
+        }
+        if deadline.is_none_or(|d| Instant::now() >= d) {
+            let waiting: Vec<String> = holders
+                .iter()
+                .filter_map(|h| live.get(h))
+                .map(|l| {
+                    format!(
+                        "{} on {} (pid {}){}",
+                        l.kind,
+                        l.host,
+                        l.pid,
+                        if l.purpose.is_empty() { String::new() } else { format!(" for {}", l.purpose) }
+                    )
+                })
+                .collect();
+            report.plans_pending += 1;
+            report.bytes_pending += plan.bytes;
+            report.messages.push(format!(
+                "{} pack(s) marked; deleted by the next prune once these end: {}",
+                plan.packs.len(),
+                waiting.join(", ")
+            ));
+            return Ok(());
+        }
+        lock.check()?;
+        std::thread::sleep((opts.ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(10)));
+    }
+}
+
+fn pack_size(entries: &[PackEntry]) -> u64 {
+    let end = entries.iter().map(|e| (e.offset + e.length) as u64).max().unwrap_or(0);
+    end + (entries.len() * super::pack::ENTRY_LEN + super::pack::FOOTER_LEN) as u64
+}
+
+fn flush(
+    store: &Store,
+    builder: &mut PackBuilder,
+    out: &mut Vec<(Id, Vec<PackEntry>)>,
+    report: &mut PruneReport,
+) -> anyhow::Result<()> {
+    if builder.is_empty() {
+        return Ok(());
+    }
+    let sealed = std::mem::replace(builder, PackBuilder::new(0)).seal();
+    store.backend().put_if_absent(&pack_key(&sealed.id), &sealed.bytes)?;
+    report.bytes_repacked += sealed.bytes.len() as u64;
+    report.packs_written += 1;
+    // Indexed at once: the new packs must never look like leftovers.
+    store.write_index(&IndexFile { supersedes: vec![], packs: vec![(sealed.id, sealed.entries.clone())] })?;
+    out.push((sealed.id, sealed.entries));
+    Ok(())
+}
+
+fn list_plans(store: &Store) -> anyhow::Result<Vec<(Plan, Option<Ready>)>> {
+    let objects = store.backend().list(PLAN_PREFIX)?;
+    let names: BTreeSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    let mut out = Vec::new();
+    for o in &objects {
+        let Some(stem) = o.key.strip_suffix(".plan") else { continue };
+        let Some(plan) = get_json::<Plan>(store, &o.key)? else { continue };
+        let ready = if names.contains(format!("{stem}.ready").as_str()) {
+            get_json::<Ready>(store, &format!("{stem}.ready"))?
+        } else {
+            None
+        };
+        out.push((plan, ready));
+    }
+    out.sort_by_key(|(p, _)| p.created);
+    Ok(out)
+}
+
+fn drop_plan(store: &Store, plan: &Id) -> anyhow::Result<()> {
+    for ext in ["ready", "plan", "index"] {
+        store.backend().delete(&key(plan, ext))?;
+    }
+    Ok(())
+}
+
+/// Phase 2 of a plan whose pushes have all ended.
+fn finish(store: &Store, plan: &Plan, report: &mut PruneReport) -> anyhow::Result<()> {
+    let doomed: HashMap<Id, Vec<PackEntry>> = match store.backend().get(&key(&plan.id, "index")) {
+        Ok(b) => IndexFile::decode(&b)
+            .with_context(|| format!("prune plan {}", plan.id.short()))?
+            .packs
+            .into_iter()
+            .collect(),
+        Err(BackendError::NotFound(_)) => HashMap::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let read_index = store.load_index().context("cannot read the index: nothing deleted")?;
+    let live_index = Index::from_files(store.load_index_files()?);
+    let seen: HashSet<Id> = plan.snapshots.iter().copied().collect();
+    let snaps = store.list_snapshots().context("cannot read the snapshots: nothing deleted")?;
+    let new: Vec<&(Id, Snapshot)> = snaps.iter().filter(|(id, _)| !seen.contains(id)).collect();
+    let used = referenced(store, &read_index, &new)?;
+    let mut resurrect = Vec::new();
+    let mut delete = Vec::new();
+    for pack in &plan.packs {
+        let Some(entries) = doomed.get(pack) else { continue };
+        let needed = entries.iter().any(|e| used.contains(&e.id) && !live_index.contains(&e.id));
+        if needed || live_index.contains_pack(pack) {
+            resurrect.push((*pack, entries.clone()));
+        } else {
+            delete.push((*pack, pack_size(entries)));
+        }
+    }
+    if !resurrect.is_empty() {
+        report.packs_kept_for_new_snapshots += resurrect.len();
+        report
+            .messages
+            .push(format!("{} marked pack(s) kept: snapshots written during the prune use them", resurrect.len()));
+        store.write_index(&IndexFile { supersedes: vec![], packs: resurrect.clone() })?;
+        report.store_bytes += resurrect.iter().map(|(_, e)| pack_size(e)).sum::<u64>();
+    }
+    for (i, (pack, size)) in delete.iter().enumerate() {
+        if i == 1 {
+            super::push::crashpoint("prune", 3);
+        }
+        store.backend().delete(&pack_key(pack))?;
+        report.packs_deleted += 1;
+        report.bytes_reclaimed += size;
+    }
+    drop_plan(store, &plan.id)
+}
