@@ -337,7 +337,7 @@ struct PruneArgs {
     #[arg(long)]
     json: bool,
     /// Also write the JSON report here (the maintenance pod's termination message).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, env = "PUSH_OPERATOR_TERMINATION_LOG")]
     termination_log: Option<PathBuf>,
 }
 

@@ -18,6 +18,11 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     pub reconcile_duration: HistogramVec,
     pub workloads_restored: IntCounterVec,
+    pub policy_runs: IntCounterVec,
+    pub missed_schedules: IntCounterVec,
+    pub snapshots_forgotten: IntCounterVec,
+    pub bytes_reclaimed: IntCounterVec,
+    pub store_bytes: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -73,8 +78,44 @@ impl Metrics {
             &["namespace"],
         )
         .unwrap();
-        for c in [&jobs, &reconciles, &reconcile_errors, &workloads_restored, &bytes_read, &bytes_new, &bytes_uploaded]
-        {
+        let policy_runs = IntCounterVec::new(
+            o("policy_runs_total", "Scheduled runs by policy, schedule and result (created, succeeded, failed)"),
+            &["namespace", "policy", "schedule", "result"],
+        )
+        .unwrap();
+        let missed_schedules = IntCounterVec::new(
+            o(
+                "missed_schedules_total",
+                "Scheduled runs that did not run (operator down, or past the starting deadline)",
+            ),
+            &["namespace", "policy", "schedule"],
+        )
+        .unwrap();
+        let store_labels = &["namespace", "repository"];
+        let snapshots_forgotten = IntCounterVec::new(
+            o("snapshots_forgotten_total", "Snapshots removed by retention after scheduled pushes"),
+            store_labels,
+        )
+        .unwrap();
+        let bytes_reclaimed =
+            IntCounterVec::new(o("bytes_reclaimed_total", "Bytes deleted from stores by prunes"), store_labels)
+                .unwrap();
+        let store_bytes =
+            IntGaugeVec::new(o("store_bytes", "Bytes of packs in the store after the last prune"), store_labels)
+                .unwrap();
+        for c in [
+            &jobs,
+            &reconciles,
+            &reconcile_errors,
+            &workloads_restored,
+            &bytes_read,
+            &bytes_new,
+            &bytes_uploaded,
+            &policy_runs,
+            &missed_schedules,
+            &snapshots_forgotten,
+            &bytes_reclaimed,
+        ] {
             registry.register(Box::new((*c).clone())).unwrap();
         }
         for h in [&job_duration, &reconcile_duration] {
@@ -84,6 +125,7 @@ impl Metrics {
         registry.register(Box::new(last_success.clone())).unwrap();
         registry.register(Box::new(queue_depth.clone())).unwrap();
         registry.register(Box::new(jobs_running.clone())).unwrap();
+        registry.register(Box::new(store_bytes.clone())).unwrap();
         // Every priority appears, at zero, from the start.
         for p in crate::api::Priority::ALL {
             queue_depth.with_label_values(&[p.as_str()]).set(0);
@@ -103,6 +145,11 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             workloads_restored,
+            policy_runs,
+            missed_schedules,
+            snapshots_forgotten,
+            bytes_reclaimed,
+            store_bytes,
         }
     }
 

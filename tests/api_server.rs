@@ -339,6 +339,7 @@ async fn config_samples_are_accepted() {
     let c = client().await;
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/samples");
     let mut created = 0;
+    let mut policies = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let mut text = std::fs::read_to_string(&path).unwrap();
@@ -368,7 +369,16 @@ async fn config_samples_are_accepted() {
             v["metadata"].as_object_mut().unwrap().remove("namespace");
             create(&api, v).await.unwrap_or_else(|e| panic!("{} ({kind}) rejected: {e}", path.display()));
             created += 1;
+            if kind == "PushPolicy" {
+                policies.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
         }
     }
     assert!(created >= 4, "only {created} sample objects found");
+    policies.sort();
+    assert_eq!(
+        policies,
+        ["pushpolicy-development.yaml", "pushpolicy-ecommerce.yaml", "pushpolicy-production-database.yaml"],
+        "the three strategies, each accepted"
+    );
 }

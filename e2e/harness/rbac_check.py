@@ -56,11 +56,13 @@ NOT_EXERCISED = {
     # controller ownerReference (blockOwnerDeletion: true) to the PushJob. The e2e API server
     # runs without that plugin, and it never shows in a request log.
     ("rediacc.io", "pushjobs/finalizers", "update"): "ownerReferences with blockOwnerDeletion (admission check, not a request)",
+    # The same for scheduled PushJobs and prune Pods owned by their PushPolicy.
+    ("rediacc.io", "pushpolicies/finalizers", "update"): "ownerReferences with blockOwnerDeletion (admission check, not a request)",
     # kube-runtime's Recorder patches an Event when the same event repeats (an event series);
     # e2e runs are short and may not repeat one.
     ("events.k8s.io", "events", "patch"): "Recorder: repeated event series (patch) may not occur in a short run",
     # spec.ttlSecondsAfterFinished: the operator deletes finished PushJobs (push_job/mod.rs).
-    ("rediacc.io", "pushjobs", "delete"): "ttlSecondsAfterFinished cleanup; only if a scenario sets a short TTL",
+    ("rediacc.io", "pushjobs", "delete"): "ttlSecondsAfterFinished and history-limit cleanup; only if a scenario reaches them",
 }
 
 LINE = re.compile(r"^(\d\d:\d\d:\d\d) (GET|POST|PUT|PATCH|DELETE|HEAD) (\S+) -> (\S+) (\d{3})( \(watch\))?")

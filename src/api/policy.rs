@@ -45,6 +45,35 @@ pub struct PushPolicySpec {
     #[serde(default = "default_failed_history")]
     #[schemars(range(min = 0, max = 100))]
     pub failed_jobs_history_limit: i32,
+    /// Scheduled prune of the Repository's store (deletes data no snapshot references).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+}
+
+/// When and how to prune.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    /// Five-field cron or a macro, as for schedules.
+    #[schemars(
+        length(max = 128),
+        regex(
+            pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*,/-]+)\s+([0-9*,/-]+)\s+([0-9*,/?LW-]+)\s+([0-9A-Za-z*,/-]+)\s+([0-9A-Za-z*,/?L#-]+))$"
+        )
+    )]
+    pub cron: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+    /// Repack packs with more than this share of unreferenced bytes (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_unused_percent: Option<i32>,
+    /// How long the prune waits for pushes that started before it, before it leaves the
+    /// deletion to the next run (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub wait_seconds: Option<i64>,
 }
 
 fn default_success_history() -> i32 {
@@ -157,14 +186,37 @@ impl RetentionSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleStatus {
     pub name: String,
+    /// The scheduled time of the last job created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<Time>,
+    /// The latest scheduled time dealt with: run, skipped, missed or passed while suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_schedule_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_job: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_result: Option<String>,
+}
+
+/// One scheduled run and what became of it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// The schedule's name ("maintenance" for prunes).
+    pub schedule: String,
+    pub repository: String,
+    pub scheduled_time: Time,
+    /// The PushJob (or prune Pod) created, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Running, Succeeded, Failed, Skipped or Missed.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
@@ -177,6 +229,14 @@ pub struct PushPolicyStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<ScheduleStatus>,
+    /// Succeeded over succeeded, failed and missed runs among the recent ones (skips by design,
+    /// such as an online run during an offline push, do not count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_rate: Option<f64>,
+    /// The most recent runs, newest first (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_runs: Vec<RunRecord>,
+    /// Maintenance (prune) runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<ScheduleStatus>,
 }

@@ -1,9 +1,9 @@
-//! Running the controllers: leader election, the two controllers, the HTTP endpoints, and a
+//! Running the controllers: leader election, the three controllers, the HTTP endpoints, and a
 //! graceful shutdown on SIGTERM/SIGINT.
 
 use super::lease::LeaderElector;
-use super::{Config, Context, push_job, repository};
-use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, PushJob, Repository};
+use super::{Config, Context, policy, push_job, repository};
+use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, PushJob, PushPolicy, Repository};
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::http::StatusCode;
@@ -190,8 +190,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "repository controller");
             }
         });
+    let (policies_api, policy_jobs_api, policy_pods_api): (Api<PushPolicy>, Api<PushJob>, Api<Pod>) =
+        match &opts.config.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let scheduled = watcher::Config::default().labels(policy::plan::POLICY_LABEL);
+    let policies = Controller::new(policies_api, watcher::Config::default())
+        .owns(policy_jobs_api, scheduled.clone())
+        .owns(policy_pods_api, scheduled)
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(timed_policy, policy::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "pushpolicy controller");
+            }
+        });
     tracing::info!(max_concurrent_pushes = opts.config.max_concurrent_pushes, "controllers running");
-    tokio::join!(jobs, repos);
+    tokio::join!(jobs, repos, policies);
     if let Some(el) = &elector {
         el.release().await;
     }
@@ -213,5 +233,13 @@ async fn timed_repo(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, 
     ctx.metrics.reconciles.with_label_values(&["repository"]).inc();
     let r = repository::reconcile(repo, ctx.clone()).await;
     ctx.metrics.reconcile_duration.with_label_values(&["repository"]).observe(t.elapsed().as_secs_f64());
+    r
+}
+
+async fn timed_policy(p: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Action, super::Error> {
+    let t = Instant::now();
+    ctx.metrics.reconciles.with_label_values(&["pushpolicy"]).inc();
+    let r = policy::reconcile(p, ctx.clone()).await;
+    ctx.metrics.reconcile_duration.with_label_values(&["pushpolicy"]).observe(t.elapsed().as_secs_f64());
     r
 }

@@ -89,6 +89,28 @@ fn env(name: &str, value: &str) -> EnvVar {
 /// read-only (block volumes as devices), as uid 0 with every capability dropped but
 /// DAC_READ_SEARCH (read any file, write none), no privilege escalation, a read-only root
 /// filesystem, and the store credentials from the Secret (never in arguments or logs).
+/// How a worker reaches the Repository's store: extra arguments and environment (credentials
+/// only through secretKeyRef, never in arguments).
+pub fn store_access(storage: &crate::api::StorageSpec) -> (Vec<String>, Vec<EnvVar>) {
+    let mut args = Vec::new();
+    let mut envs = vec![env("PUSH_OPERATOR_LOG", "info")];
+    if let Some(ep) = &storage.endpoint {
+        envs.push(env("AWS_ENDPOINT_URL", ep));
+    }
+    if let Some(r) = &storage.region {
+        envs.push(env("AWS_REGION", r));
+    }
+    if let Some(ps) = storage.path_style {
+        args.extend(["--s3-path-style".into(), ps.to_string()]);
+    }
+    if let Some(secret) = &storage.credentials_secret_ref {
+        envs.push(secret_env(&secret.name, "AWS_ACCESS_KEY_ID", false));
+        envs.push(secret_env(&secret.name, "AWS_SECRET_ACCESS_KEY", false));
+        envs.push(secret_env(&secret.name, "AWS_SESSION_TOKEN", true));
+    }
+    (args, envs)
+}
+
 pub fn worker_pod(
     job: &PushJob,
     repo: &Repository,
@@ -154,21 +176,8 @@ pub fn worker_pod(
         }
         args.extend(["--volume".into(), format!("{volume}={}", mount_path(volume))]);
     }
-    let mut envs = vec![env("PUSH_OPERATOR_LOG", "info")];
-    if let Some(ep) = &storage.endpoint {
-        envs.push(env("AWS_ENDPOINT_URL", ep));
-    }
-    if let Some(r) = &storage.region {
-        envs.push(env("AWS_REGION", r));
-    }
-    if let Some(ps) = storage.path_style {
-        args.extend(["--s3-path-style".into(), ps.to_string()]);
-    }
-    if let Some(secret) = &storage.credentials_secret_ref {
-        envs.push(secret_env(&secret.name, "AWS_ACCESS_KEY_ID", false));
-        envs.push(secret_env(&secret.name, "AWS_SECRET_ACCESS_KEY", false));
-        envs.push(secret_env(&secret.name, "AWS_SESSION_TOKEN", true));
-    }
+    let (store_args, envs) = store_access(storage);
+    args.extend(store_args);
     let resources = repo.spec.worker_resources.clone().unwrap_or_else(|| cfg.resources.clone());
     Pod {
         metadata: meta(job, name),

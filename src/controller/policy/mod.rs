@@ -1,0 +1,376 @@
+//! The PushPolicy controller: creates the PushJobs of each schedule (deterministic names, so a
+//! restart never duplicates one), the prune Pods of the maintenance schedule, trims the job
+//! history, and keeps the status (last and next run per schedule, recent results, success
+//! rate), Events and metrics. The decisions are in [`plan`] (pure); this module observes and
+//! applies.
+
+pub mod plan;
+pub mod schedule;
+
+use super::push_job::build::{WorkerConfig, store_access};
+use super::push_job::label_selector_string;
+use super::{Context, Error, Result};
+use crate::api::*;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, Pod, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Resource, ResourceExt};
+use plan::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn owner(policy: &PushPolicy) -> OwnerReference {
+    OwnerReference {
+        api_version: PushPolicy::api_version(&()).into_owned(),
+        kind: PushPolicy::kind(&()).into_owned(),
+        name: policy.name_any(),
+        uid: policy.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn run_meta(policy: &PushPolicy, name: &str, schedule: &str, scheduled: chrono::DateTime<chrono::Utc>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: policy.namespace(),
+        labels: Some(BTreeMap::from([
+            (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+            (POLICY_LABEL.to_string(), policy.name_any()),
+            (SCHEDULE_LABEL.to_string(), schedule.to_string()),
+        ])),
+        annotations: Some(BTreeMap::from([(
+            SCHEDULED_ANNOTATION.to_string(),
+            scheduled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )])),
+        owner_references: Some(vec![owner(policy)]),
+        ..Default::default()
+    }
+}
+
+/// The PushJob of a scheduled run (pure).
+pub fn job_object(policy: &PushPolicy, j: &NewJob) -> PushJob {
+    PushJob { metadata: run_meta(policy, &j.name, &j.schedule, j.scheduled), spec: j.spec.clone(), status: None }
+}
+
+/// The prune Pod of a maintenance run (pure): the operator's image running `prune` against
+/// the Repository's store, with the same credentials path as the push workers and no volume.
+pub fn prune_pod(policy: &PushPolicy, repo: &Repository, p: &NewPrune, cfg: &WorkerConfig) -> Pod {
+    let storage = &repo.spec.storage;
+    let mut args = vec![
+        "prune".to_string(),
+        "--store".into(),
+        storage.store_url(),
+        "--max-unused".into(),
+        p.max_unused_percent.to_string(),
+        "--wait".into(),
+        format!("{}s", p.wait_seconds),
+        "--reason".into(),
+        format!("maintenance of PushPolicy {}/{}", policy.namespace().unwrap_or_default(), policy.name_any()),
+        "--job".into(),
+        p.name.clone(),
+    ];
+    let (store_args, mut envs) = store_access(storage);
+    args.extend(store_args);
+    envs.push(k8s_openapi::api::core::v1::EnvVar {
+        name: "PUSH_OPERATOR_TERMINATION_LOG".into(),
+        value: Some("/dev/termination-log".into()),
+        ..Default::default()
+    });
+    Pod {
+        metadata: run_meta(policy, &p.name, MAINTENANCE, p.scheduled),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            service_account_name: cfg.service_account.clone(),
+            image_pull_secrets: (!cfg.image_pull_secrets.is_empty()).then(|| {
+                cfg.image_pull_secrets
+                    .iter()
+                    .map(|n| k8s_openapi::api::core::v1::LocalObjectReference { name: n.clone() })
+                    .collect()
+            }),
+            automount_service_account_token: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            containers: vec![Container {
+                name: "prune".into(),
+                image: Some(cfg.image.clone()),
+                image_pull_policy: cfg.image_pull_policy.clone(),
+                args: Some(args),
+                env: Some(envs),
+                resources: Some(repo.spec.worker_resources.clone().unwrap_or_else(|| cfg.resources.clone())),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..Default::default()
+                }]),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    privileged: Some(false),
+                    capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "tmp".into(),
+                empty_dir: Some(Default::default()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn scheduled_of(meta: &ObjectMeta) -> Option<chrono::DateTime<chrono::Utc>> {
+    meta.annotations
+        .as_ref()?
+        .get(SCHEDULED_ANNOTATION)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+fn owned_by(meta: &ObjectMeta, policy: &PushPolicy) -> bool {
+    meta.labels.as_ref().and_then(|l| l.get(POLICY_LABEL)).map(String::as_str) == Some(policy.name_any().as_str())
+        && meta.owner_references.iter().flatten().any(|o| Some(&o.uid) == policy.metadata.uid.as_ref())
+}
+
+/// What the plan needs of a PushJob (pure).
+pub fn job_view(job: &PushJob) -> RunView {
+    let st = job.status.clone().unwrap_or_default();
+    let phase = job.phase();
+    let outcome = match phase {
+        Phase::Succeeded => Outcome::Succeeded,
+        Phase::Failed => Outcome::Failed,
+        _ => Outcome::Active,
+    };
+    RunView {
+        name: job.name_any(),
+        schedule: job.labels().get(SCHEDULE_LABEL).cloned().unwrap_or_default(),
+        repository: job.spec.repository_ref.name.clone(),
+        scheduled: scheduled_of(&job.metadata),
+        outcome,
+        finished: st.completion_time.as_ref().map(|t| chrono_of(&t.0)),
+        reason: st.failure.as_ref().map(|f| f.reason.clone()),
+        message: st.failure.as_ref().map(|f| f.message.clone()),
+        forgotten: st.stats.as_ref().map(|s| s.snapshots_forgotten).unwrap_or(0),
+        bytes_reclaimed: None,
+        store_bytes: None,
+    }
+}
+
+/// What the plan needs of a prune Pod (pure): its phase and the report in its termination
+/// message.
+pub fn pod_view(pod: &Pod, repository: &str) -> RunView {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    let term = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.clone());
+    let report: Option<serde_json::Value> =
+        term.as_ref().and_then(|t| t.message.as_deref()).and_then(|m| serde_json::from_str(m).ok());
+    let outcome = match phase.as_str() {
+        "Succeeded" => Outcome::Succeeded,
+        "Failed" => Outcome::Failed,
+        _ => Outcome::Active,
+    };
+    let error = report.as_ref().and_then(|r| r.get("error")).and_then(|e| e.as_str()).map(String::from);
+    RunView {
+        name: pod.name_any(),
+        schedule: MAINTENANCE.into(),
+        repository: repository.into(),
+        scheduled: scheduled_of(&pod.metadata),
+        outcome,
+        finished: term.as_ref().and_then(|t| t.finished_at.as_ref()).map(|t| chrono_of(&t.0)),
+        reason: (outcome == Outcome::Failed).then(|| "PruneFailed".to_string()),
+        message: if outcome == Outcome::Failed {
+            Some(error.unwrap_or_else(|| term.as_ref().and_then(|t| t.message.clone()).unwrap_or_default()))
+        } else {
+            None
+        },
+        forgotten: 0,
+        bytes_reclaimed: report.as_ref().and_then(|r| r.get("bytes_reclaimed")).and_then(|v| v.as_u64()),
+        store_bytes: report.as_ref().and_then(|r| r.get("store_bytes")).and_then(|v| v.as_u64()),
+    }
+}
+
+pub const PRUNE_REPOSITORY_LABEL: &str = "rediacc.io/repository";
+
+async fn publish(ctx: &Context, policy: &PushPolicy, warning: bool, reason: &str, message: &str) {
+    let ev = KubeEvent {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Schedule".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &policy.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
+    let ns = policy.namespace().ok_or_else(|| Error::NotNamespaced(policy.name_any()))?;
+    let name = policy.name_any();
+    if policy.metadata.deletion_timestamp.is_some() {
+        // Owned jobs and pods go with the garbage collector; nothing else to do.
+        return Ok(Requeue::await_change());
+    }
+    let now = chrono::Utc::now();
+    let repos_api: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut repositories = BTreeMap::new();
+    let mut repo_objects = BTreeMap::new();
+    if let Some(r) = &policy.spec.repository_ref {
+        match repos_api.get_opt(&r.name).await? {
+            Some(obj) => {
+                repositories.insert(r.name.clone(), true);
+                repo_objects.insert(r.name.clone(), obj);
+            }
+            None => {
+                repositories.insert(r.name.clone(), false);
+            }
+        }
+    } else if let Some(sel) = &policy.spec.repository_selector {
+        for obj in repos_api.list(&ListParams::default().labels(&label_selector_string(sel))).await? {
+            repositories.insert(obj.name_any(), true);
+            repo_objects.insert(obj.name_any(), obj);
+        }
+    }
+
+    let all_jobs = ctx.jobs.state();
+    let mut runs: Vec<RunView> = all_jobs
+        .iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns.as_str()) && owned_by(&j.metadata, &policy))
+        .map(|j| job_view(j))
+        .collect();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&format!("{POLICY_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}")))
+        .await?;
+    for pod in pods.items.iter().filter(|p| owned_by(&p.metadata, &policy)) {
+        let repo = pod.labels().get(PRUNE_REPOSITORY_LABEL).cloned().unwrap_or_default();
+        runs.push(pod_view(pod, &repo));
+    }
+    let offline_active: BTreeSet<String> = all_jobs
+        .iter()
+        .filter(|j| {
+            j.namespace().as_deref() == Some(ns.as_str()) && j.spec.mode == Mode::Offline && !j.phase().is_terminal()
+        })
+        .map(|j| j.spec.repository_ref.name.clone())
+        .collect();
+
+    let created = policy.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0)).unwrap_or(now);
+    let p = plan::plan(&Input {
+        name: &name,
+        spec: &policy.spec,
+        status: policy.status.as_ref(),
+        generation: policy.metadata.generation,
+        created,
+        now,
+        repositories,
+        runs,
+        offline_active,
+    });
+
+    // Apply: create first (a crash after this leaves jobs the next reconcile finds by name).
+    let jobs_api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &ns);
+    for j in &p.create_jobs {
+        match jobs_api.create(&PostParams::default(), &job_object(&policy, j)).await {
+            Ok(_) => {
+                tracing::info!(policy = %name, job = %j.name, schedule = %j.schedule, "scheduled PushJob created");
+                ctx.metrics.policy_runs.with_label_values(&[&ns, &name, &j.schedule, "created"]).inc();
+                publish(
+                    &ctx,
+                    &policy,
+                    false,
+                    "JobCreated",
+                    &format!("schedule {}: PushJob {} ({})", j.schedule, j.name, j.spec.mode.as_str()),
+                )
+                .await;
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::info!(job = %j.name, "scheduled PushJob exists already");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for pr in &p.create_prunes {
+        let Some(repo) = repo_objects.get(&pr.repository) else { continue };
+        let mut pod = prune_pod(&policy, repo, pr, &ctx.config.worker);
+        pod.metadata.labels.get_or_insert_default().insert(PRUNE_REPOSITORY_LABEL.into(), pr.repository.clone());
+        match pods_api.create(&PostParams::default(), &pod).await {
+            Ok(_) => {
+                publish(&ctx, &policy, false, "PruneStarted", &format!("maintenance: prune Pod {}", pr.name)).await;
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for (schedule, n) in &p.missed {
+        ctx.metrics.missed_schedules.with_label_values(&[&ns, &name, schedule]).inc_by(*n as u64);
+    }
+    for f in &p.finished {
+        let r = &f.run;
+        let result = if r.outcome == Outcome::Succeeded { "succeeded" } else { "failed" };
+        ctx.metrics.policy_runs.with_label_values(&[&ns, &name, &r.schedule, result]).inc();
+        if r.forgotten > 0 {
+            ctx.metrics.snapshots_forgotten.with_label_values(&[&ns, &r.repository]).inc_by(r.forgotten as u64);
+        }
+        if let Some(b) = r.bytes_reclaimed {
+            ctx.metrics.bytes_reclaimed.with_label_values(&[&ns, &r.repository]).inc_by(b);
+        }
+        if let Some(b) = r.store_bytes {
+            ctx.metrics.store_bytes.with_label_values(&[&ns, &r.repository]).set(b as i64);
+        }
+    }
+    for e in &p.events {
+        publish(&ctx, &policy, e.warning, &e.reason, &e.note).await;
+    }
+    if policy.status.as_ref() != Some(&p.status) {
+        let patch = serde_json::json!({ "status": p.status });
+        Api::<PushPolicy>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    // History last: the status above already holds what these runs did.
+    let bg = DeleteParams::background();
+    for j in &p.delete_jobs {
+        match jobs_api.delete(j, &bg).await {
+            Ok(_) => tracing::info!(job = %j, "old PushJob deleted (history limit)"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for pod in &p.delete_pods {
+        match pods_api.delete(pod, &bg).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Requeue::requeue(p.requeue))
+}
+
+pub fn error_policy(policy: Arc<PushPolicy>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(policy = %policy.name_any(), error = %err, "pushpolicy reconcile failed");
+    ctx.metrics.reconcile_errors.with_label_values(&["pushpolicy", &err.metric_label()]).inc();
+    Requeue::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests;
