@@ -289,6 +289,8 @@ impl KeepArgs {
 
 #[derive(Args, Clone)]
 struct ForgetArgs {
+    /// Forget these snapshots (ids or unique prefixes) instead of applying --keep-* rules.
+    snapshots: Vec<String>,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -707,6 +709,27 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     ExitCode::FAILURE
                 }
             })
+        }
+        Command::Forget(a) if !a.snapshots.is_empty() => {
+            if !a.keep.policy().is_empty() {
+                anyhow::bail!("give snapshot ids or --keep-* rules, not both");
+            }
+            let s = a.store.open()?;
+            let report = push_operator::store::forget::forget_ids(&s, &a.snapshots, a.dry_run, "manual")?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for id in &report.removed {
+                    println!("{} {:.8}", if a.dry_run { "would remove" } else { "removed" }, id);
+                }
+            }
+            if a.prune && !a.dry_run {
+                let r = push_operator::store::prune::prune(&s, &Default::default())?;
+                if !a.json {
+                    print_prune(&r);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Forget(a) => {
             let s = a.store.open()?;

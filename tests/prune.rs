@@ -436,18 +436,29 @@ fn the_cli_forgets_prunes_and_lists_the_audit_trail() {
             .len(),
         3
     );
+    // Forget by id (restic's `forget ID`): a dry run, then for real.
+    let snaps: Vec<serde_json::Value> =
+        serde_json::from_slice(&ok(run(&["snapshots", "--store", s, "--json"])).stdout).unwrap();
+    let oldest = snaps[0]["id"].as_str().unwrap().to_string();
+    let o = run(&["forget", "--store", s, &oldest[..10], "--keep-last", "1"]);
+    assert!(!o.status.success() && stderr(&o).contains("not both"), "{}", stderr(&o));
+    let o = ok(run(&["forget", "--store", s, &oldest[..10], "--dry-run"]));
+    assert!(stdout(&o).contains("would remove"), "{}", stdout(&o));
+    let o = ok(run(&["forget", "--store", s, &oldest[..10]]));
+    assert!(stdout(&o).contains(&format!("removed {}", &oldest[..8])), "{}", stdout(&o));
     let o = ok(run(&["forget", "--store", s, "--keep-last", "1", "--prune"]));
-    assert!(stdout(&o).contains("2 forgotten") && stdout(&o).contains("reclaimed"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("1 forgotten") && stdout(&o).contains("reclaimed"), "{}", stdout(&o));
 
     let o = ok(run(&["audit", "--store", s, "--json"]));
     let recs: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
     let actions: Vec<&str> = recs.iter().map(|r| r["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["push", "push", "push", "forget", "prune"]);
+    assert_eq!(actions, ["push", "push", "push", "forget", "forget", "prune"]);
     assert_eq!(recs[0]["reason"], "nightly");
     assert_eq!(recs[0]["snapshots"].as_array().unwrap().len(), 1);
-    assert_eq!(recs[3]["snapshots"].as_array().unwrap().len(), 2);
-    assert_eq!(recs[4]["result"], "ok");
-    assert!(recs[4]["details"]["bytes_reclaimed"].as_u64().unwrap() >= 4 * MIB as u64);
+    assert_eq!(recs[3]["snapshots"][0], oldest.as_str());
+    assert_eq!(recs[4]["snapshots"].as_array().unwrap().len(), 1);
+    assert_eq!(recs[5]["result"], "ok");
+    assert!(recs[5]["details"]["bytes_reclaimed"].as_u64().unwrap() >= 4 * MIB as u64);
     let o = ok(run(&["audit", "--store", s, "--action", "push", "--last", "1"]));
     assert!(stdout(&o).contains("1 records") && stdout(&o).contains("nightly"), "{}", stdout(&o));
 }

@@ -904,6 +904,215 @@ def sc_metrics(h):
     return f"{ok[0]}; {bad[0]}; {len(last)} last_success series; {len(qd)} queue_depth series"
 
 
+# ---------------------------------------------------------------- policies, retention, prune
+def store_cli(h, *args, prefix):
+    """The push-operator CLI against the e2e store; returns (rc, stdout, stderr)."""
+    r = subprocess.run([h.bin, *args, "--store", f"s3://{BUCKET}/{prefix}"], env=h.s3_env(),
+                       capture_output=True, text=True, timeout=300)
+    return r.returncode, r.stdout, r.stderr
+
+
+def store_json(h, *args, prefix):
+    rc, out, err = store_cli(h, *args, "--json", prefix=prefix)
+    if rc != 0:
+        raise Failure(f"push-operator {' '.join(args)} failed (rc {rc}): {err[-800:]}")
+    return json.loads(out)
+
+
+def policy_obj(ns, name, spec):
+    return {"apiVersion": "rediacc.io/v1alpha1", "kind": "PushPolicy",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def policy_jobs(x, policy):
+    return x.c.list(nsp(GROUP, x.ns, "pushjobs"), f"rediacc.io/push-policy={policy}")
+
+
+def sleep_until(t):
+    d = t - time.time()
+    if d > 0:
+        time.sleep(d)
+
+
+def sc_policy_schedule(h):
+    """An every-minute PushPolicy: one job per minute that runs; an operator restart just before
+    a boundary and a kill just after one still give exactly one job per minute; history limit,
+    retention, maintenance prunes and status; suspend stops the jobs."""
+    x = Ctx(h, "pol")
+    try:
+        x.secret()
+        d = x.app("app", 1, "data", 21)
+        now = time.time()
+        b1 = (int(now) // 60 + 1) * 60
+        if b1 - now < 8:
+            b1 += 60
+        x.c.create(nsp(GROUP, "pol", "pushpolicies"), policy_obj("pol", "every-minute", {
+            "repositoryRef": {"name": "app"},
+            "schedules": [{"name": "minutely", "mode": "Online", "cron": "* * * * *", "priority": "P3"}],
+            "retention": {"keepLast": 1},
+            "maintenance": {"cron": "* * * * *", "waitSeconds": 20},
+            "successfulJobsHistoryLimit": 1, "failedJobsHistoryLimit": 1}))
+        name = lambda b: f"every-minute-minutely-{b // 60}"  # noqa: E731
+        # Boundary 1: a graceful restart 1.5 s before it (the lease is handed over).
+        sleep_until(b1 - 1.5)
+        h.start_operator()
+        j1 = x.wait_done(name(b1), 90)
+        expect(j1["status"]["phase"] == "Succeeded", f"{name(b1)}: {j1['status'].get('failure')}")
+        expect(j1["metadata"]["annotations"]["rediacc.io/scheduled-time"]
+               == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b1)), f"annotations {j1['metadata']}")
+        # Boundary 2: SIGKILL 0.3 s after it; the next operator waits for the lease to expire.
+        b2 = b1 + 60
+        sleep_until(b2 + 0.3)
+        h.kill_operator()
+        h.start_operator()
+        j2 = x.wait_done(name(b2), 120)
+        expect(j2["status"]["phase"] == "Succeeded", f"{name(b2)}: {j2['status'].get('failure')}")
+        jobs = policy_jobs(x, "every-minute")
+        per_minute = {}
+        for j in jobs:
+            t = j["metadata"]["annotations"]["rediacc.io/scheduled-time"]
+            per_minute[t] = per_minute.get(t, 0) + 1
+        expect(all(n == 1 for n in per_minute.values()), f"jobs per scheduled minute: {per_minute}")
+        # History limit 1: the first job goes once the second succeeded.
+        wait_for(lambda: x.get_job(name(b1)) is None, 30, f"{name(b1)} deleted (successfulJobsHistoryLimit 1)")
+        # Status: results of both runs, last and next times, success rate.
+
+        def status_ok():
+            st = (x.c.get(nsp(GROUP, "pol", "pushpolicies", "every-minute")) or {}).get("status") or {}
+            runs = {r.get("job"): r["result"] for r in st.get("recentRuns") or []}
+            return st if runs.get(name(b1)) == "Succeeded" and runs.get(name(b2)) == "Succeeded" else None
+        st = wait_for(status_ok, 60, "status.recentRuns with both runs Succeeded")
+        sched = st["schedules"][0]
+        expect(sched.get("lastScheduleTime") and sched.get("nextScheduleTime"), f"schedule status {sched}")
+        expect(st.get("successRate") == 1.0, f"successRate {st.get('successRate')}")
+        # Maintenance prune pods ran (the report reaches the status).
+        wait_for(lambda: (((x.c.get(nsp(GROUP, "pol", "pushpolicies", "every-minute")) or {}).get("status") or {})
+                          .get("maintenance") or {}).get("lastResult") == "Succeeded", 90,
+                 "a maintenance prune Succeeded")
+        # Suspend: no job for the next boundary.
+        x.c.merge(nsp(GROUP, "pol", "pushpolicies", "every-minute"), {"spec": {"suspend": True}})
+        time.sleep(2)
+        before = {j["metadata"]["name"] for j in policy_jobs(x, "every-minute")}
+        b3 = (int(time.time()) // 60 + 1) * 60
+        sleep_until(b3 + 5)
+        after = {j["metadata"]["name"] for j in policy_jobs(x, "every-minute")}
+        expect(after <= before, f"suspended policy created {sorted(after - before)}")
+        pol = x.c.get(nsp(GROUP, "pol", "pushpolicies", "every-minute"))
+        ready = [c for c in pol["status"]["conditions"] if c["type"] == "Ready"][0]
+        expect(ready["reason"] == "Suspended", f"Ready {ready}")
+        # Retention keepLast 1 after each push: one snapshot of the volume left, the newest.
+        done = wait_for(lambda: (lambda js: js if all((j.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                                                      for j in js) else None)(policy_jobs(x, "every-minute")),
+                        120, "the policy's jobs to finish")
+        ok = [j for j in done if j["status"]["phase"] == "Succeeded"]
+        newest = max(ok, key=lambda j: j["metadata"]["annotations"]["rediacc.io/scheduled-time"])["status"][
+            "snapshots"][0]["snapshot"]
+        snaps = [s for s in store_json(h, "snapshots", prefix="pol") if s["source"] == "pvc/pol/data"]
+        expect([s["id"] for s in snaps] == [newest],
+               f"after retention keepLast 1: {[s['id'][:12] for s in snaps]}, newest job snapshot {newest[:12]}")
+        x.restore_equals(newest, d, prefix="pol")
+        audit = store_json(h, "audit", prefix="pol")
+        expect({"push", "forget", "prune"} <= {r["action"] for r in audit},
+               f"audit actions {[r['action'] for r in audit]}")
+        evs = h.c.list("/apis/events.k8s.io/v1/namespaces/pol/events")
+        created = [e for e in evs if e.get("reason") == "JobCreated"
+                   and (e.get("regarding") or {}).get("kind") == "PushPolicy"]
+        expect(created, f"no JobCreated event on the policy: {[e.get('reason') for e in evs]}")
+        return (f"one job per minute across a restart and a kill ({len(per_minute)} minutes), history 1, "
+                f"1 snapshot kept, prune pods ran, suspend stopped jobs")
+    finally:
+        x.close()
+
+
+def sc_retention(h):
+    """Retention in the job (as a policy sets it) trims the Repository's snapshots to the
+    expected set after each successful push; per-mode rules keep the offline anchors."""
+    x = Ctx(h, "ret")
+    try:
+        x.secret()
+        d = x.app("app", 1, "data", 22)
+        made = []
+        for i in range(4):
+            with open(os.path.join(d, "hello.txt"), "a") as f:
+                f.write(f"change {i}\n")
+            jn = f"r{i}"
+            x.job(jn, "app", "Online", retention={"keepLast": 2})
+            j = x.wait_done(jn, 120)
+            expect(j["status"]["phase"] == "Succeeded", f"{jn}: {j['status'].get('failure')}")
+            made.append(j["status"]["snapshots"][0]["snapshot"])
+            ids = [s["id"] for s in store_json(h, "snapshots", prefix="ret")]
+            want = made[-2:]
+            expect(sorted(ids) == sorted(want), f"after {jn}: {[i[:8] for i in ids]}, want {[w[:8] for w in want]}")
+            if i >= 2:
+                got = (j["status"].get("stats") or {}).get("snapshotsForgotten")
+                expect(got == 1, f"{jn}: status.stats.snapshotsForgotten {got}")
+        # Per mode: one online, one offline; the offline push does not evict the online one.
+        per_mode = {"online": {"keepLast": 1}, "offline": {"keepLast": 1}}
+        x.job("off1", "app", "Offline", retention=per_mode)
+        j = x.wait_done("off1", 120)
+        expect(j["status"]["phase"] == "Succeeded", f"off1: {j['status'].get('failure')}")
+        off = j["status"]["snapshots"][0]["snapshot"]
+        snaps = store_json(h, "snapshots", prefix="ret")
+        got = sorted((s["mode"], s["id"]) for s in snaps)
+        want = sorted([("online", made[-1]), ("offline", off)])
+        expect(got == want, f"per-mode retention kept {[(m, i[:8]) for m, i in got]}, want {[(m, i[:8]) for m, i in want]}")
+        x.wait_running("app", 1)
+        x.restore_equals(off, d, prefix="ret")
+        rc, out, err = store_cli(h, "audit", "--action", "forget", prefix="ret")
+        expect(rc == 0 and "retention after push" in out, f"audit: {out[-600:]} {err[-300:]}")
+        return f"kept {[i[:8] for _, i in got]} of 5 pushes"
+    finally:
+        x.close()
+
+
+def sc_prune_during_push(h):
+    """A prune runs while a push that reuses the chunks of a forgotten snapshot is between its
+    uploads and its snapshot: nothing is lost; restore and verify --read-data succeed."""
+    x = Ctx(h, "prn")
+    try:
+        x.secret()
+        d = x.app("app", 1, "data", 23)
+        with open(os.path.join(d, "big.bin"), "wb") as f:
+            f.write(random.Random(5).randbytes(6 << 20))
+        x.job("p1", "app", "Online")
+        j1 = x.wait_done("p1", 120)
+        expect(j1["status"]["phase"] == "Succeeded", f"p1: {j1['status'].get('failure')}")
+        s1 = j1["status"]["snapshots"][0]["snapshot"]
+        gate = os.path.join(h.tmp, "prn-gate")
+        h.set_knobs("prn/p2", env={"PUSH_OPERATOR_PAUSE_BEFORE_SNAPSHOT": gate})
+        with open(os.path.join(d, "hello.txt"), "a") as f:
+            f.write("one more line\n")
+        x.job("p2", "app", "Online")
+        wait_for(lambda: os.path.exists(gate + ".waiting"), 90, "push p2 paused before its snapshot")
+        # p2 reused every chunk of s1; now s1 is forgotten and a prune runs.
+        store_json(h, "forget", s1, prefix="prn")
+        r = store_json(h, "prune", prefix="prn")
+        expect(r["packs_deleted"] == 0 and r["plans_pending"] == 1,
+               f"the prune should mark and wait for the running push: {r}")
+        rc, _, err = store_cli(h, "verify", "--read-data", prefix="prn")
+        expect(rc == 0, f"verify during the pending prune: {err[-600:]}")
+        open(gate, "w").close()
+        j2 = x.wait_done("p2", 120)
+        expect(j2["status"]["phase"] == "Succeeded", f"p2: {j2['status'].get('failure')}")
+        s2 = j2["status"]["snapshots"][0]["snapshot"]
+        rc, out, err = store_cli(h, "verify", "--read-data", prefix="prn")
+        expect(rc == 0, f"verify after the push: {out[-400:]} {err[-600:]}")
+        x.restore_equals(s2, d, prefix="prn")
+        # The next prune completes: the packs the push used are kept, the rest deleted.
+        r2 = store_json(h, "prune", prefix="prn")
+        expect(r2["plans_pending"] == 0 and r2["packs_kept_for_new_snapshots"] >= 1, f"second prune: {r2}")
+        rc, out, err = store_cli(h, "verify", "--read-data", prefix="prn")
+        expect(rc == 0, f"verify after the prune: {out[-400:]} {err[-600:]}")
+        x.restore_equals(s2, d, prefix="prn")
+        return (f"first prune marked {r['bytes_pending']} bytes and waited; second kept "
+                f"{r2['packs_kept_for_new_snapshots']} packs, deleted {r2['packs_deleted']}")
+    finally:
+        cfg = json.load(open(h.simcfg))
+        (cfg.get("overrides") or {}).pop("prn/p2", None)
+        h.sim_config(cfg)
+        x.close()
+
+
 SCENARIOS = [
     ("invalid-manifests", sc_invalid_manifests),
     ("offline-deployment-statefulset", sc_offline),
@@ -915,6 +1124,9 @@ SCENARIOS = [
     ("delete-mid-flow", sc_delete_mid_flow),
     ("worker-failure", sc_worker_failure),
     ("pre-upgrade", sc_pre_upgrade),
+    ("retention", sc_retention),
+    ("prune-during-push", sc_prune_during_push),
+    ("policy-schedule", sc_policy_schedule),
     ("metrics", sc_metrics),
 ]
 

@@ -9,7 +9,8 @@ snapshotter (VolumeSnapshot -> copied directory, readyToUse).
 
 Per-scenario knobs come from CONFIG (JSON, re-read every tick):
   {"default": {"grace": 1, "worker_start_delay": 0},
-   "overrides": {"<ns>/<pod-name-prefix>": {"grace": 10, "worker_start_delay": 60}}}
+   "overrides": {"<ns>/<pod-name-prefix>": {"grace": 10, "worker_start_delay": 60,
+                                             "env": {"NAME": "value"}}}}
 """
 import argparse
 import base64
@@ -243,6 +244,7 @@ class Sim:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), "NO_COLOR": "1"}
         try:
             env.update(self.resolve_env(ns, c0.get("env")))
+            env.update(self.knob(ns, name, "env", {}) or {})
         except Exception as e:  # noqa: BLE001
             self.log(f"worker {ns}/{name}: cannot resolve env: {e}")
             self.pod_status(p, {"phase": "Pending", "message": f"CreateContainerConfigError: {e}"})

@@ -140,6 +140,34 @@ pub fn plan(snaps: &[(Id, Snapshot)], opts: &ForgetOptions) -> ForgetReport {
     report
 }
 
+/// Forgets the given snapshots (ids or unique prefixes), whatever the rules; as `restic forget
+/// ID...`.
+pub fn forget_ids(store: &Store, ids: &[String], dry_run: bool, reason: &str) -> anyhow::Result<ForgetReport> {
+    let mut report = ForgetReport { dry_run, ..Default::default() };
+    let mut found = Vec::new();
+    for spec in ids {
+        if spec == "latest" {
+            anyhow::bail!("give snapshot ids to forget (\"latest\" is not accepted here)");
+        }
+        let (id, _) = store.find_snapshot(spec)?;
+        found.push(id);
+    }
+    found.sort();
+    found.dedup();
+    report.removed = found.iter().map(|i| i.to_hex()).collect();
+    if dry_run {
+        return Ok(report);
+    }
+    for id in &found {
+        store.backend().delete(&snapshot_key(id))?;
+    }
+    let mut rec = AuditRecord::new("forget", "ok").detail("removed", found.len());
+    rec.reason = reason.into();
+    rec.snapshots = report.removed.clone();
+    audit::append(store, &rec)?;
+    Ok(report)
+}
+
 /// Applies the rules to the store: deletes the snapshots not kept (unless a dry run) and
 /// appends an audit record.
 pub fn forget(store: &Store, opts: &ForgetOptions) -> anyhow::Result<ForgetReport> {

@@ -157,6 +157,22 @@ pub(crate) fn crashpoint(point: &str, n: u64) {
     }
 }
 
+/// Test hook: with `PUSH_OPERATOR_PAUSE_BEFORE_SNAPSHOT=PATH` a push creates `PATH.waiting`
+/// once everything but the snapshot is stored, then waits until `PATH` exists (at most ten
+/// minutes), so tests can act at that exact moment (a prune, say). Unset in normal use.
+fn pausepoint() {
+    let Some(path) = std::env::var_os("PUSH_OPERATOR_PAUSE_BEFORE_SNAPSHOT") else { return };
+    let gate = PathBuf::from(path);
+    let mut waiting = gate.clone().into_os_string();
+    waiting.push(".waiting");
+    let _ = fs::write(&waiting, b"");
+    eprintln!("PUSH_OPERATOR_PAUSE_BEFORE_SNAPSHOT: waiting for {}", gate.display());
+    let until = Instant::now() + std::time::Duration::from_secs(600);
+    while !gate.exists() && Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
@@ -721,6 +737,7 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
     let rest = std::mem::take(&mut *pusher.index_buf.lock().unwrap());
     pusher.write_index(&rest)?;
     crashpoint("snapshot", 0);
+    pausepoint();
     lock.check()?;
     let mut warnings = std::mem::take(&mut *pusher.warnings.lock().unwrap());
     warnings.sort();
