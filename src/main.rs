@@ -824,7 +824,14 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                         1 => r.snapshots[0].chars().take(8).collect(),
                         n => format!("{n} snaps"),
                     };
-                    let mut details: Vec<String> = r.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let mut details: Vec<String> = r
+                        .details
+                        .iter()
+                        .map(|(k, v)| match v {
+                            serde_json::Value::String(s) => format!("{k}={s}"),
+                            v => format!("{k}={v}"),
+                        })
+                        .collect();
                     if let Some(j) = &r.job {
                         details.insert(0, format!("job={j}"));
                     }

@@ -598,10 +598,13 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
     match &result {
         Ok(o) => {
             rec.snapshots = vec![o.id.to_hex()];
+            rec = rec.detail("source", o.snapshot.source.clone());
+            for (k, v) in [("mode", &o.snapshot.mode), ("consistency", &o.snapshot.consistency)] {
+                if let Some(v) = v {
+                    rec = rec.detail(k, v.clone());
+                }
+            }
             rec = rec
-                .detail("source", o.snapshot.source.clone())
-                .detail("mode", o.snapshot.mode.clone().unwrap_or_default())
-                .detail("consistency", o.snapshot.consistency.clone().unwrap_or_default())
                 .detail("files", o.snapshot.stats.files)
                 .detail("bytes_total", o.snapshot.stats.bytes_total)
                 .detail("bytes_new", o.snapshot.stats.bytes_new)
