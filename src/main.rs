@@ -331,6 +331,10 @@ struct PruneArgs {
     /// the deletion to the next prune when pushes still run).
     #[arg(long, value_parser = |s: &str| parse_duration(s).map_err(|e| e.to_string()))]
     wait: Option<std::time::Duration>,
+    /// Succeed without doing anything when there is no store yet (scheduled maintenance of a
+    /// Repository that was never pushed).
+    #[arg(long)]
+    if_exists: bool,
     /// Recorded in the audit trail.
     #[arg(long, default_value = "manual")]
     reason: String,
@@ -353,6 +357,17 @@ fn parse_share(s: &str) -> Result<f64, String> {
         return Err(format!("{s} is not in [0, 100]"));
     }
     Ok(v / 100.0)
+}
+
+/// `forget --prune`.
+fn prune_after_forget(s: &Store, a: &ForgetArgs) -> anyhow::Result<()> {
+    if a.prune && !a.dry_run {
+        let r = push_operator::store::prune::prune(s, &Default::default())?;
+        if !a.json {
+            print_prune(&r);
+        }
+    }
+    Ok(())
 }
 
 fn print_prune(r: &push_operator::store::prune::PruneReport) {
@@ -723,12 +738,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     println!("{} {:.8}", if a.dry_run { "would remove" } else { "removed" }, id);
                 }
             }
-            if a.prune && !a.dry_run {
-                let r = push_operator::store::prune::prune(&s, &Default::default())?;
-                if !a.json {
-                    print_prune(&r);
-                }
-            }
+            prune_after_forget(&s, &a)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Forget(a) => {
@@ -737,9 +747,9 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 rules: push_operator::store::forget::Rules { default: a.keep.policy(), online: None, offline: None },
                 tz: a.time_zone,
                 dry_run: a.dry_run,
-                repository: a.repository,
-                source: a.source,
-                mode: a.mode,
+                repository: a.repository.clone(),
+                source: a.source.clone(),
+                mode: a.mode.clone(),
                 reason: "manual".into(),
                 job: None,
             };
@@ -764,16 +774,22 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     if a.dry_run { "would be forgotten (dry run: nothing changed)" } else { "forgotten" }
                 );
             }
-            if a.prune && !a.dry_run {
-                let r = push_operator::store::prune::prune(&s, &Default::default())?;
-                if !a.json {
-                    print_prune(&r);
-                }
-            }
+            prune_after_forget(&s, &a)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Prune(a) => {
-            let s = a.store.open()?;
+            let s = match Store::open(a.store.backend()?) {
+                Ok(s) => s,
+                Err(push_operator::store::OpenError::Missing(at)) if a.if_exists => {
+                    let note = format!("no store at {at} yet: nothing to prune");
+                    if let Some(path) = &a.termination_log {
+                        let _ = std::fs::write(path, serde_json::json!({ "skipped": note }).to_string());
+                    }
+                    println!("{note}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
+            };
             let opts = push_operator::store::prune::PruneOptions {
                 dry_run: a.dry_run,
                 max_unused: a.max_unused,

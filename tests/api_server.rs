@@ -171,6 +171,16 @@ async fn invalid_manifests_are_rejected_with_clear_messages() {
             "keepWithin",
         ),
         (&pols, with(policy("no-schedules"), &["spec", "schedules"], json!([])), "spec.schedules"),
+        (
+            &pols,
+            with(policy("bad-maintenance"), &["spec", "maintenance"], json!({"cron": "weekly"})),
+            "spec.maintenance.cron",
+        ),
+        (
+            &pols,
+            with(policy("bad-unused"), &["spec", "maintenance"], json!({"cron": "@weekly", "maxUnusedPercent": 150})),
+            "spec.maintenance.maxUnusedPercent",
+        ),
     ];
     assert!(cases.len() >= 8);
     for (api, manifest, expected) in cases {

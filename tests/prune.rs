@@ -420,6 +420,13 @@ fn the_cli_forgets_prunes_and_lists_the_audit_trail() {
         fs::write(src.join("f.bin"), seeded_bytes(50 + i, 2 * MIB)).unwrap();
         push_json(&src, s, &["--tag", "reason=nightly"]);
     }
+    // Maintenance of a Repository never pushed: nothing to prune, nothing created.
+    let missing = tmp.path().join("missing");
+    let o = run(&["prune", "--store", missing.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("no store"), "{}", stderr(&o));
+    let o = ok(run(&["prune", "--store", missing.to_str().unwrap(), "--if-exists"]));
+    assert!(stdout(&o).contains("nothing to prune"), "{}", stdout(&o));
+    assert!(!missing.exists());
     // No rule: refused, nothing changed.
     let o = run(&["forget", "--store", s]);
     assert!(!o.status.success());

@@ -1014,6 +1014,11 @@ def sc_policy_schedule(h):
         audit = store_json(h, "audit", prefix="pol")
         expect({"push", "forget", "prune"} <= {r["action"] for r in audit},
                f"audit actions {[r['action'] for r in audit]}")
+        text = h.http(f"http://127.0.0.1:{h.metrics_port}/metrics") or ""
+        for series in ('push_operator_policy_runs_total{namespace="pol",policy="every-minute",result="succeeded",'
+                       'schedule="minutely"}', 'push_operator_store_bytes{namespace="pol",repository="app"}'):
+            expect(series in text, f"{series} not in /metrics: "
+                                   f"{[ln for ln in text.splitlines() if 'policy' in ln or 'store_bytes' in ln]}")
         evs = h.c.list("/apis/events.k8s.io/v1/namespaces/pol/events")
         created = [e for e in evs if e.get("reason") == "JobCreated"
                    and (e.get("regarding") or {}).get("kind") == "PushPolicy"]
@@ -1124,10 +1129,11 @@ SCENARIOS = [
     ("delete-mid-flow", sc_delete_mid_flow),
     ("worker-failure", sc_worker_failure),
     ("pre-upgrade", sc_pre_upgrade),
+    # Before the scenarios that restart the operator (its counters start again at zero).
+    ("metrics", sc_metrics),
     ("retention", sc_retention),
     ("prune-during-push", sc_prune_during_push),
     ("policy-schedule", sc_policy_schedule),
-    ("metrics", sc_metrics),
 ]
 
 

@@ -6,6 +6,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, T
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+/// What the CRD accepts as a cron expression (the controller checks the rest, such as ranges).
+pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*,/-]+)\s+([0-9*,/-]+)\s+([0-9*,/?LW-]+)\s+([0-9A-Za-z*,/-]+)\s+([0-9A-Za-z*,/?L#-]+))$";
+
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "rediacc.io",
@@ -55,12 +58,7 @@ pub struct PushPolicySpec {
 #[serde(rename_all = "camelCase")]
 pub struct Maintenance {
     /// Five-field cron or a macro, as for schedules.
-    #[schemars(
-        length(max = 128),
-        regex(
-            pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*,/-]+)\s+([0-9*,/-]+)\s+([0-9*,/?LW-]+)\s+([0-9A-Za-z*,/-]+)\s+([0-9A-Za-z*,/?L#-]+))$"
-        )
-    )]
+    #[schemars(length(max = 128), regex(pattern = CRON_PATTERN))]
     pub cron: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
@@ -90,12 +88,7 @@ pub struct Schedule {
     pub name: String,
     pub mode: Mode,
     /// Five-field cron (minute hour day-of-month month day-of-week) or @hourly, @daily, ...
-    #[schemars(
-        length(max = 128),
-        regex(
-            pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*,/-]+)\s+([0-9*,/-]+)\s+([0-9*,/?LW-]+)\s+([0-9A-Za-z*,/-]+)\s+([0-9A-Za-z*,/?L#-]+))$"
-        )
-    )]
+    #[schemars(length(max = 128), regex(pattern = CRON_PATTERN))]
     pub cron: String,
     /// IANA time zone (default UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]

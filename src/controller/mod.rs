@@ -66,6 +66,8 @@ pub struct Context {
     pub admitted: Mutex<HashSet<String>>,
     /// The PushJob cache (every job, for the queue).
     pub jobs: kube::runtime::reflector::Store<crate::api::PushJob>,
+    /// The status each PushPolicy (by uid) was last given by this process.
+    pub policy_status: Mutex<std::collections::HashMap<String, crate::api::PushPolicyStatus>>,
 }
 
 impl Context {
@@ -83,7 +85,30 @@ impl Context {
             metrics,
             admitted: Mutex::new(HashSet::new()),
             jobs,
+            policy_status: Mutex::new(Default::default()),
         }
+    }
+}
+
+/// Publishes an Event about `regarding` (a failure to publish is logged, never fatal).
+pub async fn publish_event(
+    ctx: &Context,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    action: &str,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) {
+    use kube::runtime::events::{Event, EventType};
+    let ev = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, regarding).await {
+        tracing::warn!(error = %e, "cannot publish event");
     }
 }
 

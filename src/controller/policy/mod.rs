@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use plan::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -74,6 +73,7 @@ pub fn prune_pod(policy: &PushPolicy, repo: &Repository, p: &NewPrune, cfg: &Wor
         format!("maintenance of PushPolicy {}/{}", policy.namespace().unwrap_or_default(), policy.name_any()),
         "--job".into(),
         p.name.clone(),
+        "--if-exists".into(),
     ];
     let (store_args, mut envs) = store_access(storage);
     args.extend(store_args);
@@ -87,12 +87,7 @@ pub fn prune_pod(policy: &PushPolicy, repo: &Repository, p: &NewPrune, cfg: &Wor
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             service_account_name: cfg.service_account.clone(),
-            image_pull_secrets: (!cfg.image_pull_secrets.is_empty()).then(|| {
-                cfg.image_pull_secrets
-                    .iter()
-                    .map(|n| k8s_openapi::api::core::v1::LocalObjectReference { name: n.clone() })
-                    .collect()
-            }),
+            image_pull_secrets: cfg.pull_secrets(),
             automount_service_account_token: Some(false),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
@@ -212,16 +207,7 @@ pub fn pod_view(pod: &Pod, repository: &str) -> RunView {
 pub const PRUNE_REPOSITORY_LABEL: &str = "rediacc.io/repository";
 
 async fn publish(ctx: &Context, policy: &PushPolicy, warning: bool, reason: &str, message: &str) {
-    let ev = KubeEvent {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: reason.into(),
-        note: Some(message.chars().take(1000).collect()),
-        action: "Schedule".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &policy.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish event");
-    }
+    super::publish_event(ctx, &policy.object_ref(&()), "Schedule", warning, reason, message).await;
 }
 
 pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
@@ -252,6 +238,8 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
         }
     }
 
+    // The PushJob cache: right after a start it may still be filling; a job it misses is found
+    // by name when the create is refused (409), so no duplicate can result.
     let all_jobs = ctx.jobs.state();
     let mut runs: Vec<RunView> = all_jobs
         .iter()
@@ -275,10 +263,14 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
         .collect();
 
     let created = policy.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0)).unwrap_or(now);
+    // The status this process wrote last is the truth (one leader writes it); the cached object
+    // can lag it by a reconcile, which would repeat events and metrics.
+    let uid = policy.metadata.uid.clone().unwrap_or_default();
+    let status = ctx.policy_status.lock().await.get(&uid).cloned().or_else(|| policy.status.clone());
     let p = plan::plan(&Input {
         name: &name,
         spec: &policy.spec,
-        status: policy.status.as_ref(),
+        status: status.as_ref(),
         generation: policy.metadata.generation,
         created,
         now,
@@ -327,6 +319,7 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
     for f in &p.finished {
         let r = &f.run;
         let result = if r.outcome == Outcome::Succeeded { "succeeded" } else { "failed" };
+        tracing::info!(policy = %name, run = %r.name, result, "scheduled run finished");
         ctx.metrics.policy_runs.with_label_values(&[&ns, &name, &r.schedule, result]).inc();
         if r.forgotten > 0 {
             ctx.metrics.snapshots_forgotten.with_label_values(&[&ns, &r.repository]).inc_by(r.forgotten as u64);
@@ -341,12 +334,13 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
     for e in &p.events {
         publish(&ctx, &policy, e.warning, &e.reason, &e.note).await;
     }
-    if policy.status.as_ref() != Some(&p.status) {
+    if status.as_ref() != Some(&p.status) || policy.status.as_ref() != Some(&p.status) {
         let patch = serde_json::json!({ "status": p.status });
         Api::<PushPolicy>::namespaced(ctx.client.clone(), &ns)
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
+    ctx.policy_status.lock().await.insert(uid, p.status.clone());
     // History last: the status above already holds what these runs did.
     let bg = DeleteParams::background();
     for j in &p.delete_jobs {

@@ -60,27 +60,14 @@ impl World {
             runs: self.runs.clone(),
             offline_active: self.offline_active.clone(),
         });
-        for j in &p.create_jobs {
+        let created = p.create_jobs.iter().map(|j| (&j.name, j.schedule.as_str(), &j.repository, j.scheduled));
+        let pruned = p.create_prunes.iter().map(|j| (&j.name, MAINTENANCE, &j.repository, j.scheduled));
+        for (name, schedule, repository, scheduled) in created.chain(pruned) {
             self.runs.push(RunView {
-                name: j.name.clone(),
-                schedule: j.schedule.clone(),
-                repository: j.repository.clone(),
-                scheduled: Some(j.scheduled),
-                outcome: Outcome::Active,
-                finished: None,
-                reason: None,
-                message: None,
-                forgotten: 0,
-                bytes_reclaimed: None,
-                store_bytes: None,
-            });
-        }
-        for pr in &p.create_prunes {
-            self.runs.push(RunView {
-                name: pr.name.clone(),
-                schedule: MAINTENANCE.into(),
-                repository: pr.repository.clone(),
-                scheduled: Some(pr.scheduled),
+                name: name.clone(),
+                schedule: schedule.into(),
+                repository: repository.clone(),
+                scheduled: Some(scheduled),
                 outcome: Outcome::Active,
                 finished: None,
                 reason: None,

@@ -26,6 +26,18 @@ pub struct WorkerConfig {
     pub resources: ResourceRequirements,
 }
 
+impl WorkerConfig {
+    /// `imagePullSecrets` of worker and prune pods.
+    pub fn pull_secrets(&self) -> Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>> {
+        (!self.image_pull_secrets.is_empty()).then(|| {
+            self.image_pull_secrets
+                .iter()
+                .map(|n| k8s_openapi::api::core::v1::LocalObjectReference { name: n.clone() })
+                .collect()
+        })
+    }
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         let q = |s: &str| Quantity(s.to_string());
@@ -185,12 +197,7 @@ pub fn worker_pod(
             restart_policy: Some("Never".into()),
             node_name: node,
             service_account_name: cfg.service_account.clone(),
-            image_pull_secrets: (!cfg.image_pull_secrets.is_empty()).then(|| {
-                cfg.image_pull_secrets
-                    .iter()
-                    .map(|n| k8s_openapi::api::core::v1::LocalObjectReference { name: n.clone() })
-                    .collect()
-            }),
+            image_pull_secrets: cfg.pull_secrets(),
             automount_service_account_token: Some(false),
             security_context: Some(PodSecurityContext {
                 run_as_user: Some(0),

@@ -12,7 +12,6 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -484,16 +483,7 @@ async fn run_hooks(job: &PushJob, ctx: &Context, stage: state::HookStage) -> Res
 }
 
 async fn publish(ctx: &Context, job: &PushJob, warning: bool, reason: &str, message: &str) {
-    let ev = KubeEvent {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: reason.into(),
-        note: Some(message.chars().take(1000).collect()),
-        action: "Push".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &job.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish event");
-    }
+    super::publish_event(ctx, &job.object_ref(&()), "Push", warning, reason, message).await;
 }
 
 async fn apply(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
