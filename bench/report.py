@@ -20,6 +20,7 @@ OPS = (
     ("nochange", "b. no-change push"),
     ("change", "c. push after 1% change"),
     ("restore", "d. restore latest"),
+    ("prune", "e. forget all but latest + prune"),
 )
 
 
@@ -293,6 +294,21 @@ def cmd_render(args):
         L.append(
             f"| {d} | {fmt_bytes(ds_bytes)} | {fmt_bytes(sa)} | {fmt_bytes(sb)} | {ratio(sa, sb)} | "
             f"{ratio(sa, ds_bytes)} | {ratio(sb, ds_bytes)} |"
+        )
+    L.append("")
+    L.append("## Store size after e (forget all but the latest snapshot, prune)")
+    L.append("")
+    L.append("| dataset | push-operator before | push-operator after | restic before | restic after | after p-o/restic |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    for d in datasets:
+        a0, b0 = by.get((d, po, "store")), by.get((d, rs, "store"))
+        a, b = by.get((d, po, "prune")), by.get((d, rs, "prune"))
+        if a is None and b is None:
+            continue
+        sa, sb = (a or {}).get("store_bytes"), (b or {}).get("store_bytes")
+        L.append(
+            f"| {d} | {fmt_bytes((a0 or {}).get('store_bytes'))} | {fmt_bytes(sa)} | "
+            f"{fmt_bytes((b0 or {}).get('store_bytes'))} | {fmt_bytes(sb)} | {ratio(sa, sb)} |"
         )
     L.append("")
     L.append("## Bytes added to the store by each push")

@@ -230,6 +230,13 @@ restore_cmd() {  # TOOL STORE CACHE TARGET
     push-operator) CMD=("$BIN" restore latest --store "$2" --target "$4") ;;
   esac
 }
+# Forget every snapshot but the latest, then prune.
+prune_cmd() {  # TOOL STORE CACHE
+  case "$1" in
+    restic) CMD=(restic forget --repo "$2" --cache-dir "$3" -q --keep-last 1 --prune) ;;
+    push-operator) CMD=("$BIN" forget --store "$2" --keep-last 1 --prune) ;;
+  esac
+}
 # Where the restored copy of WORK lands for TOOL given the restore target.
 restored_path() {  # TOOL TARGET WORK
   case "$1" in
@@ -323,6 +330,14 @@ for REP in $(seq 1 "$REPEAT"); do
     t0=$EPOCHREALTIME
     rm -rf "$TARGET"; sync
     log "removed restore in $("$PY" -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.1f}")' "$t0" "$EPOCHREALTIME")s"
+  done
+
+  # e. forget all but the latest snapshot, then prune (restore above ran first, unaffected)
+  for T in $TOOLS; do
+    settle
+    prune_cmd "$T" "$D/store-$T" "$D/cache-$T"
+    measure "$DS" "$T" prune -- "${CMD[@]}"
+    record "$DS" "$T" prune "store_bytes:num=$(store_bytes "$D/store-$T")"
   done
 
   if [[ $KEEP -eq 0 ]]; then

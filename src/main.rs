@@ -324,8 +324,9 @@ struct PruneArgs {
     /// Show what would be deleted; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Repack packs with more than this share of unreferenced bytes (percent).
-    #[arg(long, default_value = "50", value_parser = parse_share)]
+    /// Repack (most unused packs first) until the unreferenced bytes left are at most this
+    /// share of the referenced ones (percent, as restic's --max-unused).
+    #[arg(long, default_value = "5", value_parser = parse_share)]
     max_unused: f64,
     /// Wait this long for pushes that started before the prune, then delete (default: leave
     /// the deletion to the next prune when pushes still run).

@@ -150,6 +150,38 @@ fn mostly_unused_packs_are_repacked() {
     assert_restores(&store, "latest", &src, tmp.path());
 }
 
+#[test]
+fn scattered_garbage_is_repacked_down_to_the_max_unused_share() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = open(&root);
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // 40 files of 100 KB (one chunk each) in ~4 packs of 1 MiB; then one file in ten changes.
+    for i in 0..40u64 {
+        fs::write(src.join(format!("f{i:02}")), seeded_bytes(100 + i, 100_000)).unwrap();
+    }
+    push_dir(&store, &src, "app");
+    for i in (0..40u64).step_by(10) {
+        fs::write(src.join(format!("f{i:02}")), seeded_bytes(900 + i, 100_000)).unwrap();
+    }
+    push_dir(&store, &src, "app");
+    forget(&store, &keep_last(1)).unwrap();
+    // Tolerating half: every pack is ~10 % unused, nothing is repacked.
+    let lax = prune(&store, &PruneOptions { dry_run: true, max_unused: 0.5, ..quick() }).unwrap();
+    assert_eq!(lax.packs_repack, 0, "{lax:?}");
+    assert!(lax.bytes_unused_left >= 300_000, "{lax:?}");
+    // The default 5 %: the most unused packs are repacked until at most 5 % is left.
+    let r = prune(&store, &quick()).unwrap();
+    assert!(r.packs_repack >= 1, "{r:?}");
+    assert!(r.bytes_unused_left as f64 <= 0.05 * r.bytes_used as f64, "{r:?}");
+    let after = prune(&store, &PruneOptions { dry_run: true, ..quick() }).unwrap();
+    assert_eq!((after.packs_unused, after.packs_repack), (0, 0), "{after:?}");
+    assert!(after.bytes_unused_left as f64 <= 0.05 * after.bytes_used as f64, "{after:?}");
+    assert_verified(&store);
+    assert_restores(&store, "latest", &src, tmp.path());
+}
+
 /// A backend that holds snapshot writes until released: a push "in flight" at a chosen point.
 struct Gated {
     inner: FsBackend,

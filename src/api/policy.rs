@@ -63,7 +63,8 @@ pub struct Maintenance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub time_zone: Option<String>,
-    /// Repack packs with more than this share of unreferenced bytes (default 50).
+    /// Repack (most unused packs first) until the unreferenced bytes left are at most this
+    /// percentage of the referenced ones (default 5, as restic's --max-unused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_unused_percent: Option<i32>,

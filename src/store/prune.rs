@@ -6,8 +6,8 @@
 //! two phases (a plan is the unit of both):
 //!
 //! 1. **Mark.** With the index and every snapshot read (any failure: nothing is marked), the
-//!    prune selects the packs to delete (no referenced blob) and to repack (more than
-//!    `max_unused` of their bytes unreferenced). It writes the plan, `prune/<plan>.index`
+//!    prune selects the packs to delete (no referenced blob) and to repack (the most unused
+//!    ones, until what stays unreferenced is at most `max_unused` of what is referenced). It writes the plan, `prune/<plan>.index`
 //!    (the marked packs' entries) and `prune/<plan>.plan`, *before* touching the index: from
 //!    then on pushes read the marked packs as "doomed" (readable, never reused, never adopted as
 //!    unindexed packs). It copies the referenced blobs of the packs to repack into new packs,
@@ -46,7 +46,8 @@ const PACKS_PER_INDEX: usize = 2000;
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
     pub dry_run: bool,
-    /// Repack a pack when more than this share of its bytes is unreferenced (0..=1).
+    /// Repack (most unused packs first) until the unreferenced bytes left are at most this
+    /// share of the referenced ones (0..=1; restic's --max-unused).
     pub max_unused: f64,
     /// How long to wait for pushes that started before the mark; `None` leaves the deletion to
     /// the next prune when any runs.
@@ -60,7 +61,7 @@ impl Default for PruneOptions {
     fn default() -> Self {
         PruneOptions {
             dry_run: false,
-            max_unused: 0.5,
+            max_unused: 0.05,
             wait: None,
             ttl: lock::ttl_from_env(),
             reason: "manual".into(),
@@ -79,6 +80,10 @@ pub struct PruneReport {
     pub packs_unused: usize,
     /// Packs repacked (or that would be).
     pub packs_repack: usize,
+    /// Referenced bytes (stored, in packs this prune keeps or repacks).
+    pub bytes_used: u64,
+    /// Unreferenced bytes left in kept packs (at most `max_unused` of `bytes_used`).
+    pub bytes_unused_left: u64,
     /// Packs deleted by this run (from its own plan and earlier ones).
     pub packs_deleted: usize,
     pub bytes_reclaimed: u64,
@@ -263,11 +268,10 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     }
     report.packs = entries_of.len();
     let mut delete = Vec::new();
-    let mut repack = Vec::new();
-    let mut store_bytes = 0u64;
+    let mut partial: Vec<(Id, u64, u64, u64)> = Vec::new(); // (pack, unused, used, size)
+    let mut used_total = 0u64;
     for (pack, entries) in &entries_of {
         let total: u64 = entries.iter().map(|e| e.length as u64).sum();
-        let size = pack_size(entries);
         if pending_packs.contains(pack) {
             continue;
         }
@@ -278,15 +282,34 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
             .sum();
         if used_bytes == 0 {
             delete.push(*pack);
-        } else if total > 0 && (total - used_bytes) as f64 / total as f64 > opts.max_unused {
-            repack.push(*pack);
-            store_bytes += size;
+        } else {
+            used_total += used_bytes;
+            partial.push((*pack, total - used_bytes, used_bytes, pack_size(entries)));
+        }
+    }
+    // Repack the most wasteful packs first until what stays unreferenced is at most
+    // `max_unused` of what is referenced (restic's --max-unused): a few scattered changes
+    // leave many packs a little unused, and they add up.
+    partial.sort_by(|a, b| {
+        let fa = a.1 as f64 / (a.1 + a.2) as f64;
+        let fb = b.1 as f64 / (b.1 + b.2) as f64;
+        fb.total_cmp(&fa).then(a.0.cmp(&b.0))
+    });
+    let mut unused_total: u64 = partial.iter().map(|p| p.1).sum();
+    let mut repack = Vec::new();
+    let mut store_bytes = 0u64;
+    for (pack, unused, _, size) in partial {
+        if unused > 0 && unused_total as f64 > opts.max_unused * used_total as f64 {
+            repack.push(pack);
+            unused_total -= unused;
         } else {
             store_bytes += size;
         }
     }
     report.packs_unused = delete.len();
     report.packs_repack = repack.len();
+    report.bytes_unused_left = unused_total;
+    report.bytes_used = used_total;
     report.store_bytes = store_bytes;
     let marked: Vec<Id> = delete.iter().chain(&repack).copied().collect();
     let consolidate = files.len() > 8;

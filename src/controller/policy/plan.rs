@@ -410,7 +410,7 @@ pub fn plan(input: &Input) -> Plan {
                         name: pod.clone(),
                         repository: (*repo).clone(),
                         scheduled: t,
-                        max_unused_percent: m.max_unused_percent.unwrap_or(50),
+                        max_unused_percent: m.max_unused_percent.unwrap_or(5),
                         wait_seconds: m.wait_seconds.unwrap_or(600),
                     });
                     records.push(record(MAINTENANCE, repo, t, Some(pod), "Running", "Created", ""));
