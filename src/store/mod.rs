@@ -182,7 +182,13 @@ impl Store {
     /// The index for reading and pushing: every live index object, plus the packs pending
     /// prunes have marked for deletion (readable, never reused; see [`prune`]).
     pub fn load_index(&self) -> anyhow::Result<Index> {
-        let mut index = Index::from_files(self.load_index_files()?);
+        self.index_of(self.load_index_files()?)
+    }
+
+    /// The index of these index objects plus the doomed packs (what [`Store::load_index`]
+    /// gives, for callers that also need the objects themselves).
+    pub fn index_of(&self, files: Vec<(Id, IndexFile)>) -> anyhow::Result<Index> {
+        let mut index = Index::from_files(files);
         for (pack, entries) in self.doomed_packs()? {
             index.add_doomed_pack(pack, &entries);
         }

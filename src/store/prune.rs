@@ -251,7 +251,10 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     // Everything the store has, read in full before anything is decided.
     let files = store.load_index_files().context("cannot read the index: nothing deleted")?;
     report.index_objects_before = files.len();
-    let read_index = store.load_index().context("cannot read the index: nothing deleted")?;
+    // One index serves reading (it holds the doomed packs of pending plans too) and the
+    // question "which pack is this blob read from": live entries come first, so a blob in a
+    // live pack is never located in a doomed one.
+    let read_index = store.index_of(files.clone()).context("cannot read the index: nothing deleted")?;
     let snaps = store.list_snapshots().context("cannot read the snapshots: nothing deleted")?;
     report.snapshots = snaps.len();
     let used = referenced(store, &read_index, &snaps.iter().collect::<Vec<_>>())?;
@@ -259,7 +262,6 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
 
     // Per pack: total and referenced bytes. A blob counts as referenced in the pack the index
     // reads it from; other copies are unused.
-    let live_index = Index::from_files(files.clone());
     let mut entries_of: BTreeMap<Id, Vec<PackEntry>> = BTreeMap::new();
     for (_, f) in &files {
         for (pack, entries) in &f.packs {
@@ -277,7 +279,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
         }
         let used_bytes: u64 = entries
             .iter()
-            .filter(|e| used.contains(&e.id) && live_index.get(&e.id).is_some_and(|l| live_index.pack_id(l) == *pack))
+            .filter(|e| used.contains(&e.id) && read_index.get(&e.id).is_some_and(|l| read_index.pack_id(l) == *pack))
             .map(|e| e.length as u64)
             .sum();
         if used_bytes == 0 {
@@ -349,7 +351,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
             bail!("pack {} is damaged (content does not match its name): nothing deleted; run verify", pack.short());
         }
         for e in &entries_of[pack] {
-            if !used.contains(&e.id) || live_index.get(&e.id).is_none_or(|l| live_index.pack_id(l) != *pack) {
+            if !used.contains(&e.id) || read_index.get(&e.id).is_none_or(|l| read_index.pack_id(l) != *pack) {
                 continue;
             }
             let stored = &bytes[e.offset as usize..(e.offset + e.length) as usize];
@@ -490,18 +492,19 @@ fn finish(store: &Store, plan: &Plan, report: &mut PruneReport) -> anyhow::Resul
         Err(BackendError::NotFound(_)) => HashMap::new(),
         Err(e) => return Err(e.into()),
     };
-    let read_index = store.load_index().context("cannot read the index: nothing deleted")?;
-    let live_index = Index::from_files(store.load_index_files()?);
+    let index = store.load_index().context("cannot read the index: nothing deleted")?;
     let seen: HashSet<Id> = plan.snapshots.iter().copied().collect();
     let snaps = store.list_snapshots().context("cannot read the snapshots: nothing deleted")?;
     let new: Vec<&(Id, Snapshot)> = snaps.iter().filter(|(id, _)| !seen.contains(id)).collect();
-    let used = referenced(store, &read_index, &new)?;
+    let used = referenced(store, &index, &new)?;
     let mut resurrect = Vec::new();
     let mut delete = Vec::new();
     for pack in &plan.packs {
         let Some(entries) = doomed.get(pack) else { continue };
-        let needed = entries.iter().any(|e| used.contains(&e.id) && !live_index.contains(&e.id));
-        if needed || live_index.contains_pack(pack) {
+        // Needed: a new snapshot uses a blob that no live pack offers. Listed live: an index
+        // object names the pack (add_doomed_pack leaves such packs usable).
+        let needed = entries.iter().any(|e| used.contains(&e.id) && !index.usable(&e.id));
+        if needed || (index.contains_pack(pack) && !index.is_doomed_pack(pack)) {
             resurrect.push((*pack, entries.clone()));
         } else {
             delete.push((*pack, pack_size(entries)));
