@@ -158,13 +158,9 @@ pub fn forget_ids(store: &Store, ids: &[String], dry_run: bool, reason: &str) ->
     if dry_run {
         return Ok(report);
     }
-    for id in &found {
-        store.backend().delete(&snapshot_key(id))?;
-    }
-    let mut rec = AuditRecord::new("forget", "ok").detail("removed", found.len());
+    let mut rec = AuditRecord::new("forget", "ok");
     rec.reason = reason.into();
-    rec.snapshots = report.removed.clone();
-    audit::append(store, &rec)?;
+    remove(store, &found, rec)?;
     Ok(report)
 }
 
@@ -181,32 +177,41 @@ pub fn forget(store: &Store, opts: &ForgetOptions) -> anyhow::Result<ForgetRepor
     if opts.dry_run {
         return Ok(report);
     }
-    let mut done = Vec::new();
+    let ids =
+        report.removed.iter().map(|h| Id::parse(h).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut rec = AuditRecord::new("forget", "ok").detail("kept", report.kept).detail("rules", opts.rules.to_string());
+    rec.reason = opts.reason.clone();
+    rec.job = opts.job.clone();
+    rec.repository = opts.repository.clone();
+    remove(store, &ids, rec)?;
+    Ok(report)
+}
+
+/// Deletes the snapshot objects in order, stopping at the first failure, and appends `rec`
+/// completed with what was removed (result "failed" and the error when a delete failed).
+fn remove(store: &Store, ids: &[Id], mut rec: AuditRecord) -> anyhow::Result<()> {
     let mut failure = None;
-    for id in &report.removed {
-        let id = Id::parse(id).map_err(anyhow::Error::msg)?;
-        match store.backend().delete(&snapshot_key(&id)) {
-            Ok(()) => done.push(id.to_hex()),
+    for id in ids {
+        match store.backend().delete(&snapshot_key(id)) {
+            Ok(()) => rec.snapshots.push(id.to_hex()),
             Err(e) => {
                 failure = Some(format!("cannot delete snapshot {}: {e}", id.short()));
                 break;
             }
         }
     }
-    if !done.is_empty() || failure.is_some() {
-        let mut rec = AuditRecord::new("forget", if failure.is_some() { "failed" } else { "ok" })
-            .detail("kept", report.kept)
-            .detail("removed", done.len())
-            .detail("rules", opts.rules.to_string());
-        rec.reason = opts.reason.clone();
-        rec.job = opts.job.clone();
-        rec.repository = opts.repository.clone();
-        rec.snapshots = done;
-        rec.error = failure.clone();
-        audit::append(store, &rec)?;
+    if rec.snapshots.is_empty() && failure.is_none() {
+        return Ok(());
     }
-    if let Some(f) = failure {
-        anyhow::bail!(f);
+    let removed = rec.snapshots.len();
+    rec = rec.detail("removed", removed);
+    if let Some(f) = &failure {
+        rec.result = "failed".into();
+        rec.error = Some(f.clone());
     }
-    Ok(report)
+    audit::append(store, &rec)?;
+    match failure {
+        Some(f) => anyhow::bail!(f),
+        None => Ok(()),
+    }
 }
