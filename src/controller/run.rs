@@ -162,16 +162,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         });
     }
 
-    let (jobs_api, repos_api, pods_api): (Api<PushJob>, Api<Repository>, Api<Pod>) = match &opts.config.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (jobs_api, repos_api, pods_api, policies_api): (Api<PushJob>, Api<Repository>, Api<Pod>, Api<PushPolicy>) =
+        match &opts.config.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => {
+                (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()))
+            }
+        };
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let job_ctrl = Controller::new(jobs_api, watcher::Config::default()).owns(pods_api, ours);
+    let job_ctrl = Controller::new(jobs_api.clone(), watcher::Config::default()).owns(pods_api.clone(), ours);
     let ctx = Arc::new(Context::with_metrics(client.clone(), opts.config.clone(), job_ctrl.store(), metrics.clone()));
 
     let jobs = job_ctrl
@@ -190,19 +194,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "repository controller");
             }
         });
-    let (policies_api, policy_jobs_api, policy_pods_api): (Api<PushPolicy>, Api<PushJob>, Api<Pod>) =
-        match &opts.config.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-        };
     let scheduled = watcher::Config::default().labels(policy::plan::POLICY_LABEL);
     let policies = Controller::new(policies_api, watcher::Config::default())
-        .owns(policy_jobs_api, scheduled.clone())
-        .owns(policy_pods_api, scheduled)
+        .owns(jobs_api, scheduled.clone())
+        .owns(pods_api, scheduled)
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(timed_policy, policy::error_policy, ctx.clone())
         .for_each(|r| async move {

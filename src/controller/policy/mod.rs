@@ -82,8 +82,10 @@ pub fn prune_pod(policy: &PushPolicy, repo: &Repository, p: &NewPrune, cfg: &Wor
         value: Some("/dev/termination-log".into()),
         ..Default::default()
     });
+    let mut metadata = run_meta(policy, &p.name, MAINTENANCE, p.scheduled);
+    metadata.labels.get_or_insert_default().insert(PRUNE_REPOSITORY_LABEL.into(), p.repository.clone());
     Pod {
-        metadata: run_meta(policy, &p.name, MAINTENANCE, p.scheduled),
+        metadata,
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             service_account_name: cfg.service_account.clone(),
@@ -303,9 +305,7 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
     }
     for pr in &p.create_prunes {
         let Some(repo) = repo_objects.get(&pr.repository) else { continue };
-        let mut pod = prune_pod(&policy, repo, pr, &ctx.config.worker);
-        pod.metadata.labels.get_or_insert_default().insert(PRUNE_REPOSITORY_LABEL.into(), pr.repository.clone());
-        match pods_api.create(&PostParams::default(), &pod).await {
+        match pods_api.create(&PostParams::default(), &prune_pod(&policy, repo, pr, &ctx.config.worker)).await {
             Ok(_) => {
                 publish(&ctx, &policy, false, "PruneStarted", &format!("maintenance: prune Pod {}", pr.name)).await;
             }
@@ -334,7 +334,7 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
     for e in &p.events {
         publish(&ctx, &policy, e.warning, &e.reason, &e.note).await;
     }
-    if status.as_ref() != Some(&p.status) || policy.status.as_ref() != Some(&p.status) {
+    if status.as_ref() != Some(&p.status) {
         let patch = serde_json::json!({ "status": p.status });
         Api::<PushPolicy>::namespaced(ctx.client.clone(), &ns)
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -143,10 +143,6 @@ fn parse_time(t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) 
     t.as_ref().map(|t| chrono_of(&t.0))
 }
 
-fn result_of(r: &RunView) -> &'static str {
-    r.outcome.as_str()
-}
-
 /// The plan.
 pub fn plan(input: &Input) -> Plan {
     let Input { name, spec, now, generation, .. } = *input;
@@ -181,8 +177,8 @@ pub fn plan(input: &Input) -> Plan {
         match rec {
             Some(rec) => {
                 let was_active = rec.result == "Running";
-                if rec.result != result_of(r) {
-                    rec.result = result_of(r).into();
+                if rec.result != r.outcome.as_str() {
+                    rec.result = r.outcome.as_str().into();
                     rec.reason = r.reason.clone();
                     rec.message = r.message.clone();
                     if was_active && r.outcome != Outcome::Active {
@@ -198,7 +194,7 @@ pub fn plan(input: &Input) -> Plan {
                         repository: r.repository.clone(),
                         scheduled_time: time(t),
                         job: Some(r.name.clone()),
-                        result: result_of(r).into(),
+                        result: r.outcome.as_str().into(),
                         reason: r.reason.clone(),
                         message: r.message.clone(),
                     });

@@ -368,6 +368,7 @@ fn maintenance_creates_a_prune_pod_per_repository() {
     assert!(env.iter().any(|e| e.name == "PUSH_OPERATOR_TERMINATION_LOG"));
     assert_eq!(pod.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-p");
     assert_eq!(pod.metadata.labels.as_ref().unwrap()[POLICY_LABEL], "nightly");
+    assert_eq!(pod.metadata.labels.as_ref().unwrap()[PRUNE_REPOSITORY_LABEL], "shop");
     assert_eq!(pod.spec.as_ref().unwrap().security_context.as_ref().unwrap().run_as_non_root, Some(true));
     // The pod's report reaches the metrics; finished pods beyond one are deleted.
     let name = pr.name.clone();
