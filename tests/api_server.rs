@@ -294,14 +294,16 @@ async fn the_controller_runs_leads_and_serves_metrics() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let holder = holder.expect("the controller took the leader lease");
+    // A PushJob for a Repository that does not exist fails with a reason (Events and status);
+    // without the core API the observation fails first, so only check that the job is seen.
+    // Created before the metrics are read, so a reconcile is owed whatever else the server holds
+    // (run alone, this test had nothing to reconcile).
+    let jobs: Api<PushJob> = Api::namespaced(c.clone(), "ops");
+    jobs.create(&PostParams::default(), &serde_json::from_value(pushjob("seen")).unwrap()).await.unwrap();
     let metrics = loop_get(&format!("http://127.0.0.1:{port}/metrics"), "push_operator_reconcile_total").await;
     assert!(metrics.contains("push_operator_queue_depth{priority=\"P1\"} 0"), "{metrics}");
     assert!(loop_get(&format!("http://127.0.0.1:{port}/healthz"), "ok").await.contains("ok"));
     assert!(loop_get(&format!("http://127.0.0.1:{port}/readyz"), "ready").await.contains("ready"));
-    // A PushJob for a Repository that does not exist fails with a reason (Events and status);
-    // without the core API the observation fails first, so only check that the job is seen.
-    let jobs: Api<PushJob> = Api::namespaced(c.clone(), "ops");
-    jobs.create(&PostParams::default(), &serde_json::from_value(pushjob("seen")).unwrap()).await.unwrap();
     let mut finalized = false;
     for _ in 0..50 {
         let j = jobs.get("seen").await.unwrap();
