@@ -7,6 +7,7 @@
 #   --offline  never touch the network (also PUSH_OPERATOR_APISERVER_OFFLINE=1): use
 #              $CACHE/current as it is if it exists, else build from the cached lists and .debs.
 #   --refresh  update the sid package lists even if they are younger than the refresh interval.
+#   PUSH_OPERATOR_APISERVER_SLIM=1: after a build, delete root/ and gocache/ (set by .ci/run).
 #
 # The last line of stdout is the directory holding `crdserver` and `etcd`; progress goes to stderr.
 #
@@ -280,5 +281,12 @@ for old in "$CACHE"/bin-*; do
   case ${old##*/} in "bin-$KEY" | "$PREVIOUS") ;; *) rm -rf "$old" ;; esac
 done
 (cd "$DEBS" && for deb in *.deb; do grep -q " $deb\$" SHA256SUMS || rm -f "$deb"; done)
+
+# A one-shot machine (CI) keeps only the binaries: the unpacked packages and Go's build cache
+# (~3.7 GB) would otherwise sit beside the Rust build. A later rebuild unpacks them again.
+if [ "${PUSH_OPERATOR_APISERVER_SLIM:-0}" = 1 ]; then
+  rm -rf "$ROOT" "$CACHE/root.uris" "$CACHE/gocache"
+  log "slim: removed the unpacked packages and the Go build cache"
+fi
 
 finish
