@@ -16,7 +16,7 @@ use push_operator::store::verify::{VerifyOptions, verify};
 use push_operator::store::{InitOptions, Store};
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,23 @@ fn small_packs() -> InitOptions {
 
 fn open(root: &Path) -> Store {
     Store::open_or_init(Arc::new(FsBackend::new(root)), &small_packs()).unwrap()
+}
+
+/// A temporary directory holding a store with small packs in `store/` and an empty `src/`.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    root: PathBuf,
+    store: Store,
+    src: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = open(&root);
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    Fixture { tmp, root, store, src }
 }
 
 fn push_dir(store: &Store, src: &Path, source_name: &str) -> push_operator::store::push::PushOutcome {
@@ -152,11 +169,7 @@ fn mostly_unused_packs_are_repacked() {
 
 #[test]
 fn scattered_garbage_is_repacked_down_to_the_max_unused_share() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("store");
-    let store = open(&root);
-    let src = tmp.path().join("src");
-    fs::create_dir_all(&src).unwrap();
+    let Fixture { tmp, store, src, .. } = fixture();
     // 40 files of 100 KB (one chunk each) in ~4 packs of 1 MiB; then one file in ten changes.
     for i in 0..40u64 {
         fs::write(src.join(format!("f{i:02}")), seeded_bytes(100 + i, 100_000)).unwrap();
@@ -316,11 +329,7 @@ fn a_prune_that_waits_keeps_what_the_push_used() {
 
 #[test]
 fn a_push_after_the_mark_stores_chunks_again_and_the_marked_packs_go() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("store");
-    let store = open(&root);
-    let src = tmp.path().join("src");
-    fs::create_dir_all(&src).unwrap();
+    let Fixture { tmp, store, src, .. } = fixture();
     fs::write(src.join("data.bin"), seeded_bytes(21, 3 * MIB)).unwrap();
     let first = push_dir(&store, &src, "old");
     fs::write(tmp.path().join("other"), b"x").unwrap();
@@ -346,11 +355,7 @@ fn a_push_after_the_mark_stores_chunks_again_and_the_marked_packs_go() {
 
 #[test]
 fn nothing_is_deleted_from_a_store_whose_index_cannot_be_read() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("store");
-    let store = open(&root);
-    let src = tmp.path().join("src");
-    fs::create_dir_all(&src).unwrap();
+    let Fixture { tmp: _tmp, root, store, src } = fixture();
     fs::write(src.join("a.bin"), seeded_bytes(31, 3 * MIB)).unwrap();
     push_dir(&store, &src, "a");
     fs::write(src.join("a.bin"), seeded_bytes(32, 3 * MIB)).unwrap();
