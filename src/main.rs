@@ -590,6 +590,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 o.insert("source".into(), outcome.snapshot.source.clone().into());
                 o.insert("dedup_ratio".into(), st.dedup_ratio().into());
                 o.insert("warnings".into(), outcome.warnings.clone().into());
+                o.insert("store_bytes".into(), outcome.store_bytes.into());
                 println!("{}", serde_json::to_string(&v)?);
             } else {
                 println!("snapshot {} saved ({})", outcome.id.short(), outcome.snapshot.source);
@@ -606,6 +607,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     HumanBytes(st.bytes_uploaded),
                     st.duration_seconds
                 );
+                println!("  store now holds {} of packs", HumanBytes(outcome.store_bytes));
                 for w in &outcome.warnings {
                     eprintln!("warning: cannot read {w}");
                 }

@@ -100,9 +100,11 @@ impl Metrics {
         let bytes_reclaimed =
             IntCounterVec::new(o("bytes_reclaimed_total", "Bytes deleted from stores by prunes"), store_labels)
                 .unwrap();
-        let store_bytes =
-            IntGaugeVec::new(o("store_bytes", "Bytes of packs in the store after the last prune"), store_labels)
-                .unwrap();
+        let store_bytes = IntGaugeVec::new(
+            o("store_bytes", "Bytes of packs in the store after the last push or prune"),
+            store_labels,
+        )
+        .unwrap();
         for c in [
             &jobs,
             &reconciles,

@@ -87,6 +87,7 @@ pub fn run(store: &Store, args: &WorkerArgs) -> WorkerReport {
                 total.chunks_new += s.chunks_new as i64;
                 total.chunks_reused += s.chunks_reused as i64;
                 total.errors += s.errors as i64;
+                total.store_bytes = Some(outcome.store_bytes as i64);
                 report.warnings.extend(outcome.warnings.iter().map(|w| format!("{volume}/{w}")));
             }
             Err(e) => {
@@ -185,6 +186,12 @@ mod tests {
         assert!(report.error.is_none(), "{:?}", report.error);
         assert_eq!(report.volumes.len(), 2);
         assert_eq!(report.stats.files, 2);
+        let packs: u64 = std::fs::read_dir(tmp.path().join("store/packs"))
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().metadata().unwrap().len())
+            .sum();
+        assert_eq!(report.stats.store_bytes, Some(packs as i64), "the store size is its packs' bytes");
         let snaps = store.list_snapshots().unwrap();
         assert_eq!(snaps.len(), 2);
         let s = &snaps.iter().find(|(_, s)| s.source == "pvc/shop/a").unwrap().1;

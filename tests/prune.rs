@@ -167,6 +167,32 @@ fn mostly_unused_packs_are_repacked() {
     assert_restores(&store, "latest", &src, tmp.path());
 }
 
+fn pack_bytes(root: &Path) -> u64 {
+    walk(&root.join("packs")).iter().filter(|(_, m)| m.is_file()).map(|(_, m)| m.len()).sum()
+}
+
+#[test]
+fn the_store_size_reported_by_push_and_prune_is_the_bytes_of_its_packs() {
+    let Fixture { tmp: _tmp, root, store, src } = fixture();
+    fs::write(src.join("a.bin"), seeded_bytes(41, 3 * MIB)).unwrap();
+    let first = push_dir(&store, &src, "app");
+    assert_eq!(first.store_bytes, pack_bytes(&root));
+    fs::write(src.join("b.bin"), seeded_bytes(42, 2 * MIB)).unwrap();
+    let second = push_dir(&store, &src, "app");
+    assert_eq!(second.store_bytes, pack_bytes(&root), "indexed packs plus the new ones");
+    assert!(second.store_bytes > first.store_bytes + MIB as u64);
+    let unchanged = push_dir(&store, &src, "app");
+    assert_eq!(unchanged.store_bytes, second.store_bytes, "nothing new, nothing added");
+    fs::remove_file(src.join("a.bin")).unwrap();
+    push_dir(&store, &src, "app");
+    forget(&store, &keep_last(1)).unwrap();
+    let r = prune(&store, &quick()).unwrap();
+    assert!(r.bytes_reclaimed > 0, "{r:?}");
+    assert_eq!(r.store_bytes, pack_bytes(&root), "{r:?}");
+    fs::write(src.join("c.bin"), seeded_bytes(43, MIB)).unwrap();
+    assert_eq!(push_dir(&store, &src, "app").store_bytes, pack_bytes(&root), "after a prune");
+}
+
 #[test]
 fn scattered_garbage_is_repacked_down_to_the_max_unused_share() {
     let Fixture { tmp, store, src, .. } = fixture();

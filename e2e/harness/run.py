@@ -901,7 +901,15 @@ def sc_metrics(h):
     expect(bad, "no push_operator_jobs_total{result=failed}")
     expect(last, "no push_operator_last_success_timestamp_seconds{repository=...}")
     expect(qd, "no push_operator_queue_depth")
-    return f"{ok[0]}; {bad[0]}; {len(last)} last_success series; {len(qd)} queue_depth series"
+    # Every repository with a successful push has its store size, set from the worker's report.
+    def series(ln):
+        labels = ln[ln.index("{") + 1:ln.index("}")]
+        return tuple(p for p in labels.split(",") if p.split("=")[0] in ("namespace", "repository"))
+    sizes = {series(ln): float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith("push_operator_store_bytes{")}
+    missing = sorted({series(ln) for ln in last} - {k for k, v in sizes.items() if v > 0})
+    expect(not missing, f"no positive push_operator_store_bytes for {missing}; have {sizes}")
+    return (f"{ok[0]}; {bad[0]}; {len(last)} last_success series; {len(qd)} queue_depth series; "
+            f"{len(sizes)} store_bytes series")
 
 
 # ---------------------------------------------------------------- policies, retention, prune

@@ -154,6 +154,9 @@ pub struct JobStats {
     /// Snapshots the job's retention forgot after the push.
     #[serde(default)]
     pub snapshots_forgotten: i64,
+    /// Bytes of packs in the store after the push, as the worker saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_bytes: Option<i64>,
 }
 
 /// What the hooks of one stage did.

@@ -13,7 +13,7 @@
 //! prune that consolidates; readers ignore the superseded ones).
 
 use super::id::Id;
-use super::pack::{BlobKind, Compression, PackEntry};
+use super::pack::{BlobKind, Compression, PackEntry, pack_len};
 use anyhow::{Context, bail};
 use std::collections::{HashMap, HashSet};
 
@@ -126,6 +126,8 @@ pub struct BlobLoc {
 pub struct Index {
     pub packs: Vec<Id>,
     pack_pos: HashMap<Id, u32>,
+    /// The length of each pack object, by position.
+    pack_lens: Vec<u64>,
     blobs: HashMap<Id, BlobLoc>,
     /// Index objects loaded (their ids), superseded ones excluded.
     pub files: Vec<Id>,
@@ -138,8 +140,11 @@ impl Index {
     pub fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {
         let pos = *self.pack_pos.entry(pack).or_insert_with(|| {
             self.packs.push(pack);
+            self.pack_lens.push(0);
             (self.packs.len() - 1) as u32
         });
+        let len = &mut self.pack_lens[pos as usize];
+        *len = (*len).max(pack_len(entries));
         self.blobs.reserve(entries.len());
         for e in entries {
             self.blobs.entry(e.id).or_insert(BlobLoc {
@@ -203,6 +208,11 @@ impl Index {
 
     pub fn pack_id(&self, loc: &BlobLoc) -> Id {
         self.packs[loc.pack as usize]
+    }
+
+    /// Bytes of all indexed packs (marked ones included: they exist until a prune deletes them).
+    pub fn pack_bytes(&self) -> u64 {
+        self.pack_lens.iter().sum()
     }
 
     pub fn blob_count(&self) -> usize {

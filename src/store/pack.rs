@@ -18,6 +18,12 @@ pub const TRAILER_MAGIC: &[u8; 8] = b"POTRAIL1";
 pub const ENTRY_LEN: usize = 42;
 pub const FOOTER_LEN: usize = 12;
 
+/// The length of the pack object whose trailer lists `entries`.
+pub fn pack_len(entries: &[PackEntry]) -> u64 {
+    let end = entries.iter().map(|e| (e.offset + e.length) as u64).max().unwrap_or(0);
+    end + (entries.len() * ENTRY_LEN + FOOTER_LEN) as u64
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum BlobKind {

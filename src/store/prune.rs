@@ -29,7 +29,7 @@ use super::backend::BackendError;
 use super::id::Id;
 use super::index::{Index, IndexFile};
 use super::lock::{self, Lock};
-use super::pack::{BlobKind, PackBuilder, PackEntry, pack_key};
+use super::pack::{BlobKind, PackBuilder, PackEntry, pack_key, pack_len};
 use super::snapshot::Snapshot;
 use super::{BlobReader, Store};
 use anyhow::{Context, bail};
@@ -286,7 +286,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
             delete.push(*pack);
         } else {
             used_total += used_bytes;
-            partial.push((*pack, total - used_bytes, used_bytes, pack_size(entries)));
+            partial.push((*pack, total - used_bytes, used_bytes, pack_len(entries)));
         }
     }
     // Repack the most wasteful packs first until what stays unreferenced is at most
@@ -318,7 +318,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     if opts.dry_run || (marked.is_empty() && !consolidate) {
         report.index_objects_after = files.len();
         if opts.dry_run {
-            report.bytes_reclaimed = marked.iter().map(|p| pack_size(&entries_of[p])).sum();
+            report.bytes_reclaimed = marked.iter().map(|p| pack_len(&entries_of[p])).sum();
         }
         return Ok(());
     }
@@ -330,7 +330,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
         holder: me,
         snapshots: snaps.iter().map(|(id, _)| *id).collect(),
         packs: marked.clone(),
-        bytes: marked.iter().map(|p| pack_size(&entries_of[p])).sum(),
+        bytes: marked.iter().map(|p| pack_len(&entries_of[p])).sum(),
     };
     if !marked.is_empty() {
         let doomed =
@@ -374,7 +374,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     // (The repacked packs were indexed as they were written.)
     let keep: Vec<(Id, Vec<PackEntry>)> =
         entries_of.iter().filter(|(p, _)| !marked_set.contains(p)).map(|(p, e)| (*p, e.clone())).collect();
-    report.store_bytes += new_packs.iter().map(|(_, e)| pack_size(e)).sum::<u64>();
+    report.store_bytes += new_packs.iter().map(|(_, e)| pack_len(e)).sum::<u64>();
     let mut written = HashSet::new();
     for c in keep.chunks(PACKS_PER_INDEX) {
         lock.check()?;
@@ -430,11 +430,6 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
         lock.check()?;
         std::thread::sleep((opts.ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(10)));
     }
-}
-
-fn pack_size(entries: &[PackEntry]) -> u64 {
-    let end = entries.iter().map(|e| (e.offset + e.length) as u64).max().unwrap_or(0);
-    end + (entries.len() * super::pack::ENTRY_LEN + super::pack::FOOTER_LEN) as u64
 }
 
 fn flush(
@@ -507,7 +502,7 @@ fn finish(store: &Store, plan: &Plan, report: &mut PruneReport) -> anyhow::Resul
         if needed || (index.contains_pack(pack) && !index.is_doomed_pack(pack)) {
             resurrect.push((*pack, entries.clone()));
         } else {
-            delete.push((*pack, pack_size(entries)));
+            delete.push((*pack, pack_len(entries)));
         }
     }
     if !resurrect.is_empty() {
@@ -516,7 +511,7 @@ fn finish(store: &Store, plan: &Plan, report: &mut PruneReport) -> anyhow::Resul
             .messages
             .push(format!("{} marked pack(s) kept: snapshots written during the prune use them", resurrect.len()));
         store.write_index(&IndexFile { supersedes: vec![], packs: resurrect.clone() })?;
-        report.store_bytes += resurrect.iter().map(|(_, e)| pack_size(e)).sum::<u64>();
+        report.store_bytes += resurrect.iter().map(|(_, e)| pack_len(e)).sum::<u64>();
     }
     for (i, (pack, size)) in delete.iter().enumerate() {
         if i == 1 {

@@ -99,6 +99,8 @@ pub struct Counters {
     pub packs_uploaded: AtomicU64,
     pub index_written: AtomicU64,
     pub errors: AtomicU64,
+    /// Bytes of the packs this push stored.
+    pub pack_bytes: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -134,6 +136,9 @@ pub struct PushOutcome {
     pub snapshot: Snapshot,
     /// Entries that could not be read, as "path: reason".
     pub warnings: Vec<String>,
+    /// Bytes of packs in the store once the snapshot was written: those indexed when the push
+    /// started plus those it stored (packs other writers stored meanwhile are not counted).
+    pub store_bytes: u64,
 }
 
 /// Test hook: `PUSH_OPERATOR_CRASH_AT=pack:N|index:N|snapshot` kills the process with SIGKILL
@@ -316,6 +321,7 @@ impl Pusher<'_> {
                     if written {
                         add(&self.counters.bytes_uploaded, pack.bytes.len() as u64);
                     }
+                    add(&self.counters.pack_bytes, pack.bytes.len() as u64);
                     let n = self.counters.packs_uploaded.fetch_add(1, Ordering::SeqCst) + 1;
                     crashpoint("pack", n);
                     let full = {
@@ -763,5 +769,6 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
         program: format!("push-operator {}", env!("CARGO_PKG_VERSION")),
     };
     let (id, _) = store.write_snapshot(&snapshot).context("cannot write the snapshot")?;
-    Ok(PushOutcome { id, snapshot, warnings })
+    let store_bytes = index.pack_bytes() + counters.pack_bytes.load(Ordering::Relaxed);
+    Ok(PushOutcome { id, snapshot, warnings, store_bytes })
 }

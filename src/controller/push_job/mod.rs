@@ -559,6 +559,9 @@ async fn record_completion(job: &PushJob, st: &PushJobStatus, ctx: &Context) -> 
         if let Some(r) = stats.dedup_ratio {
             ctx.metrics.dedup_ratio.with_label_values(&[ns.as_str(), repo_name.as_str()]).set(r);
         }
+        if let Some(b) = stats.store_bytes {
+            ctx.metrics.store_bytes.with_label_values(&[ns.as_str(), repo_name.as_str()]).set(b);
+        }
     }
     if ok {
         ctx.metrics.last_success.with_label_values(&labels).set(chrono::Utc::now().timestamp() as f64);
