@@ -10,6 +10,7 @@ use crate::api::*;
 use build::{PodInfo, discover};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -382,15 +383,19 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
             ok_absent(pods.create(&PostParams::default(), &pod).await.map(|_| ()))?;
         }
         Action::RunHooks(stage) => {
-            let outcome = run_hooks(job, ctx, *stage).await?;
+            let (outcome, any_failed) = run_hooks(job, ctx, *stage).await?;
             let field = match stage {
                 state::HookStage::Pre => "preHook",
                 state::HookStage::Post => "postHook",
             };
             let api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &ns);
             api.patch_status(&job.name_any(), &pp, &Patch::Merge(json!({"status": {field: outcome}}))).await?;
-            let reason = if outcome.ok { "HookSucceeded" } else { "HookFailed" };
-            publish(ctx, job, !outcome.ok, reason, &format!("{field}: {}", outcome.message)).await;
+            let reason = match (outcome.ok, any_failed) {
+                (false, _) => "HookFailed",
+                (true, true) => "HookFailedIgnored",
+                (true, false) => "HookSucceeded",
+            };
+            publish(ctx, job, any_failed, reason, &format!("{field}: {}", outcome.message)).await;
         }
         Action::Delete(o) => {
             let dp = DeleteParams::background();
@@ -409,13 +414,76 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
     Ok(())
 }
 
+/// The last bytes of a hook's stderr kept for its failure message.
+const HOOK_STDERR_TAIL: usize = 1024;
+
+/// Runs one command in a pod and waits for its exit status; `Ok(None)` when it succeeded, else
+/// why not (with the tail of its stderr). Stderr is read as it comes: kube-rs buffers only 1 KiB
+/// per stream, so a hook that writes more would otherwise stall until its timeout.
+async fn exec_hook(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    command: &[String],
+    timeout: Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let ap = kube::api::AttachParams::default().container(container).stdout(false).stderr(true);
+    let run = async {
+        let mut proc = pods.exec(pod, command.to_vec(), &ap).await?;
+        let stderr = proc.stderr();
+        let status = proc.take_status();
+        let tail = async move {
+            let mut tail = Vec::new();
+            if let Some(mut r) = stderr {
+                let mut buf = [0u8; 8192];
+                while let Ok(n @ 1..) = r.read(&mut buf).await {
+                    tail.extend_from_slice(&buf[..n]);
+                    if tail.len() > HOOK_STDERR_TAIL {
+                        tail.drain(..tail.len() - HOOK_STDERR_TAIL);
+                    }
+                }
+            }
+            tail
+        };
+        let status = async move {
+            match status {
+                Some(s) => s.await,
+                None => None,
+            }
+        };
+        let (tail, status) = tokio::join!(tail, status);
+        Ok::<_, kube::Error>((status, tail))
+    };
+    let (status, tail) = match tokio::time::timeout(timeout, run).await {
+        Err(_) => return Some(format!("timed out after {}s", timeout.as_secs())),
+        Ok(Err(e)) => return Some(format!("exec failed: {e}")),
+        Ok(Ok(r)) => r,
+    };
+    hook_failure(status, &tail)
+}
+
+/// Why a hook failed, from the Status its exec ended with (none: the stream broke) and the tail
+/// of its stderr; `None` when it succeeded.
+fn hook_failure(status: Option<ExecStatus>, stderr_tail: &[u8]) -> Option<String> {
+    let why = match status {
+        Some(s) if s.status.as_deref() == Some("Success") => return None,
+        Some(s) => s.message.unwrap_or_else(|| "non-zero exit".into()),
+        None => "the exec stream ended without an exit status".into(),
+    };
+    let tail = String::from_utf8_lossy(stderr_tail);
+    let tail = tail.trim();
+    Some(if tail.is_empty() { why } else { format!("{why}; stderr: {tail}") })
+}
+
 /// Runs the Repository's hooks of one stage in their pods; never fails for a hook's own error
-/// (that is the outcome), only for API errors.
-async fn run_hooks(job: &PushJob, ctx: &Context, stage: state::HookStage) -> Result<HookOutcome> {
+/// (that is the outcome), only for API errors. The flag is true when a hook failed, even one
+/// whose `onError: Continue` keeps the outcome ok.
+async fn run_hooks(job: &PushJob, ctx: &Context, stage: state::HookStage) -> Result<(HookOutcome, bool)> {
     let ns = job.namespace().unwrap_or_default();
     let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(repo) = repos.get_opt(&job.spec.repository_ref.name).await? else {
-        return Ok(HookOutcome { ok: false, message: "the Repository is gone".into() });
+        return Ok((HookOutcome { ok: false, message: "the Repository is gone".into() }, true));
     };
     let hooks = repo.spec.hooks.clone().unwrap_or_default();
     let list = match stage {
@@ -453,33 +521,16 @@ async fn run_hooks(job: &PushJob, ctx: &Context, stage: state::HookStage) -> Res
                 .clone()
                 .or_else(|| pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()))
                 .unwrap_or_default();
-            let ap = kube::api::AttachParams::default().container(container.clone()).stdout(false).stderr(true);
             let timeout = Duration::from_secs(hook.timeout_seconds.max(1) as u64);
-            let result = tokio::time::timeout(timeout, async {
-                let mut proc = pods_api.exec(&pod.name_any(), hook.command.clone(), &ap).await?;
-                let status = match proc.take_status() {
-                    Some(s) => s.await,
-                    None => None,
-                };
-                Ok::<_, kube::Error>(status)
-            })
-            .await;
-            let failed = match result {
-                Err(_) => Some(format!("timed out after {}s", timeout.as_secs())),
-                Ok(Err(e)) => Some(format!("exec failed: {e}")),
-                Ok(Ok(Some(s))) if s.status.as_deref() != Some("Success") => {
-                    Some(s.message.unwrap_or_else(|| "non-zero exit".into()))
-                }
-                Ok(Ok(_)) => None,
-            };
-            if let Some(why) = failed {
+            if let Some(why) = exec_hook(&pods_api, &pod.name_any(), &container, &hook.command, timeout).await {
                 notes.push(format!("hook {i} in {}/{container}: {why}", pod.name_any()));
                 ok &= hook.on_error == HookErrorPolicy::Continue;
             }
         }
     }
+    let any_failed = !notes.is_empty();
     let message = if notes.is_empty() { format!("{} hooks succeeded", list.len()) } else { notes.join("; ") };
-    Ok(HookOutcome { ok, message })
+    Ok((HookOutcome { ok, message }, any_failed))
 }
 
 async fn publish(ctx: &Context, job: &PushJob, warning: bool, reason: &str, message: &str) {
@@ -622,4 +673,26 @@ pub fn error_policy(job: Arc<PushJob>, err: &Error, ctx: Arc<Context>) -> Requeu
     tracing::warn!(job = %key(&job), error = %err, "reconcile failed");
     ctx.metrics.reconcile_errors.with_label_values(&["pushjob", &err.metric_label()]).inc();
     Requeue::requeue(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod hook_tests {
+    use super::*;
+
+    fn status(s: &str, message: Option<&str>) -> Option<ExecStatus> {
+        Some(ExecStatus { status: Some(s.into()), message: message.map(String::from), ..Default::default() })
+    }
+
+    #[test]
+    fn a_hook_fails_unless_its_exec_ends_with_success() {
+        assert_eq!(hook_failure(status("Success", None), b"warnings on stderr"), None);
+        let exit3 = "command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3";
+        assert_eq!(
+            hook_failure(status("Failure", Some(exit3)), b"  cannot freeze: busy\n").as_deref(),
+            Some(format!("{exit3}; stderr: cannot freeze: busy").as_str())
+        );
+        assert_eq!(hook_failure(status("Failure", None), b"").as_deref(), Some("non-zero exit"));
+        // A stream that ends without a Status is not a success.
+        assert_eq!(hook_failure(None, b"").as_deref(), Some("the exec stream ended without an exit status"));
+    }
 }
