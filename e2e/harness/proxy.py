@@ -8,14 +8,24 @@ apiVersion is rewritten both ways in request bodies, responses, lists, watch str
 line, unbuffered) and managedFields. Everything else passes through unchanged. Discovery for
 /api, /api/v1, /apis/apps, /apis/apps/v1 is synthesised and `apps` is merged into /apis.
 
+pods/NAME/exec plays the kubelet: over a WebSocket (channel protocol v4.channel.k8s.io, as
+kubectl and kube-rs speak it) it runs the command as a local process, streams its stdout and
+stderr on channels 1 and 2 and ends with the Status a kubelet sends on channel 3 (Success, or
+NonZeroExitCode with the exit code). The pod must exist and be Running and the container must be
+one of its own, as a kubelet would check.
+
 Usage: proxy.py --listen PORT --upstream https://127.0.0.1:PORT --cacert CA [--log FILE]
 """
 import argparse
+import base64
+import hashlib
 import http.client
 import http.server
 import json
 import socketserver
 import ssl
+import struct
+import subprocess
 import sys
 import threading
 import time
@@ -33,6 +43,9 @@ KINDS |= {k + "List" for k in KINDS}
 
 ARGS = None
 POD_COLLECTION = re.compile(r"^/apis/core\.sim\.local/v1/namespaces/[^/]+/pods$")
+POD_EXEC = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/exec$")
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+EXEC_LIMIT_S = 300
 LOG = None
 LOG_LOCK = threading.Lock()
 
@@ -213,11 +226,90 @@ class Handler(http.server.BaseHTTPRequestHandler):
             except Exception:  # noqa: BLE001
                 self.close_connection = True
 
+    def ws_frame(self, payload, opcode=0x2):
+        n = len(payload)
+        if n < 126:
+            head = struct.pack("!BB", 0x80 | opcode, n)
+        elif n < 1 << 16:
+            head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+        self.wfile.write(head + payload)
+        self.wfile.flush()
+
+    def exec_in_pod(self, method, ns, pod, query):
+        """The kubelet's side of `kubectl exec`, over a WebSocket."""
+        q = urllib.parse.parse_qs(query)
+        command = q.get("command", [])
+        status, obj = self.fetch_json(f"/apis/{CORE_G}/v1/namespaces/{ns}/pods/{pod}")
+        containers = [c["name"] for c in ((obj or {}).get("spec") or {}).get("containers") or []]
+        container = q.get("container", [containers[0] if containers else ""])[0]
+        phase = ((obj or {}).get("status") or {}).get("phase")
+        problem = None
+        if status == 404:
+            problem = (404, "NotFound", f'pods "{pod}" not found')
+        elif container not in containers:
+            problem = (400, "BadRequest", f"container {container} is not valid for pod {pod}")
+        elif phase != "Running":
+            problem = (400, "BadRequest", f"cannot exec into a container in a completed pod; current phase is {phase}")
+        elif not command:
+            problem = (400, "BadRequest", "you must specify at least one command for the container")
+        elif "websocket" not in (self.headers.get("Upgrade") or "").lower():
+            problem = (400, "BadRequest", "this kubelet speaks only WebSocket (v4.channel.k8s.io)")
+        if problem:
+            code, reason, msg = problem
+            log(f"{method} {self.path} -> exec {code}")
+            self.send_json(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": msg,
+                                  "reason": reason, "code": code})
+            return
+        protocols = [p.strip() for p in (self.headers.get("Sec-WebSocket-Protocol") or "").split(",")]
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        if "v4.channel.k8s.io" in protocols:
+            self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+        self.end_headers()
+        log(f"{method} {self.path} -> exec:{ns}/{pod}/{container} 101")
+        self.close_connection = True
+        for ch in (1, 2, 3):  # the kubelet opens with an empty frame per channel
+            self.ws_frame(bytes([ch]))
+        try:
+            proc = subprocess.run(command, capture_output=True, timeout=EXEC_LIMIT_S, stdin=subprocess.DEVNULL)
+            rc, out, err = proc.returncode, proc.stdout, proc.stderr
+        except FileNotFoundError as e:
+            rc, out, err = None, b"", str(e).encode()
+        except subprocess.TimeoutExpired:
+            rc, out, err = -9, b"", b"killed by the simulated kubelet"
+        log(f"exec {ns}/{pod}/{container} {command!r} -> exit {rc}")
+        for ch, data, wanted in ((1, out, "stdout"), (2, err, "stderr")):
+            if q.get(wanted, ["false"])[0] in ("1", "true"):
+                for i in range(0, len(data), 32 * 1024):
+                    self.ws_frame(bytes([ch]) + data[i:i + 32 * 1024])
+        if rc == 0:
+            st = {"metadata": {}, "status": "Success"}
+        elif rc is None:
+            st = {"metadata": {}, "status": "Failure", "reason": "InternalError",
+                  "message": f"OCI runtime exec failed: exec failed: {err.decode(errors='replace')}: unknown"}
+        else:
+            st = {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                  "message": f"command terminated with non-zero exit code: error executing command "
+                             f"{command}, exit code {rc}",
+                  "details": {"causes": [{"reason": "ExitCode", "message": str(rc)}]}}
+        self.ws_frame(bytes([3]) + json.dumps(st).encode())
+        self.ws_frame(struct.pack("!H", 1000), opcode=0x8)
+
     def _handle(self, method):
         parsed = urllib.parse.urlsplit(self.path)
         path = parsed.path.rstrip("/") or "/"
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
+        m = POD_EXEC.match(path)
+        if m and method in ("GET", "POST"):
+            self.exec_in_pod(method, m.group(1), m.group(2), parsed.query)
+            return
         if method == "GET" and self.discovery(path):
             return
         up_path, mapped = map_path(path)

@@ -45,12 +45,6 @@ import yaml
 # Grants the code needs on paths the e2e scenarios do not (or cannot) exercise.
 # (group, resource, verb): why it is granted anyway.
 NOT_EXERCISED = {
-    # Repository hooks exec in the application pods (src/controller/push_job/mod.rs, pods_api.exec).
-    # The e2e has no hook scenario (and the proxy does not relay WebSocket upgrades). kube-rs execs
-    # with a WebSocket GET: authorized as "get", and from 1.31 also as "create"
-    # (AuthorizePodWebsocketUpgradeCreatePermission).
-    ("", "pods/exec", "get"): "hooks (exec over WebSocket = get); no hook scenario in the e2e",
-    ("", "pods/exec", "create"): "hooks (exec; Kubernetes >= 1.31 checks create too); no hook scenario in the e2e",
     # Not an API request: the API server's OwnerReferencesPermissionEnforcement admission plugin
     # checks it when the operator creates worker pods, clone PVCs and VolumeSnapshots with a
     # controller ownerReference (blockOwnerDeletion: true) to the PushJob. The e2e API server

@@ -429,7 +429,8 @@ class Ctx:
         self.wait_running(name, replicas)
         return d
 
-    def repository(self, name, volumes, prefix=None, bucket=BUCKET, endpoint=None, online=None, workloads=None):
+    def repository(self, name, volumes, prefix=None, bucket=BUCKET, endpoint=None, online=None, workloads=None,
+                   hooks=None):
         spec = {"volumes": volumes,
                 "storage": {"endpoint": endpoint or self.h.s3, "bucket": bucket, "prefix": prefix or self.ns,
                             "region": "us-east-1", "credentialsSecretRef": {"name": "s3"}}}
@@ -437,6 +438,8 @@ class Ctx:
             spec["online"] = online
         if workloads:
             spec["workloads"] = workloads
+        if hooks:
+            spec["hooks"] = hooks
         self.c.create(nsp(GROUP, self.ns, "repositories"), {
             "apiVersion": "rediacc.io/v1alpha1", "kind": "Repository",
             "metadata": {"name": name, "namespace": self.ns}, "spec": spec})
@@ -607,10 +610,15 @@ def sc_offline(h):
 
 
 def snapshot_class(h, name):
-    """A VolumeSnapshotClass served by the simulated CSI driver."""
-    h.c.create("/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses", {
-        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
-        "metadata": {"name": name}, "driver": "sim.csi.local", "deletionPolicy": "Delete"})
+    """A VolumeSnapshotClass served by the simulated CSI driver (kept if it exists; no GET by name,
+    which the RBAC check would count as the operator's)."""
+    try:
+        h.c.create("/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses", {
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+            "metadata": {"name": name}, "driver": "sim.csi.local", "deletionPolicy": "Delete"})
+    except ApiError as e:
+        if e.status != 409:
+            raise
 
 
 def sc_online_class(h):
@@ -676,6 +684,74 @@ def sc_online_live(h):
         expect(warn, f"no Warning event ConsistencyWarning; events: {[(e.get('type'), e.get('reason')) for e in evs]}")
         x.restore_equals(st["snapshots"][0]["snapshot"], d)
         return "ConsistencyWarning condition + Warning event, worker on node-b"
+    finally:
+        x.close()
+
+
+def sc_hooks(h):
+    """Repository hooks exec in the application's pods (the proxy plays the kubelet and runs each
+    command as a real process): the pre hook runs before any VolumeSnapshot exists and the post
+    hook once it does; a hook writing 64 KiB to stderr is not stalled; a failing pre hook fails
+    the job with its exit code and stderr, takes no snapshot and still runs the post hook (a
+    partial freeze is thawed); a hook past its timeout with onError: Continue is a Warning."""
+    x = Ctx(h, "hk")
+    try:
+        snapshot_class(h, "sim-snap")
+        x.secret()
+        d = os.path.join(h.tmp, "hooks")
+        os.makedirs(d)
+        kc = (f"kubectl --kubeconfig {h.kubeconfig} --cache-dir {os.path.join(h.tmp, 'kubectl-cache')} -n hk "
+              "get volumesnapshots -o name")
+
+        def sh(script):
+            return ["sh", "-c", script]
+        online = {"volumeSnapshotClassName": "sim-snap"}
+        data = x.app("db", 1, "db-data", 7, online=online, hooks={
+            "pre": [{"command": sh(f"{kc} > {d}/pre-snaps && echo freeze >> {d}/order && "
+                                   "head -c 65536 /dev/zero | tr '\\0' x >&2"), "timeoutSeconds": 60}],
+            "post": [{"command": sh(f"{kc} > {d}/post-snaps && echo thaw >> {d}/order"), "timeoutSeconds": 60}]})
+        x.app("bad", 1, "bad-data", 8, online=online, hooks={
+            "pre": [{"command": sh("echo 'cannot freeze: database busy' >&2; exit 3")}],
+            "post": [{"command": sh(f"echo thaw >> {d}/bad-order")}]})
+        x.app("slow", 1, "slow-data", 9, online=online, hooks={
+            "pre": [{"command": ["sleep", "4"], "timeoutSeconds": 1, "onError": "Continue"}]})
+        for name in ("db", "bad", "slow"):
+            x.job(f"{name}-hook", name, "Online")
+        st = x.wait_done("db-hook", 150)["status"]
+        expect(st["phase"] == "Succeeded", f"db-hook {st['phase']}: {st.get('message')} {st.get('failure')}")
+        expect((st.get("preHook") or {}).get("ok") and (st.get("postHook") or {}).get("ok"),
+               f"hook outcomes {st.get('preHook')} {st.get('postHook')}")
+        order = open(os.path.join(d, "order")).read().split()
+        expect(order == ["freeze", "thaw"], f"hook order {order}")
+        pre = open(os.path.join(d, "pre-snaps")).read().split()
+        post = open(os.path.join(d, "post-snaps")).read().split()
+        expect(pre == [], f"VolumeSnapshots before the pre hook finished: {pre}")
+        expect(any("db-hook" in s for s in post), f"no VolumeSnapshot of db-hook when the post hook ran: {post}")
+        x.restore_equals(st["snapshots"][0]["snapshot"], data)
+
+        st = x.wait_done("bad-hook", 150)["status"]
+        fail = st.get("failure") or {}
+        expect(st["phase"] == "Failed" and fail.get("reason") == "HookFailed", f"bad-hook {st['phase']} {fail}")
+        msg = fail.get("message", "")
+        expect("exit code 3" in msg and "cannot freeze: database busy" in msg, f"failure message: {msg}")
+        expect(open(os.path.join(d, "bad-order")).read().split() == ["thaw"], "the post hook did not run once")
+        left = x.labelled("bad-hook")
+        expect(not any(left.values()), f"objects of the failed job: {left}")
+        expect(x.replicas("Deployment", "bad") == 1, "the failed online job changed the replicas")
+
+        st = x.wait_done("slow-hook", 150)["status"]
+        expect(st["phase"] == "Succeeded", f"slow-hook {st['phase']}: {st.get('failure')}")
+        pre = st.get("preHook") or {}
+        expect(pre.get("ok") and "timed out after 1s" in pre.get("message", ""), f"slow preHook {pre}")
+        evs = h.c.list("/apis/events.k8s.io/v1/namespaces/hk/events")
+        by = {(e.get("regarding") or {}).get("name"): [] for e in evs}
+        for e in evs:
+            by[(e.get("regarding") or {}).get("name")].append((e.get("type"), e.get("reason")))
+        expect(("Warning", "HookFailedIgnored") in by.get("slow-hook", []), f"slow-hook events {by.get('slow-hook')}")
+        expect(("Warning", "HookFailed") in by.get("bad-hook", []), f"bad-hook events {by.get('bad-hook')}")
+        expect(("Normal", "HookSucceeded") in by.get("db-hook", []), f"db-hook events {by.get('db-hook')}")
+        return (f"order {order}, {len(post)} snapshot(s) at the post hook; bad: {msg[:60]}...; "
+                f"slow: {pre.get('message')}")
     finally:
         x.close()
 
@@ -1133,6 +1209,7 @@ SCENARIOS = [
     ("operator-kill", sc_operator_kill),
     ("online-with-class", sc_online_class),
     ("online-live", sc_online_live),
+    ("hooks", sc_hooks),
     ("p1-deadline", sc_p1_deadline),
     ("delete-mid-flow", sc_delete_mid_flow),
     ("worker-failure", sc_worker_failure),
