@@ -803,12 +803,15 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             let result = push_operator::store::prune::prune(&s, &opts);
             if let Some(path) = &a.termination_log {
+                // The kubelet keeps 4096 bytes: cut the error, not the JSON around it.
                 let text = match &result {
                     Ok(r) => serde_json::to_string(r)?,
-                    Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        serde_json::json!({ "error": push_operator::prefix_within(&msg, 3000) }).to_string()
+                    }
                 };
-                let cut: String = text.chars().take(4000).collect();
-                if let Err(e) = std::fs::write(path, cut) {
+                if let Err(e) = std::fs::write(path, text) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
                 }
             }

@@ -43,7 +43,7 @@ pub fn encode_report(report: &WorkerReport) -> String {
                 r.warnings.clear();
             }
         } else if let Some(e) = &mut r.error {
-            e.truncate(e.len() / 2);
+            *e = crate::prefix_within(e, e.len() / 2).to_string();
         }
     }
 }
@@ -159,6 +159,17 @@ mod tests {
         let back: WorkerReport = serde_json::from_str(&s).unwrap();
         assert_eq!(back.volumes, r.volumes);
         assert!(back.warnings.last().unwrap().contains("more"));
+    }
+
+    #[test]
+    fn a_long_error_in_any_script_is_cut_to_fit() {
+        for unit in ["x", "ü", "€", "😀"] {
+            let r = WorkerReport { error: Some(format!("volume data: {}", unit.repeat(5000))), ..Default::default() };
+            let s = encode_report(&r);
+            assert!(s.len() <= 4000, "{unit}: {}", s.len());
+            let back: WorkerReport = serde_json::from_str(&s).unwrap();
+            assert!(back.error.unwrap().starts_with("volume data: "));
+        }
     }
 
     #[test]

@@ -91,6 +91,9 @@ impl Context {
 }
 
 /// Publishes an Event about `regarding` (a failure to publish is logged, never fatal).
+/// The API server rejects an Event whose note is over 1024 bytes (not characters).
+const EVENT_NOTE_MAX: usize = 1024;
+
 pub async fn publish_event(
     ctx: &Context,
     regarding: &k8s_openapi::api::core::v1::ObjectReference,
@@ -103,7 +106,7 @@ pub async fn publish_event(
     let ev = Event {
         type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.into(),
-        note: Some(message.chars().take(1000).collect()),
+        note: Some(crate::prefix_within(message, EVENT_NOTE_MAX).to_string()),
         action: action.into(),
         secondary: None,
     };
