@@ -229,6 +229,10 @@ def cmd_render(args):
     for r in recs:
         groups.setdefault((r.get("dataset"), r.get("tool"), r.get("op")), []).append(r)
     by = {k: aggregate(v) for k, v in groups.items()}
+
+    def store_of(d, tool, op):
+        """Store size recorded after step `op` (None when not measured)."""
+        return (by.get((d, tool, op)) or {}).get("store_bytes")
     datasets = meta.get("datasets_run") or sorted({r["dataset"] for r in recs})
     tools = meta.get("tools_run") or list(TOOLS)
     po, rs = "push-operator", "restic"
@@ -288,9 +292,8 @@ def cmd_render(args):
     L.append("| dataset | dataset size | push-operator | restic | size p-o/restic | store/dataset p-o | store/dataset restic |")
     L.append("|---|---:|---:|---:|---:|---:|---:|")
     for d in datasets:
-        a, b = by.get((d, po, "store")), by.get((d, rs, "store"))
         ds_bytes = meta.get("dataset_info", {}).get(d, {}).get("bytes")
-        sa, sb = (a or {}).get("store_bytes"), (b or {}).get("store_bytes")
+        sa, sb = store_of(d, po, "store"), store_of(d, rs, "store")
         L.append(
             f"| {d} | {fmt_bytes(ds_bytes)} | {fmt_bytes(sa)} | {fmt_bytes(sb)} | {ratio(sa, sb)} | "
             f"{ratio(sa, ds_bytes)} | {ratio(sb, ds_bytes)} |"
@@ -301,14 +304,12 @@ def cmd_render(args):
     L.append("| dataset | push-operator before | push-operator after | restic before | restic after | after p-o/restic |")
     L.append("|---|---:|---:|---:|---:|---:|")
     for d in datasets:
-        a0, b0 = by.get((d, po, "store")), by.get((d, rs, "store"))
-        a, b = by.get((d, po, "prune")), by.get((d, rs, "prune"))
-        if a is None and b is None:
+        if by.get((d, po, "prune")) is None and by.get((d, rs, "prune")) is None:
             continue
-        sa, sb = (a or {}).get("store_bytes"), (b or {}).get("store_bytes")
+        sa, sb = store_of(d, po, "prune"), store_of(d, rs, "prune")
         L.append(
-            f"| {d} | {fmt_bytes((a0 or {}).get('store_bytes'))} | {fmt_bytes(sa)} | "
-            f"{fmt_bytes((b0 or {}).get('store_bytes'))} | {fmt_bytes(sb)} | {ratio(sa, sb)} |"
+            f"| {d} | {fmt_bytes(store_of(d, po, 'store'))} | {fmt_bytes(sa)} | "
+            f"{fmt_bytes(store_of(d, rs, 'store'))} | {fmt_bytes(sb)} | {ratio(sa, sb)} |"
         )
     L.append("")
     L.append("## Bytes added to the store by each push")
@@ -334,7 +335,7 @@ def cmd_render(args):
             L.append(
                 f"| {d} | {label} | {fmt_bytes(ao.get('bytes_new'))} | {fmt_bytes(ao.get('bytes_uploaded'))} | "
                 f"{chunks} | {fmt_bytes(bo.get('data_added'))} | "
-                f"{fmt_bytes((a or {}).get('store_bytes'))} | {fmt_bytes((b or {}).get('store_bytes'))} |"
+                f"{fmt_bytes(store_of(d, po, op))} | {fmt_bytes(store_of(d, rs, op))} |"
             )
     L.append("")
     L.append("## Restore check")
