@@ -7,6 +7,7 @@ Usage: run.py [--keep] [--only NAME[,NAME...]]
 import argparse
 import atexit
 import base64
+import collections
 import json
 import os
 import random
@@ -744,7 +745,7 @@ def sc_hooks(h):
         pre = st.get("preHook") or {}
         expect(pre.get("ok") and "timed out after 1s" in pre.get("message", ""), f"slow preHook {pre}")
         evs = h.c.list("/apis/events.k8s.io/v1/namespaces/hk/events")
-        by = {(e.get("regarding") or {}).get("name"): [] for e in evs}
+        by = collections.defaultdict(list)
         for e in evs:
             by[(e.get("regarding") or {}).get("name")].append((e.get("type"), e.get("reason")))
         expect(("Warning", "HookFailedIgnored") in by.get("slow-hook", []), f"slow-hook events {by.get('slow-hook')}")

@@ -90,10 +90,10 @@ impl Context {
     }
 }
 
-/// Publishes an Event about `regarding` (a failure to publish is logged, never fatal).
 /// The API server rejects an Event whose note is over 1024 bytes (not characters).
 const EVENT_NOTE_MAX: usize = 1024;
 
+/// Publishes an Event about `regarding` (a failure to publish is logged, never fatal).
 pub async fn publish_event(
     ctx: &Context,
     regarding: &k8s_openapi::api::core::v1::ObjectReference,

@@ -446,12 +446,7 @@ async fn exec_hook(
             }
             tail
         };
-        let status = async move {
-            match status {
-                Some(s) => s.await,
-                None => None,
-            }
-        };
+        let status = async move { status?.await };
         let (tail, status) = tokio::join!(tail, status);
         Ok::<_, kube::Error>((status, tail))
     };
