@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// How long running reconciles may take to finish after SIGTERM before the lease is handed back.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub config: Config,
@@ -206,7 +209,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
         });
     tracing::info!(max_concurrent_pushes = opts.config.max_concurrent_pushes, "controllers running");
-    tokio::join!(jobs, repos, policies);
+    // After the stop signal the controllers finish their running reconciles, but a controller
+    // whose watch is failing (a missing API, RBAC) can take much longer to wind down: bound the
+    // wait, then hand the lease back anyway, so a standby takes over at once instead of after
+    // the lease expires. Reconciles are level-based; the next leader redoes what was cut short.
+    let drained = async {
+        tokio::join!(jobs, repos, policies);
+    };
+    let grace = async {
+        stopped(stop_rx.clone()).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = drained => {}
+        _ = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers still draining; releasing the lease anyway"),
+    }
     if let Some(el) = &elector {
         el.release().await;
     }
