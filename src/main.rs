@@ -4,10 +4,11 @@ use indicatif::HumanBytes;
 use push_operator::location::{Location, S3Flags};
 use push_operator::progress::PushProgress;
 use push_operator::store::chunker::ChunkerParams;
+use push_operator::store::keys::Credentials;
 use push_operator::store::push::{Counters, ParentChoice, PushOptions, push};
 use push_operator::store::restore::{RestoreOptions, restore};
 use push_operator::store::verify::{VerifyOptions, verify};
-use push_operator::store::{InitOptions, Store};
+use push_operator::store::{Encryption, InitOptions, OpenError, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,8 @@ use std::sync::Arc;
 
 /// Exit code of a push that completed but could not read some entries (as restic's 3).
 const EXIT_WARNINGS: u8 = 3;
+
+const NOT_ENCRYPTED: &str = "WARNING: this store is NOT encrypted: whoever can read it reads every file in it (push to a new store without --encryption none to have it encrypted)";
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +50,14 @@ struct StoreArgs {
     /// Path-style S3 addressing (default: on with a custom endpoint).
     #[arg(long)]
     s3_path_style: Option<bool>,
+    /// Read the store's passphrase from this file (default: PUSH_OPERATOR_PASSWORD, else a
+    /// prompt on a terminal).
+    #[arg(long, env = "PUSH_OPERATOR_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
+    /// Read a raw 32-byte key (64 hex digits or base64) from this file instead of a passphrase
+    /// (default: PUSH_OPERATOR_KEY).
+    #[arg(long, env = "PUSH_OPERATOR_KEY_FILE")]
+    key_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -57,8 +68,133 @@ impl StoreArgs {
             path_style: self.s3_path_style,
         })
     }
+    /// The secrets given: files, then the environment (PUSH_OPERATOR_PASSWORD, PUSH_OPERATOR_KEY,
+    /// and PUSH_OPERATOR_PREVIOUS_PASSWORD / PUSH_OPERATOR_PREVIOUS_KEY for a rotation).
+    fn credentials(&self) -> anyhow::Result<Credentials> {
+        let current = secrets::given(self.password_file.as_deref(), self.key_file.as_deref(), secrets::CURRENT)?;
+        let previous = secrets::given(None, None, secrets::PREVIOUS)?;
+        Ok(Credentials { current, previous })
+    }
+
+    /// Opens the store; asks for the passphrase on a terminal when it is encrypted and none was given.
     fn open(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(self.backend()?)?)
+        let backend = self.backend()?;
+        let credentials = self.credentials()?;
+        match Store::open(backend.clone(), &credentials) {
+            Err(OpenError::KeyMissing(_)) if credentials.is_empty() && secrets::can_prompt() => {
+                Ok(Store::open(backend, &Credentials::given(secrets::prompt("passphrase of the store", false)?))?)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// Opens the store, or creates it with `init` when there is none; on a terminal, asks for
+    /// the passphrase (twice for a new store) when none was given.
+    fn open_or_init(&self, init: &InitOptions) -> anyhow::Result<Store> {
+        let backend = self.backend()?;
+        let credentials = self.credentials()?;
+        // Some(true): a new store that needs a key; Some(false): an existing one.
+        let key_wanted = match Store::open(backend.clone(), &credentials) {
+            Ok(s) => return Ok(s),
+            Err(OpenError::Missing(_)) => (init.encryption == Encryption::Aes256Gcm).then_some(true),
+            Err(OpenError::KeyMissing(_)) => Some(false),
+            Err(e) => return Err(e.into()),
+        };
+        let credentials = match key_wanted {
+            Some(new) if credentials.is_empty() && secrets::can_prompt() => {
+                let what = if new { "passphrase for the new store" } else { "passphrase of the store" };
+                Credentials::given(secrets::prompt(what, new)?)
+            }
+            _ => credentials,
+        };
+        Store::open_or_init(backend, init, &credentials)
+    }
+}
+
+/// Where secrets come from: files, the environment, or a prompt; never arguments.
+mod secrets {
+    use push_operator::store::keys::Secret;
+    use std::io::IsTerminal;
+    use std::path::Path;
+    use zeroize::Zeroizing;
+
+    /// Names of the variables that carry one secret: (passphrase, raw key).
+    pub type Names = (&'static str, &'static str);
+    pub const CURRENT: Names = ("PUSH_OPERATOR_PASSWORD", "PUSH_OPERATOR_KEY");
+    pub const PREVIOUS: Names = ("PUSH_OPERATOR_PREVIOUS_PASSWORD", "PUSH_OPERATOR_PREVIOUS_KEY");
+    pub const NEW: Names = ("PUSH_OPERATOR_NEW_PASSWORD", "PUSH_OPERATOR_NEW_KEY");
+
+    fn read(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+        );
+        Ok(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()))
+    }
+
+    fn env(name: &str) -> Option<Zeroizing<String>> {
+        std::env::var(name).ok().filter(|v| !v.is_empty()).map(Zeroizing::new)
+    }
+
+    fn password(text: Zeroizing<String>, from: &str) -> anyhow::Result<Secret> {
+        if text.is_empty() {
+            anyhow::bail!("the passphrase from {from} is empty");
+        }
+        Ok(Secret::Password(text))
+    }
+
+    /// The one secret given by these files or variables; two at once is an error.
+    pub fn given(
+        password_file: Option<&Path>,
+        key_file: Option<&Path>,
+        names: Names,
+    ) -> anyhow::Result<Option<Secret>> {
+        let (pw_var, key_var) = names;
+        let mut found = Vec::new();
+        if let Some(p) = password_file {
+            found.push(password(read(p)?, &p.display().to_string())?);
+        }
+        if let Some(p) = key_file {
+            found.push(Secret::parse_raw(&read(p)?).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?);
+        }
+        if found.is_empty() {
+            if let Some(v) = env(pw_var) {
+                found.push(password(v, pw_var)?);
+            }
+            if let Some(v) = env(key_var) {
+                found.push(Secret::parse_raw(&v).map_err(|e| anyhow::anyhow!("{key_var}: {e}"))?);
+            }
+        }
+        if found.len() > 1 {
+            anyhow::bail!("give a passphrase or a raw key, not both ({pw_var} / {key_var} and their files)");
+        }
+        Ok(found.pop())
+    }
+
+    pub fn can_prompt() -> bool {
+        std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+    }
+
+    /// Asks on the terminal (twice when `confirm`).
+    pub fn prompt(what: &str, confirm: bool) -> anyhow::Result<Secret> {
+        let first = Zeroizing::new(rpassword::prompt_password(format!("enter the {what}: "))?);
+        if confirm {
+            let again = Zeroizing::new(rpassword::prompt_password(format!("enter the {what} again: "))?);
+            if *again != *first {
+                anyhow::bail!("the two passphrases differ: nothing was changed");
+            }
+        }
+        password(first, "the prompt")
+    }
+
+    /// The new secret of `key add` and `key passwd`.
+    pub fn new_secret(password_file: Option<&Path>, key_file: Option<&Path>) -> anyhow::Result<Secret> {
+        match given(password_file, key_file, NEW)? {
+            Some(s) => Ok(s),
+            None if can_prompt() => prompt("new passphrase", true),
+            None => anyhow::bail!(
+                "no new key given: set PUSH_OPERATOR_NEW_PASSWORD (or PUSH_OPERATOR_NEW_KEY), or use --new-password-file (or --new-key-file)"
+            ),
+        }
     }
 }
 
@@ -79,6 +215,10 @@ struct InitArgs {
     /// Target pack size in MiB.
     #[arg(long, default_value_t = 16)]
     pack_size_mib: u64,
+    /// aes-256-gcm (the default: every object sealed, keyed ids) or none (plaintext: anyone
+    /// who can read the store reads the data).
+    #[arg(long, default_value = "aes-256-gcm")]
+    encryption: Encryption,
 }
 
 impl InitArgs {
@@ -92,6 +232,7 @@ impl InitArgs {
             },
             compression_level: self.compression_level,
             pack_size: self.pack_size_mib << 20,
+            encryption: self.encryption,
         }
     }
 }
@@ -188,6 +329,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the store's keys: list, add, remove, passwd (encrypted stores).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Check that every snapshot is restorable; with --read-data, read the data back too.
     Verify {
         #[command(flatten)]
@@ -197,6 +343,47 @@ enum Command {
         read_data: Option<f64>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct NewKeyArgs {
+    /// Read the new passphrase from this file (default: PUSH_OPERATOR_NEW_PASSWORD, else a prompt).
+    #[arg(long)]
+    new_password_file: Option<PathBuf>,
+    /// Read a new raw key from this file (default: PUSH_OPERATOR_NEW_KEY).
+    #[arg(long)]
+    new_key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// List the key slots (the one used to open the store is marked with *).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a key slot for a new passphrase or raw key.
+    Add {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        new: NewKeyArgs,
+    },
+    /// Remove a key slot (by id or unique prefix); never the last one, nor the one in use.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Replace the slot in use by one for a new passphrase or raw key.
+    Passwd {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        new: NewKeyArgs,
     },
 }
 
@@ -348,6 +535,57 @@ struct PruneArgs {
     termination_log: Option<PathBuf>,
 }
 
+fn run_key(action: KeyAction) -> anyhow::Result<ExitCode> {
+    match action {
+        KeyAction::List { store, json } => {
+            let s = store.open()?;
+            if !s.is_encrypted() {
+                anyhow::bail!("the store at {} is not encrypted: it has no keys", s.location());
+            }
+            let slots = push_operator::store::keys::list_slots(&**s.backend())?;
+            if json {
+                let v: Vec<serde_json::Value> = slots
+                    .iter()
+                    .map(|(id, slot)| {
+                        serde_json::json!({"id": id.to_hex(), "kind": slot.kind(), "created": slot.created,
+                            "host": slot.host, "current": Some(*id) == s.slot()})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(" {:<10} {:<11} {:<20} host", "id", "kind", "created (UTC)");
+                for (id, slot) in &slots {
+                    let mark = if Some(*id) == s.slot() { '*' } else { ' ' };
+                    println!(
+                        "{mark}{:<10} {:<11} {:<20} {}",
+                        id.short(),
+                        slot.kind(),
+                        slot.created.format("%Y-%m-%d %H:%M:%S"),
+                        slot.host
+                    );
+                }
+            }
+        }
+        KeyAction::Add { store, new } => {
+            let s = store.open()?;
+            let secret = secrets::new_secret(new.new_password_file.as_deref(), new.new_key_file.as_deref())?;
+            let id = s.add_key(&secret)?;
+            println!("added key slot {} ({})", id.short(), secret.kind());
+        }
+        KeyAction::Remove { id, store } => {
+            let removed = store.open()?.remove_key(&id)?;
+            println!("removed key slot {}", removed.short());
+        }
+        KeyAction::Passwd { store, new } => {
+            let s = store.open()?;
+            let secret = secrets::new_secret(new.new_password_file.as_deref(), new.new_key_file.as_deref())?;
+            let (added, removed) = s.change_key(&secret)?;
+            println!("key slot {} replaced by {} ({})", removed.short(), added.short(), secret.kind());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn parse_tz(s: &str) -> Result<chrono_tz::Tz, String> {
     s.parse::<chrono_tz::Tz>().map_err(|_| format!("unknown time zone {s:?}: use an IANA name such as Europe/Berlin"))
 }
@@ -426,6 +664,9 @@ struct WorkerCliArgs {
     /// Where the report goes (the kubelet shows it as the termination message).
     #[arg(long, default_value = "/dev/termination-log")]
     termination_log: PathBuf,
+    /// Encryption of a store this push creates (an existing store keeps its own).
+    #[arg(long, default_value = "aes-256-gcm")]
+    encryption: Encryption,
 }
 
 fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
@@ -545,8 +786,12 @@ fn main() -> ExitCode {
 fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Init { store, init } => {
-            let s = Store::init(store.backend()?, &init.options())?;
+            let opts = init.options();
+            let s = store.open_or_init(&opts)?;
             println!("store {} at {}", s.config.id.short(), s.location());
+            if !s.is_encrypted() {
+                eprintln!("{}", NOT_ENCRYPTED);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Push {
@@ -566,7 +811,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             // Check the input before anything is created.
             push_operator::store::push::check_source(&source)?;
             push_operator::store::push::build_excludes(&excludes)?;
-            let s = Store::open_or_init(store.backend()?, &init.options())?;
+            let s = store.open_or_init(&init.options())?;
             let mut opts = PushOptions::new(source);
             opts.tags = tags.into_iter().collect::<BTreeMap<_, _>>();
             opts.excludes = excludes;
@@ -621,6 +866,9 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Snapshots { store, json } => {
             let s = store.open()?;
+            if !s.is_encrypted() {
+                eprintln!("{NOT_ENCRYPTED}");
+            }
             let snaps = s.list_snapshots()?;
             if json {
                 let v: Vec<serde_json::Value> = snaps
@@ -708,12 +956,13 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     Some(j) => Some(serde_json::from_str(j).context("--retention is not a retention spec (JSON)")?),
                 },
             };
-            let report = match a.store.backend().and_then(|b| Store::open_or_init(b, &InitOptions::default())) {
+            let init = InitOptions { encryption: a.encryption, ..InitOptions::default() };
+            let report = match a.store.open_or_init(&init) {
                 Ok(store) => worker::run(&store, &args),
-                Err(e) => push_operator::controller::push_job::state::WorkerReport {
-                    error: Some(format!("{e:#}")),
-                    ..Default::default()
-                },
+                Err(e) => {
+                    use push_operator::controller::push_job::state::{WorkerFailure, WorkerReport};
+                    WorkerReport { error: Some(format!("{e:#}")), reason: WorkerFailure::of(&e), ..Default::default() }
+                }
             };
             let text = worker::encode_report(&report);
             if let Err(e) = std::fs::write(&a.termination_log, &text) {
@@ -781,7 +1030,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Prune(a) => {
-            let s = match Store::open(a.store.backend()?) {
+            let s = match Store::open(a.store.backend()?, &a.store.credentials()?) {
                 Ok(s) => s,
                 Err(push_operator::store::OpenError::Missing(at)) if a.if_exists => {
                     let note = format!("no store at {at} yet: nothing to prune");
@@ -874,6 +1123,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Key { action } => run_key(action),
         Command::Verify { store, read_data, json } => {
             let s = store.open()?;
             let report = verify(&s, &VerifyOptions { read_data_percent: read_data })?;

@@ -153,6 +153,7 @@ mod tests {
             stats: JobStats::default(),
             warnings: (0..500).map(|i| format!("some/long/path/number/{i}: permission denied")).collect(),
             error: None,
+            reason: None,
         };
         let s = encode_report(&r);
         assert!(s.len() <= 4000, "{}", s.len());
@@ -180,7 +181,10 @@ mod tests {
             std::fs::write(tmp.path().join(v).join("f"), format!("volume {v}")).unwrap();
         }
         let backend = std::sync::Arc::new(crate::store::backend::fs::FsBackend::new(tmp.path().join("store")));
-        let store = Store::open_or_init(backend, &Default::default()).unwrap();
+        let key = crate::store::keys::Secret::Raw(crate::store::crypto::random_key());
+        let store =
+            Store::open_or_init(backend, &Default::default(), &crate::store::keys::Credentials::given(key)).unwrap();
+        assert!(store.is_encrypted());
         let args = WorkerArgs {
             namespace: "shop".into(),
             repository: "web".into(),

@@ -89,7 +89,7 @@ fn killed_at_random_moments_while_packs_are_stored() {
     let store_s = store.to_str().unwrap();
     init_small_packs(store_s);
     for wait_for_packs in [2usize, 9, 20] {
-        let mut child = std::process::Command::new(BIN)
+        let mut child = cli()
             .args(["push", src.to_str().unwrap(), "--store", store_s, "--parent", "none"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -134,7 +134,7 @@ fn transient_errors_and_lost_responses_are_retried() {
         FaultPlan { transient_every: 3, lost_response_every: 4, fail_puts_after: None },
     ));
     let backend: Arc<dyn Backend> = Arc::new(Retrying::new(faulty.clone(), fast_retries()));
-    let store = Store::init(backend, &small_packs()).unwrap();
+    let store = Store::init(backend, &small_packs(), &test_credentials()).unwrap();
     let outcome = push(&store, &PushOptions::new(&src), &Counters::default()).unwrap();
     assert!(faulty.injected() > 20, "the wrapper injected only {} faults", faulty.injected());
     let report = verify(&store, &VerifyOptions { read_data_percent: Some(100.0) }).unwrap();
@@ -151,15 +151,15 @@ fn a_store_that_stops_accepting_writes_fails_the_push_cleanly() {
     make_data(&src);
     let dir = tmp.path().join("store");
     // Create the store with a healthy backend, then lose it after 6 more writes.
-    Store::init(Arc::new(FsBackend::new(&dir)), &small_packs()).unwrap();
+    Store::init(Arc::new(FsBackend::new(&dir)), &small_packs(), &test_credentials()).unwrap();
     let faulty = Faulty::new(FsBackend::new(&dir), FaultPlan { fail_puts_after: Some(6), ..FaultPlan::default() });
-    let store = Store::open(Arc::new(Retrying::new(faulty, fast_retries()))).unwrap();
+    let store = Store::open(Arc::new(Retrying::new(faulty, fast_retries())), &test_credentials()).unwrap();
     let err = push(&store, &PushOptions::new(&src), &Counters::default()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("store unreachable"), "the error should say why: {msg}");
 
     // Nothing published, nothing damaged; a healthy push then completes and reuses the packs.
-    let healthy = Store::open(Arc::new(FsBackend::new(&dir))).unwrap();
+    let healthy = Store::open(Arc::new(FsBackend::new(&dir)), &test_credentials()).unwrap();
     assert!(healthy.list_snapshots().unwrap().is_empty());
     let report = verify(&healthy, &VerifyOptions { read_data_percent: Some(100.0) }).unwrap();
     assert!(report.ok(), "{:?}", report.problems);

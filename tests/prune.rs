@@ -27,7 +27,7 @@ fn small_packs() -> InitOptions {
 }
 
 fn open(root: &Path) -> Store {
-    Store::open_or_init(Arc::new(FsBackend::new(root)), &small_packs()).unwrap()
+    Store::open_or_init(Arc::new(FsBackend::new(root)), &small_packs(), &test_credentials()).unwrap()
 }
 
 /// A temporary directory holding a store with small packs in `store/` and an empty `src/`.
@@ -148,6 +148,7 @@ fn mostly_unused_packs_are_repacked() {
     let store = Store::open_or_init(
         Arc::new(FsBackend::new(&root)),
         &InitOptions { pack_size: 16 * MIB as u64, ..Default::default() },
+        &test_credentials(),
     )
     .unwrap();
     let src = tmp.path().join("src");
@@ -295,7 +296,7 @@ fn push_during_prune(wait: bool) -> (tempfile::TempDir, PruneReport) {
         cv: Condvar::new(),
         waiting: Mutex::new(false),
     });
-    let gated_store = Store::open(gated.clone()).unwrap();
+    let gated_store = Store::open(gated.clone(), &test_credentials()).unwrap();
     let src2 = src.clone();
     let pusher = std::thread::spawn(move || {
         let mut o = PushOptions::new(&src2);

@@ -4,6 +4,7 @@
 
 use super::Store;
 use super::backend::BackendError;
+use super::crypto::ObjectKind;
 use super::id::Id;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -66,7 +67,7 @@ pub fn append(store: &Store, rec: &AuditRecord) -> anyhow::Result<String> {
     let key = format!("{AUDIT_PREFIX}{}-{}", rec.time.format("%Y%m%dT%H%M%S%.6fZ"), &Id::random().to_hex()[..12]);
     store
         .backend()
-        .put_if_absent(&key, &serde_json::to_vec_pretty(rec)?)
+        .put_if_absent(&key, &store.seal_object(ObjectKind::Audit, &serde_json::to_vec_pretty(rec)?))
         .map_err(|e| anyhow::anyhow!("cannot write the audit record {key}: {e}"))?;
     Ok(key)
 }
@@ -82,6 +83,7 @@ pub fn list(store: &Store) -> anyhow::Result<Vec<AuditRecord>> {
             Err(BackendError::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
+        let bytes = store.open_object(ObjectKind::Audit, &o.key, &bytes)?;
         let rec: AuditRecord = serde_json::from_slice(&bytes)
             .map_err(|e| anyhow::anyhow!("audit record {} does not parse: {e}", o.key))?;
         out.push(rec);

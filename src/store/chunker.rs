@@ -67,19 +67,29 @@ pub struct Chunker {
     max: usize,
     mask_s: u64,
     mask_l: u64,
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
 }
 
 impl Chunker {
-    pub fn new(p: &ChunkerParams) -> Chunker {
+    /// `gear`: a keyed gear table (encrypted stores, see [`super::crypto`]); the standard
+    /// table when `None`.
+    pub fn new(p: &ChunkerParams, gear: Option<&[u64; 256]>) -> Chunker {
         p.validate().expect("chunker parameters are validated when the store is opened");
         let bits = v2020::logarithm2(p.avg_size);
         let norm = v2020::Normalization::Level1.bits();
+        let (gear, gear_ls) = match gear {
+            None => v2020::get_gear_with_seed(0),
+            Some(g) => (Box::new(*g), Box::new(g.map(|v| v << 1))),
+        };
         Chunker {
             min: p.min_size as usize,
             avg: p.avg_size as usize,
             max: p.max_size as usize,
             mask_s: v2020::MASKS[(bits + norm) as usize],
             mask_l: v2020::MASKS[(bits - norm) as usize],
+            gear,
+            gear_ls,
         }
     }
 
@@ -95,7 +105,7 @@ impl Chunker {
         let mut pos = 0;
         while pos < data.len() && (eof || data.len() - pos >= self.max) {
             let end = (pos + self.max).min(data.len());
-            let (_, n) = v2020::cut(
+            let (_, n) = v2020::cut_gear(
                 &data[pos..end],
                 self.min,
                 self.avg,
@@ -104,6 +114,8 @@ impl Chunker {
                 self.mask_l,
                 self.mask_s << 1,
                 self.mask_l << 1,
+                &self.gear,
+                &self.gear_ls,
             );
             let n = if n == 0 { end - pos } else { n };
             pos += n;
@@ -136,7 +148,7 @@ mod tests {
     #[test]
     fn pinned_chunks_of_seeded_data() {
         let data = seeded_bytes(42, 6 << 20);
-        let got = chunks(&Chunker::new(&ChunkerParams::default()), &data);
+        let got = chunks(&Chunker::new(&ChunkerParams::default(), None), &data);
         let want: Vec<(usize, &str)> = vec![
             (200872, "6e9abaec"),
             (1488248, "9a3d6a67"),
@@ -162,7 +174,7 @@ mod tests {
             avg_size: 8192,
             max_size: 32768,
         };
-        let got = chunks(&Chunker::new(&p), &data);
+        let got = chunks(&Chunker::new(&p, None), &data);
         let lens: Vec<usize> = got.iter().map(|c| c.0).collect();
         assert_eq!(lens.iter().sum::<usize>(), data.len());
         assert_eq!(lens, vec![10041, 9791, 11339, 8311, 9401, 12858, 3795]);
@@ -171,7 +183,7 @@ mod tests {
     #[test]
     fn segmented_chunking_equals_whole() {
         let data = seeded_bytes(1, 9 << 20);
-        let c = Chunker::new(&ChunkerParams::default());
+        let c = Chunker::new(&ChunkerParams::default(), None);
         let whole = c.cut_points(&data, true);
         // Feed the same data in 3 MiB segments with carry-over, as the pusher does.
         let mut ends = Vec::new();
@@ -191,7 +203,7 @@ mod tests {
 
     #[test]
     fn bounds_hold_and_tail_is_covered() {
-        let c = Chunker::new(&ChunkerParams::default());
+        let c = Chunker::new(&ChunkerParams::default(), None);
         let data = seeded_bytes(3, 5 << 20);
         let cuts = c.cut_points(&data, true);
         assert_eq!(*cuts.last().unwrap(), data.len());
@@ -216,7 +228,26 @@ mod tests {
         let p = ChunkerParams::default();
         let reference: Vec<usize> =
             v2020::FastCDC::new(&data, p.min_size, p.avg_size, p.max_size).map(|c| c.offset + c.length).collect();
-        assert_eq!(Chunker::new(&p).cut_points(&data, true), reference);
+        assert_eq!(Chunker::new(&p, None).cut_points(&data, true), reference);
+    }
+
+    /// A keyed table moves the cut points (what an encrypted store uses), and the segmented
+    /// cutting still equals the whole.
+    #[test]
+    fn a_keyed_gear_table_moves_the_cut_points() {
+        let data = seeded_bytes(11, 7 << 20);
+        let p = ChunkerParams::default();
+        let keys = crate::store::crypto::Crypto::Sealed(Box::new(crate::store::crypto::Keys::derive(&[9u8; 32])));
+        let keyed = Chunker::new(&p, keys.gear());
+        let cuts = keyed.cut_points(&data, true);
+        assert_ne!(cuts, Chunker::new(&p, None).cut_points(&data, true));
+        assert_eq!(*cuts.last().unwrap(), data.len());
+        let avg = data.len() / cuts.len();
+        assert!((256 << 10..=1 << 20).contains(&avg), "average chunk {avg} is far from 512 KiB");
+        let mut ends = keyed.cut_points(&data[..4 << 20], false);
+        let consumed = *ends.last().unwrap();
+        ends.extend(keyed.cut_points(&data[consumed..], true).into_iter().map(|e| e + consumed));
+        assert_eq!(ends, cuts);
     }
 
     #[test]

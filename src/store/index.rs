@@ -131,6 +131,8 @@ pub struct Index {
     blobs: HashMap<Id, BlobLoc>,
     /// Index objects loaded (their ids), superseded ones excluded.
     pub files: Vec<Id>,
+    /// What sealing adds to a pack's trailer, for the pack lengths.
+    seal_overhead: usize,
     /// Positions of packs a prune has marked for deletion (see `store::prune`): their blobs
     /// can be read but must not be reused by a push.
     doomed: HashSet<u32>,
@@ -144,7 +146,7 @@ impl Index {
             (self.packs.len() - 1) as u32
         });
         let len = &mut self.pack_lens[pos as usize];
-        *len = (*len).max(pack_len(entries));
+        *len = (*len).max(pack_len(entries, self.seal_overhead));
         self.blobs.reserve(entries.len());
         for e in entries {
             self.blobs.entry(e.id).or_insert(BlobLoc {
@@ -179,9 +181,10 @@ impl Index {
     }
 
     /// Builds the index from decoded index objects, dropping the superseded ones.
-    pub fn from_files(files: Vec<(Id, IndexFile)>) -> Index {
+    /// `seal_overhead`: what sealing adds to a pack's trailer in this store ([`super::crypto::Crypto::overhead`]).
+    pub fn from_files(files: Vec<(Id, IndexFile)>, seal_overhead: usize) -> Index {
         let superseded: HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
-        let mut idx = Index::default();
+        let mut idx = Index { seal_overhead, ..Index::default() };
         for (id, f) in files {
             if superseded.contains(&id) {
                 continue;
@@ -258,7 +261,7 @@ mod tests {
         assert_eq!(IndexFile::decode(&bytes).unwrap(), a);
         let a_id = Id::of(&bytes);
         let b = IndexFile { supersedes: vec![a_id], packs: vec![(Id::of(b"p2"), vec![entry(3, 8)])] };
-        let idx = Index::from_files(vec![(a_id, a), (Id::of(&b.encode()), b)]);
+        let idx = Index::from_files(vec![(a_id, a), (Id::of(&b.encode()), b)], 0);
         assert_eq!(idx.files.len(), 1);
         assert!(!idx.contains(&Id::of(&[1])));
         assert!(idx.contains(&Id::of(&[3])));

@@ -235,7 +235,7 @@ mod tests {
     fn store() -> (tempfile::TempDir, Store) {
         let tmp = tempfile::tempdir().unwrap();
         let b = Arc::new(FsBackend::new(tmp.path().join("s")));
-        let s = Store::open_or_init(b, &Default::default()).unwrap();
+        let s = Store::open_or_init(b, &crate::store::InitOptions::plaintext(), &Default::default()).unwrap();
         (tmp, s)
     }
 

@@ -5,16 +5,21 @@
 //! packs/<2 hex>/<id>     blobs (file chunks and trees), see [`pack`]
 //! index/<id>             which pack holds which blob, see [`index`]
 //! snapshots/<id>         one JSON object per push, written last, see [`snapshot`]
+//! keys/<id>              the master key wrapped by a passphrase or a raw key, see [`keys`]
 //! ```
+//! From format version 2 on, every object but `config` and `keys/` is sealed (see [`crypto`]),
+//! unless the store was created with encryption `none`.
 //! Nothing here knows about Kubernetes. The full format is in docs/FORMAT.md.
 
 pub mod audit;
 pub mod backend;
 pub mod chunker;
 pub mod compress;
+pub mod crypto;
 pub mod forget;
 pub mod id;
 pub mod index;
+pub mod keys;
 pub mod lock;
 pub mod pack;
 pub mod prune;
@@ -29,18 +34,46 @@ pub mod verify;
 use anyhow::{Context, bail};
 use backend::{Backend, BackendError};
 use chunker::{Chunker, ChunkerParams};
+use crypto::{Crypto, Keys, ObjectKind, Sealed};
 use id::Id;
 use index::{Index, IndexFile};
+use keys::{Credentials, Secret};
 use pack::{BlobKind, PackEntry};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use snapshot::Snapshot;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tree::Tree;
 
-/// The format this program writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this program writes; it reads this one and [`FORMAT_V1`].
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format: no encryption, plain BLAKE3 ids. Still read and written to.
+pub const FORMAT_V1: u32 = 1;
+
+/// How a store's objects are protected (format 2; format 1 is always `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Encryption {
+    /// AES-256-GCM seals with one-time keys, keyed BLAKE3 ids, a keyed chunker (see [`crypto`]).
+    #[default]
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    /// Plaintext: anyone who reads the store reads the data.
+    #[serde(rename = "none")]
+    None,
+}
+
+impl std::str::FromStr for Encryption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Encryption, String> {
+        match s {
+            "aes-256-gcm" => Ok(Encryption::Aes256Gcm),
+            "none" => Ok(Encryption::None),
+            _ => Err(format!("unknown encryption {s:?}: use aes-256-gcm (the default) or none")),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompressionParams {
@@ -58,6 +91,23 @@ pub struct Config {
     pub compression: CompressionParams,
     /// Target pack size in bytes.
     pub pack_size: u64,
+    /// Format 2 only (absent in format 1, which is never encrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// Encrypted stores: keyed BLAKE3 of this config with `mac` empty, so a change made by
+    /// whoever holds the storage is noticed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl Config {
+    pub fn encryption(&self) -> Encryption {
+        self.encryption.unwrap_or(Encryption::None)
+    }
+
+    fn mac_input(&self) -> Vec<u8> {
+        serde_json::to_vec(&Config { mac: None, ..self.clone() }).expect("a config serializes")
+    }
 }
 
 /// Parameters for a new store.
@@ -66,13 +116,29 @@ pub struct InitOptions {
     pub chunker: ChunkerParams,
     pub compression_level: i32,
     pub pack_size: u64,
+    /// With [`Encryption::Aes256Gcm`] the credentials' current secret opens the first key slot.
+    pub encryption: Encryption,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { chunker: ChunkerParams::default(), compression_level: 3, pack_size: 16 << 20 }
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            compression_level: 3,
+            pack_size: 16 << 20,
+            encryption: Encryption::Aes256Gcm,
+        }
     }
 }
+
+impl InitOptions {
+    /// The defaults for a store that is not encrypted (tests of the format-independent parts).
+    pub fn plaintext() -> InitOptions {
+        InitOptions { encryption: Encryption::None, ..InitOptions::default() }
+    }
+}
+
+const NO_KEYS: &str = "the store is not encrypted: it has no keys (it was created with --encryption none or by a release before format 2)";
 
 /// Why a store cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +146,25 @@ pub enum OpenError {
     #[error("no store at {0}: push to it once to create it, or check the address")]
     Missing(String),
     #[error(
-        "the store at {location} has format version {found}; this push-operator reads version {FORMAT_VERSION}: use a push-operator release that matches the store"
+        "the store at {location} has format version {found}; this push-operator reads versions {FORMAT_V1} and {FORMAT_VERSION}: use a push-operator release that matches the store"
     )]
     Version { location: String, found: u32 },
+    #[error(
+        "the store at {0} is encrypted and no key was given: set PUSH_OPERATOR_PASSWORD (or PUSH_OPERATOR_KEY), or use --password-file (or --key-file)"
+    )]
+    KeyMissing(String),
+    #[error(
+        "there is no store at {0} yet, and a new store is encrypted: give a passphrase (PUSH_OPERATOR_PASSWORD, --password-file, or a prompt on a terminal) or a raw key (PUSH_OPERATOR_KEY, --key-file), or create it with --encryption none to store plaintext"
+    )]
+    NewStoreNeedsKey(String),
+    #[error(
+        "no key slot of the store at {location} opens with the given {kind}: check it (`push-operator key list` shows the slots of a store you can open)"
+    )]
+    WrongKey { location: String, kind: &'static str },
+    #[error(
+        "the store at {0} is not encrypted, but a key was given: unset PUSH_OPERATOR_PASSWORD / PUSH_OPERATOR_KEY (and the --password-file / --key-file options) to use it as it is, or push to a new store to have it encrypted"
+    )]
+    NotEncrypted(String),
     #[error("{0} is not a push-operator store (it holds other files and no config): choose a new or empty location")]
     Foreign(String),
     #[error("the store config at {location} is damaged: {reason}")]
@@ -95,6 +177,11 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     pub config: Config,
     chunker: Chunker,
+    crypto: Crypto,
+    /// The key slot that opened the store and the master key it holds (encrypted stores).
+    slot: Option<(Id, crypto::Key32)>,
+    /// The slots a rotation replaced when the store was opened (see [`Credentials::previous`]).
+    rotated: Vec<Id>,
 }
 
 impl Store {
@@ -110,42 +197,106 @@ impl Store {
         self.backend.describe()
     }
 
-    /// Opens an existing store.
-    pub fn open(backend: Arc<dyn Backend>) -> Result<Store, OpenError> {
+    /// Opens an existing store with the secrets given (none are needed for a store that is not
+    /// encrypted, and none may be given for one: see [`OpenError::NotEncrypted`]).
+    pub fn open(backend: Arc<dyn Backend>, credentials: &Credentials) -> Result<Store, OpenError> {
+        let location = backend.describe();
+        let config = Store::read_config(&*backend)?;
+        let damaged = |reason: String| OpenError::Damaged { location: location.clone(), reason };
+        let (crypto, slot, rotated) = match config.encryption() {
+            Encryption::None if !credentials.is_empty() => return Err(OpenError::NotEncrypted(location)),
+            Encryption::None => {
+                if !keys::list_slots(&*backend).map_err(|e| damaged(format!("{e:#}")))?.is_empty() {
+                    return Err(damaged("it says it is not encrypted, yet it has key slots: it was changed".into()));
+                }
+                (Crypto::None, None, vec![])
+            }
+            Encryption::Aes256Gcm => {
+                let (slot, master, rotated) =
+                    Store::unlock(&*backend, &config, credentials).map_err(|e| match e.downcast::<OpenError>() {
+                        Ok(e) => e,
+                        Err(e) => damaged(format!("{e:#}")),
+                    })?;
+                let crypto = Crypto::Sealed(Box::new(Keys::derive(&master)));
+                if crypto.config_mac(&config.mac_input()) != config.mac {
+                    return Err(damaged(
+                        "its config was changed after the store was created (the MAC does not match)".into(),
+                    ));
+                }
+                (crypto, Some((slot, master)), rotated)
+            }
+        };
+        let chunker = Chunker::new(&config.chunker, crypto.gear());
+        Ok(Store { backend, config, chunker, crypto, slot, rotated })
+    }
+
+    /// The config, checked for a format this program reads.
+    fn read_config(backend: &dyn Backend) -> Result<Config, OpenError> {
         let location = backend.describe();
         let raw = match backend.get("config") {
             Ok(raw) => raw,
             Err(BackendError::NotFound(_)) => {
-                let foreign = !backend.list("")?.is_empty();
+                // Key slots alone are what a creation that died (or lost a race) leaves.
+                let foreign = backend.list("")?.iter().any(|o| !o.key.starts_with(keys::KEYS_PREFIX));
                 return Err(if foreign { OpenError::Foreign(location) } else { OpenError::Missing(location) });
             }
             Err(e) => return Err(e.into()),
         };
+        let damaged = |reason: String| OpenError::Damaged { location: location.clone(), reason };
         #[derive(Deserialize)]
         struct Probe {
             version: u32,
         }
-        let probe: Probe = serde_json::from_slice(&raw)
-            .map_err(|e| OpenError::Damaged { location: location.clone(), reason: e.to_string() })?;
-        if probe.version != FORMAT_VERSION {
+        let probe: Probe = serde_json::from_slice(&raw).map_err(|e| damaged(e.to_string()))?;
+        if probe.version != FORMAT_VERSION && probe.version != FORMAT_V1 {
             return Err(OpenError::Version { location, found: probe.version });
         }
-        let config: Config = serde_json::from_slice(&raw)
-            .map_err(|e| OpenError::Damaged { location: location.clone(), reason: e.to_string() })?;
-        config.chunker.validate().map_err(|reason| OpenError::Damaged { location: location.clone(), reason })?;
-        if config.compression.algorithm != "zstd" {
-            return Err(OpenError::Damaged {
-                location,
-                reason: format!("unknown compression {}", config.compression.algorithm),
-            });
+        let config: Config = serde_json::from_slice(&raw).map_err(|e| damaged(e.to_string()))?;
+        if probe.version == FORMAT_V1 && config.encryption.is_some() {
+            return Err(damaged("a version 1 config cannot name an encryption".into()));
         }
-        let chunker = Chunker::new(&config.chunker);
-        Ok(Store { backend, config, chunker })
+        if probe.version == FORMAT_VERSION && config.encryption.is_none() {
+            return Err(damaged("a version 2 config must name its encryption".into()));
+        }
+        config.chunker.validate().map_err(damaged)?;
+        if config.compression.algorithm != "zstd" {
+            return Err(damaged(format!("unknown compression {}", config.compression.algorithm)));
+        }
+        Ok(config)
+    }
+
+    /// The master key from the first slot the current secret opens; failing that, from the
+    /// previous secret, then a slot for the current secret replaces the previous one's.
+    fn unlock(
+        backend: &dyn Backend,
+        config: &Config,
+        credentials: &Credentials,
+    ) -> anyhow::Result<(Id, crypto::Key32, Vec<Id>)> {
+        let location = backend.describe();
+        let Some(current) = &credentials.current else {
+            return Err(OpenError::KeyMissing(location).into());
+        };
+        let slots = keys::list_slots(backend)?;
+        if slots.is_empty() {
+            bail!("it is encrypted but has no key slot (the keys/ objects were deleted)");
+        }
+        if let Some((slot, master)) = keys::unlock(&slots, &config.id, current)? {
+            return Ok((slot, master, vec![]));
+        }
+        if let Some(previous) = &credentials.previous
+            && let Some((old, master)) = keys::unlock(&slots, &config.id, previous)?
+        {
+            let slot = keys::add_slot(backend, &config.id, &master, current)?;
+            keys::remove_slot(backend, &old)?;
+            tracing::info!(added = %slot.short(), removed = %old.short(), "key rotated: the previous secret's slot was replaced");
+            return Ok((slot, master, vec![old]));
+        }
+        Err(OpenError::WrongKey { location, kind: current.kind() }.into())
     }
 
     /// Creates a store; when one exists already (created meanwhile by a concurrent push, say),
     /// opens it instead.
-    pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions) -> anyhow::Result<Store> {
+    pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions, credentials: &Credentials) -> anyhow::Result<Store> {
         opts.chunker.validate().map_err(|e| anyhow::anyhow!(e))?;
         if !(1..=22).contains(&opts.compression_level) {
             bail!("compression level {} out of range 1..=22", opts.compression_level);
@@ -153,28 +304,126 @@ impl Store {
         if !((1 << 20)..=(1 << 30)).contains(&opts.pack_size) {
             bail!("pack size {} out of range 1 MiB..=1 GiB", opts.pack_size);
         }
-        match Store::open(backend.clone()) {
+        match Store::open(backend.clone(), credentials) {
             Ok(s) => return Ok(s),
             Err(OpenError::Missing(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        let config = Config {
+        let mut config = Config {
             version: FORMAT_VERSION,
             id: Id::random(),
             created: chrono::Utc::now(),
             chunker: opts.chunker,
             compression: CompressionParams { algorithm: "zstd".into(), level: opts.compression_level },
             pack_size: opts.pack_size,
+            encryption: Some(opts.encryption),
+            mac: None,
         };
+        let mut own_slot = None;
+        match opts.encryption {
+            Encryption::None if !credentials.is_empty() => {
+                bail!("a store without encryption was asked for, but a key was given: give one or the other")
+            }
+            Encryption::None => {}
+            Encryption::Aes256Gcm => {
+                let Some(secret) = &credentials.current else {
+                    return Err(OpenError::NewStoreNeedsKey(backend.describe()).into());
+                };
+                let master = crypto::random_key();
+                config.mac = Crypto::Sealed(Box::new(Keys::derive(&master))).config_mac(&config.mac_input());
+                // The slot first, bound to this config's id: a creation that dies here leaves a
+                // slot that opens nothing, never a config without a key.
+                own_slot = Some(keys::add_slot(&*backend, &config.id, &master, secret)?);
+            }
+        }
         let bytes = serde_json::to_vec_pretty(&config)?;
-        backend.put_if_absent("config", &bytes)?;
-        Ok(Store::open(backend)?)
+        if !backend.put_if_absent("config", &bytes)?
+            && let Some(slot) = own_slot
+        {
+            // Another writer created the store meanwhile: ours is not its key.
+            keys::remove_slot(&*backend, &slot)?;
+        }
+        Ok(Store::open(backend, credentials)?)
     }
 
-    pub fn open_or_init(backend: Arc<dyn Backend>, opts: &InitOptions) -> anyhow::Result<Store> {
-        match Store::open(backend.clone()) {
+    /// The key slot this store was opened with (encrypted stores).
+    pub fn slot(&self) -> Option<Id> {
+        self.slot.as_ref().map(|(id, _)| *id)
+    }
+
+    /// Slots replaced by a rotation when this store was opened.
+    pub fn rotated_slots(&self) -> &[Id] {
+        &self.rotated
+    }
+
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.crypto.is_encrypted()
+    }
+
+    /// Adds a key slot that `secret` opens.
+    pub fn add_key(&self, secret: &Secret) -> anyhow::Result<Id> {
+        let (_, master) = self.slot.as_ref().context(NO_KEYS)?;
+        keys::add_slot(&*self.backend, &self.config.id, master, secret)
+    }
+
+    /// Removes a key slot, given by id or a unique prefix. The last slot and the slot this
+    /// store was opened with are refused (`key passwd` replaces the latter).
+    pub fn remove_key(&self, spec: &str) -> anyhow::Result<Id> {
+        let (current, _) = self.slot.as_ref().context(NO_KEYS)?;
+        let slots = keys::list_slots(&*self.backend)?;
+        let spec = spec.to_ascii_lowercase();
+        let matches: Vec<Id> = slots.iter().map(|(id, _)| *id).filter(|id| id.to_hex().starts_with(&spec)).collect();
+        let id = match matches.as_slice() {
+            [] => bail!("no key slot {spec:?}: `push-operator key list` lists them"),
+            [id] => *id,
+            _ => bail!("{} key slots start with {spec:?}: give more digits", matches.len()),
+        };
+        if slots.len() == 1 {
+            bail!(
+                "{} is the store's only key slot: removing it would lose every snapshot; add another first",
+                id.short()
+            );
+        }
+        if id == *current {
+            bail!(
+                "{} is the slot this command opened the store with: use `key passwd` to replace it, or open with another key",
+                id.short()
+            );
+        }
+        keys::remove_slot(&*self.backend, &id)?;
+        Ok(id)
+    }
+
+    /// Replaces the slot this store was opened with by one for `secret`; returns (new, old).
+    pub fn change_key(&self, secret: &Secret) -> anyhow::Result<(Id, Id)> {
+        let (current, _) = self.slot.as_ref().context(NO_KEYS)?;
+        let new = self.add_key(secret)?;
+        keys::remove_slot(&*self.backend, current)?;
+        Ok((new, *current))
+    }
+
+    /// Seals a whole object of this kind (a copy of the bytes when the store is not encrypted).
+    pub fn seal_object<'a>(&self, kind: ObjectKind, plain: &'a [u8]) -> Cow<'a, [u8]> {
+        self.crypto.seal(Sealed::Object(kind), plain)
+    }
+
+    /// Opens a whole object read from `key`.
+    pub fn open_object<'a>(&self, kind: ObjectKind, key: &str, bytes: &'a [u8]) -> anyhow::Result<Cow<'a, [u8]>> {
+        self.crypto.open(Sealed::Object(kind), bytes).with_context(|| format!("object {key}"))
+    }
+
+    pub fn open_or_init(
+        backend: Arc<dyn Backend>,
+        opts: &InitOptions,
+        credentials: &Credentials,
+    ) -> anyhow::Result<Store> {
+        match Store::open(backend.clone(), credentials) {
             Ok(s) => Ok(s),
-            Err(OpenError::Missing(_)) => Store::init(backend, opts),
+            Err(OpenError::Missing(_)) => Store::init(backend, opts, credentials),
             Err(e) => Err(e.into()),
         }
     }
@@ -188,7 +437,7 @@ impl Store {
     /// The index of these index objects plus the doomed packs (what [`Store::load_index`]
     /// gives, for callers that also need the objects themselves).
     pub fn index_of(&self, files: Vec<(Id, IndexFile)>) -> anyhow::Result<Index> {
-        let mut index = Index::from_files(files);
+        let mut index = Index::from_files(files, self.crypto.overhead());
         for (pack, entries) in self.doomed_packs()? {
             index.add_doomed_pack(pack, &entries);
         }
@@ -216,7 +465,7 @@ impl Store {
                     if Id::of(&bytes) != id {
                         bail!("index object {} is damaged (content does not match its name)", o.key);
                     }
-                    Ok(Some((id, IndexFile::decode(&bytes).with_context(|| format!("index object {}", o.key))?)))
+                    Ok(Some((id, self.decode_index(ObjectKind::Index, &o.key, &bytes)?)))
                 })
                 .collect();
             let mut files = Vec::with_capacity(loaded.len());
@@ -247,7 +496,7 @@ impl Store {
                 continue;
             }
             match self.backend.get(&o.key) {
-                Ok(b) => out.extend(IndexFile::decode(&b).with_context(|| format!("prune plan {}", o.key))?.packs),
+                Ok(b) => out.extend(self.decode_index(ObjectKind::PruneIndex, &o.key, &b)?.packs),
                 Err(BackendError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -263,10 +512,21 @@ impl Store {
     pub fn write_index(&self, file: &IndexFile) -> anyhow::Result<(Id, u64)> {
         let mut file = file.clone();
         file.supersedes.push(Id::random());
-        let bytes = file.encode();
+        let bytes = self.encode_index(ObjectKind::Index, &file);
         let id = Id::of(&bytes);
         let written = self.backend.put_if_absent(&format!("index/{id}"), &bytes)?;
         Ok((id, if written { bytes.len() as u64 } else { 0 }))
+    }
+
+    /// An index object's stored bytes (index objects, and the index of a prune plan).
+    pub fn encode_index(&self, kind: ObjectKind, file: &IndexFile) -> Vec<u8> {
+        self.seal_object(kind, &file.encode()).into_owned()
+    }
+
+    /// Opens and decodes an index object read from `key`.
+    pub fn decode_index(&self, kind: ObjectKind, key: &str, bytes: &[u8]) -> anyhow::Result<IndexFile> {
+        let plain = self.open_object(kind, key, bytes)?;
+        IndexFile::decode(&plain).with_context(|| format!("index object {key}"))
     }
 
     /// Finds packs that no index lists (left by a push that died before writing its index)
@@ -313,12 +573,12 @@ impl Store {
         }
         let footer = self.backend.get_range(key, size - pack::FOOTER_LEN as u64, pack::FOOTER_LEN as u64)?;
         let count = pack::parse_footer(&footer)?;
-        let tlen = (count * pack::ENTRY_LEN) as u64;
+        let tlen = pack::trailer_len(count, &self.crypto) as u64;
         if tlen + (pack::FOOTER_LEN + pack::PACK_MAGIC.len()) as u64 > size {
             bail!("pack {key}: trailer does not fit");
         }
         let trailer = self.backend.get_range(key, size - pack::FOOTER_LEN as u64 - tlen, tlen)?;
-        pack::parse_trailer(&trailer, size)
+        pack::parse_trailer(&self.crypto, &trailer, size)
     }
 
     /// Every snapshot, oldest first.
@@ -333,6 +593,7 @@ impl Store {
                 if Id::of(&bytes) != id {
                     bail!("snapshot {} is damaged (content does not match its name)", id.short());
                 }
+                let bytes = self.open_object(ObjectKind::Snapshot, &o.key, &bytes)?;
                 let snap: Snapshot = serde_json::from_slice(&bytes)
                     .with_context(|| format!("snapshot {} does not parse", id.short()))?;
                 Ok((id, snap))
@@ -362,7 +623,7 @@ impl Store {
 
     /// Writes a snapshot object; returns its id and size.
     pub fn write_snapshot(&self, snap: &Snapshot) -> anyhow::Result<(Id, u64)> {
-        let bytes = serde_json::to_vec_pretty(snap)?;
+        let bytes = self.seal_object(ObjectKind::Snapshot, &serde_json::to_vec_pretty(snap)?).into_owned();
         let id = Id::of(&bytes);
         self.backend.put_if_absent(&snapshot::snapshot_key(&id), &bytes)?;
         Ok((id, bytes.len() as u64))
@@ -419,7 +680,7 @@ impl<'a> BlobReader<'a> {
         } else {
             self.store.backend.get_range(&pack::pack_key(&pack), loc.offset as u64, loc.length as u64)?
         };
-        pack::decode_blob(&entry, &stored).with_context(|| format!("in pack {pack}"))
+        pack::decode_blob(&self.store.crypto, &entry, &stored).with_context(|| format!("in pack {pack}"))
     }
 
     pub fn read_tree(&self, id: &Id) -> anyhow::Result<Tree> {

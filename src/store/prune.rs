@@ -26,6 +26,7 @@
 
 use super::audit::{self, AuditRecord};
 use super::backend::BackendError;
+use super::crypto::ObjectKind;
 use super::id::Id;
 use super::index::{Index, IndexFile};
 use super::lock::{self, Lock};
@@ -126,9 +127,11 @@ fn key(plan: &Id, ext: &str) -> String {
     format!("{PLAN_PREFIX}{plan}.{ext}")
 }
 
-fn get_json<T: for<'de> Deserialize<'de>>(store: &Store, k: &str) -> anyhow::Result<Option<T>> {
+fn get_json<T: for<'de> Deserialize<'de>>(store: &Store, kind: ObjectKind, k: &str) -> anyhow::Result<Option<T>> {
     match store.backend().get(k) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("{k} does not parse"))?)),
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&store.open_object(kind, k, &b)?).with_context(|| format!("{k} does not parse"))?,
+        )),
         Err(BackendError::NotFound(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -286,7 +289,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
             delete.push(*pack);
         } else {
             used_total += used_bytes;
-            partial.push((*pack, total - used_bytes, used_bytes, pack_len(entries)));
+            partial.push((*pack, total - used_bytes, used_bytes, pack_len(entries, store.crypto().overhead())));
         }
     }
     // Repack the most wasteful packs first until what stays unreferenced is at most
@@ -318,7 +321,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     if opts.dry_run || (marked.is_empty() && !consolidate) {
         report.index_objects_after = files.len();
         if opts.dry_run {
-            report.bytes_reclaimed = marked.iter().map(|p| pack_len(&entries_of[p])).sum();
+            report.bytes_reclaimed = marked.iter().map(|p| pack_len(&entries_of[p], store.crypto().overhead())).sum();
         }
         return Ok(());
     }
@@ -330,13 +333,16 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
         holder: me,
         snapshots: snaps.iter().map(|(id, _)| *id).collect(),
         packs: marked.clone(),
-        bytes: marked.iter().map(|p| pack_len(&entries_of[p])).sum(),
+        bytes: marked.iter().map(|p| pack_len(&entries_of[p], store.crypto().overhead())).sum(),
     };
     if !marked.is_empty() {
         let doomed =
             IndexFile { supersedes: vec![], packs: marked.iter().map(|p| (*p, entries_of[p].clone())).collect() };
-        store.backend().put_if_absent(&key(&plan.id, "index"), &doomed.encode())?;
-        store.backend().put_if_absent(&key(&plan.id, "plan"), &serde_json::to_vec_pretty(&plan)?)?;
+        store.backend().put_if_absent(&key(&plan.id, "index"), &store.encode_index(ObjectKind::PruneIndex, &doomed))?;
+        let plan_bytes = serde_json::to_vec_pretty(&plan)?;
+        store
+            .backend()
+            .put_if_absent(&key(&plan.id, "plan"), &store.seal_object(ObjectKind::PrunePlan, &plan_bytes))?;
     }
     super::push::crashpoint("prune", 1);
 
@@ -355,7 +361,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
                 continue;
             }
             let stored = &bytes[e.offset as usize..(e.offset + e.length) as usize];
-            super::pack::decode_blob(e, stored)
+            super::pack::decode_blob(store.crypto(), e, stored)
                 .with_context(|| format!("blob {} in pack {}", e.id.short(), pack.short()))?;
             if kinds_seen.is_some_and(|k| k != e.kind) || builder.len() >= store.config.pack_size as usize {
                 flush(store, &mut builder, &mut new_packs, report)?;
@@ -374,7 +380,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     // (The repacked packs were indexed as they were written.)
     let keep: Vec<(Id, Vec<PackEntry>)> =
         entries_of.iter().filter(|(p, _)| !marked_set.contains(p)).map(|(p, e)| (*p, e.clone())).collect();
-    report.store_bytes += new_packs.iter().map(|(_, e)| pack_len(e)).sum::<u64>();
+    report.store_bytes += new_packs.iter().map(|(_, e)| pack_len(e, store.crypto().overhead())).sum::<u64>();
     let mut written = HashSet::new();
     for c in keep.chunks(PACKS_PER_INDEX) {
         lock.check()?;
@@ -393,9 +399,8 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
 
     // The pushes that may hold the old view.
     let holders: Vec<Id> = lock::live_holders(store, Utc::now())?.into_keys().filter(|h| *h != me).collect();
-    store
-        .backend()
-        .put_if_absent(&key(&plan.id, "ready"), &serde_json::to_vec(&Ready { holders: holders.clone() })?)?;
+    let ready = serde_json::to_vec(&Ready { holders: holders.clone() })?;
+    store.backend().put_if_absent(&key(&plan.id, "ready"), &store.seal_object(ObjectKind::PruneReady, &ready))?;
 
     // Phase 2, now or after a wait, or by a later prune.
     let deadline = opts.wait.map(|w| Instant::now() + w);
@@ -441,7 +446,7 @@ fn flush(
     if builder.is_empty() {
         return Ok(());
     }
-    let sealed = std::mem::replace(builder, PackBuilder::new(0)).seal();
+    let sealed = std::mem::replace(builder, PackBuilder::new(0)).seal(store.crypto());
     store.backend().put_if_absent(&pack_key(&sealed.id), &sealed.bytes)?;
     report.bytes_repacked += sealed.bytes.len() as u64;
     report.packs_written += 1;
@@ -457,9 +462,9 @@ fn list_plans(store: &Store) -> anyhow::Result<Vec<(Plan, Option<Ready>)>> {
     let mut out = Vec::new();
     for o in &objects {
         let Some(stem) = o.key.strip_suffix(".plan") else { continue };
-        let Some(plan) = get_json::<Plan>(store, &o.key)? else { continue };
+        let Some(plan) = get_json::<Plan>(store, ObjectKind::PrunePlan, &o.key)? else { continue };
         let ready = if names.contains(format!("{stem}.ready").as_str()) {
-            get_json::<Ready>(store, &format!("{stem}.ready"))?
+            get_json::<Ready>(store, ObjectKind::PruneReady, &format!("{stem}.ready"))?
         } else {
             None
         };
@@ -479,11 +484,7 @@ fn drop_plan(store: &Store, plan: &Id) -> anyhow::Result<()> {
 /// Phase 2 of a plan whose pushes have all ended.
 fn finish(store: &Store, plan: &Plan, report: &mut PruneReport) -> anyhow::Result<()> {
     let doomed: HashMap<Id, Vec<PackEntry>> = match store.backend().get(&key(&plan.id, "index")) {
-        Ok(b) => IndexFile::decode(&b)
-            .with_context(|| format!("prune plan {}", plan.id.short()))?
-            .packs
-            .into_iter()
-            .collect(),
+        Ok(b) => store.decode_index(ObjectKind::PruneIndex, &key(&plan.id, "index"), &b)?.packs.into_iter().collect(),
         Err(BackendError::NotFound(_)) => HashMap::new(),
         Err(e) => return Err(e.into()),
     };
@@ -502,7 +503,7 @@ fn finish(store: &Store, plan: &Plan, report: &mut PruneReport) -> anyhow::Resul
         if needed || (index.contains_pack(pack) && !index.is_doomed_pack(pack)) {
             resurrect.push((*pack, entries.clone()));
         } else {
-            delete.push((*pack, pack_len(entries)));
+            delete.push((*pack, pack_len(entries, store.crypto().overhead())));
         }
     }
     if !resurrect.is_empty() {
@@ -511,7 +512,7 @@ fn finish(store: &Store, plan: &Plan, report: &mut PruneReport) -> anyhow::Resul
             .messages
             .push(format!("{} marked pack(s) kept: snapshots written during the prune use them", resurrect.len()));
         store.write_index(&IndexFile { supersedes: vec![], packs: resurrect.clone() })?;
-        report.store_bytes += resurrect.iter().map(|(_, e)| pack_len(e)).sum::<u64>();
+        report.store_bytes += resurrect.iter().map(|(_, e)| pack_len(e, store.crypto().overhead())).sum::<u64>();
     }
     for (i, (pack, size)) in delete.iter().enumerate() {
         if i == 1 {

@@ -8,11 +8,10 @@
 //! indexed. A push that dies leaves no snapshot, and the next push reuses what was stored.
 
 use super::audit::{self, AuditRecord};
-use super::compress;
 use super::id::Id;
 use super::index::{Index, IndexFile};
 use super::lock::Lock;
-use super::pack::{BlobKind, Compression, PackBuilder, SealedPack, pack_key};
+use super::pack::{BlobKind, PackBuilder, SealedPack, encode_blob, pack_key};
 use super::snapshot::{PushStats, Snapshot, SourceKind};
 use super::tree::{Node, NodeKind, Tree};
 use super::{BlobReader, Store};
@@ -265,18 +264,14 @@ impl Pusher<'_> {
 
     /// Stores a blob unless the store (or this push) has it. Returns its id and whether it was new.
     fn store_blob(&self, kind: BlobKind, data: &[u8]) -> anyhow::Result<(Id, bool)> {
-        let id = Id::of(data);
+        let id = self.store.crypto().id_of(data);
         if self.index.usable(&id) || !self.pending.lock().unwrap().insert(id) {
             return Ok((id, false));
         }
-        let compressed = compress::compress(data, self.level)?;
-        let (stored, comp) = match &compressed {
-            Some(c) => (c.as_slice(), Compression::Zstd),
-            None => (data, Compression::Raw),
-        };
+        let (comp, stored) = encode_blob(self.store.crypto(), kind, &id, data, self.level)?;
         let full = {
             let mut p = self.packer(kind).lock().unwrap();
-            p.add(kind, comp, id, stored, data.len());
+            p.add(kind, comp, id, &stored, data.len());
             if p.len() >= self.pack_size {
                 Some(std::mem::replace(&mut *p, PackBuilder::new(self.pack_size + (1 << 20))))
             } else {
@@ -290,7 +285,7 @@ impl Pusher<'_> {
     }
 
     fn send(&self, builder: PackBuilder) -> anyhow::Result<()> {
-        let sealed = builder.seal();
+        let sealed = builder.seal(self.store.crypto());
         let tx = self.tx.lock().unwrap().clone().context("push aborted: upload queue closed")?;
         tx.send(sealed).map_err(|_| anyhow::anyhow!("push aborted: uploaders stopped"))
     }
@@ -314,7 +309,7 @@ impl Pusher<'_> {
             }
             if self.index.is_doomed_pack(&pack.id) {
                 // The same bytes as a pack a prune is deleting: make this one different.
-                pack = salted(pack);
+                pack = salted(self.store, pack);
             }
             match self.store.backend().put_if_absent(&pack_key(&pack.id), &pack.bytes) {
                 Ok(written) => {
@@ -524,7 +519,7 @@ impl Pusher<'_> {
 }
 
 /// The same blobs plus one small random blob nothing references, so the pack gets a new id.
-fn salted(pack: SealedPack) -> SealedPack {
+fn salted(store: &Store, pack: SealedPack) -> SealedPack {
     let mut b = PackBuilder::new(pack.bytes.len() + 64);
     for e in &pack.entries {
         b.add(
@@ -536,8 +531,11 @@ fn salted(pack: SealedPack) -> SealedPack {
         );
     }
     let salt = Id::random().0;
-    b.add(BlobKind::Data, Compression::Raw, Id::of(&salt), &salt, salt.len());
-    b.seal()
+    let id = store.crypto().id_of(&salt);
+    let (comp, stored) = encode_blob(store.crypto(), BlobKind::Data, &id, &salt, store.config.compression.level)
+        .expect("32 bytes are stored raw");
+    b.add(BlobKind::Data, comp, id, &stored, salt.len());
+    b.seal(store.crypto())
 }
 
 /// Reads until `buf` holds `target` bytes or the file ends; returns true at end of file.

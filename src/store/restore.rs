@@ -350,7 +350,8 @@ fn restore_pack(
     let mut open: HashMap<u32, File> = HashMap::new();
     for e in entries {
         let s = (e.offset as u64 - start) as usize;
-        let plain = decode_blob(&e, &span[s..s + e.length as usize]).with_context(|| format!("in pack {pack}"))?;
+        let plain = decode_blob(store.crypto(), &e, &span[s..s + e.length as usize])
+            .with_context(|| format!("in pack {pack}"))?;
         counters.blobs_checked.fetch_add(1, Ordering::Relaxed);
         let zero = !device && is_zero(&plain);
         for &(fi, offset) in &targets[&e.id] {

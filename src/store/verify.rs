@@ -6,6 +6,7 @@
 //! against their name and every blob decompressed and checked against its id. Damage is
 //! reported with the snapshots and files it affects.
 
+use super::crypto::ObjectKind;
 use super::id::Id;
 use super::index::{Index, IndexFile};
 use super::pack::{decode_blob, pack_key, parse_pack};
@@ -141,7 +142,10 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
             if Id::of(&bytes) != id {
                 return Err(format!("index {} is damaged: content does not match its name", id.short()));
             }
-            IndexFile::decode(&bytes).map(|f| (id, f)).map_err(|e| format!("index {} is damaged: {e:#}", id.short()))
+            store
+                .decode_index(ObjectKind::Index, &o.key, &bytes)
+                .map(|f| (id, f))
+                .map_err(|e| format!("index {} is damaged: {e:#}", id.short()))
         })
         .collect();
     let mut files = Vec::new();
@@ -151,7 +155,7 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
             Err(p) => report.problems.push(p),
         }
     }
-    let mut index = Index::from_files(files);
+    let mut index = Index::from_files(files, store.crypto().overhead());
     // Packs a pending prune marked for deletion are still read (see store::prune).
     match store.doomed_packs() {
         Ok(doomed) => {
@@ -219,14 +223,14 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
                 if Id::of(&bytes) != **p {
                     problems.push(format!("pack {} is damaged: content does not match its name", p.short()));
                 }
-                if let Err(e) = parse_pack(&bytes) {
+                if let Err(e) = parse_pack(store.crypto(), &bytes) {
                     problems.push(format!("pack {} has a damaged trailer: {e:#}", p.short()));
                 }
                 let mut read = 0;
                 for id in blobs {
                     let e = index.entry(id).expect("from the index");
                     let (s, t) = (e.offset as usize, (e.offset + e.length) as usize);
-                    let ok = t <= bytes.len() && decode_blob(&e, &bytes[s..t]).is_ok();
+                    let ok = t <= bytes.len() && decode_blob(store.crypto(), &e, &bytes[s..t]).is_ok();
                     read += 1;
                     if !ok {
                         problems.push(format!("blob {} in pack {} is damaged", id.short(), p.short()));
@@ -253,7 +257,8 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
             if Id::of(&b) != id {
                 return Err("content does not match its name".to_string());
             }
-            serde_json::from_slice::<Snapshot>(&b).map(|s| (id, s)).map_err(|e| e.to_string())
+            let plain = store.open_object(ObjectKind::Snapshot, &o.key, &b).map_err(|e| format!("{e:#}"))?;
+            serde_json::from_slice::<Snapshot>(&plain).map(|s| (id, s)).map_err(|e| e.to_string())
         });
         match parsed {
             Ok(s) => snaps.push(s),

@@ -12,6 +12,23 @@ use std::process::{Command, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_push-operator");
 
+/// The raw key every test store is encrypted with, unless a test says otherwise: stores are
+/// encrypted by default, so the tests exercise that path (a raw key skips Argon2id's cost).
+pub const TEST_KEY: &str = "7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de";
+
+/// The credentials of [`TEST_KEY`], for tests that open stores through the library.
+pub fn test_credentials() -> push_operator::store::keys::Credentials {
+    push_operator::store::keys::Credentials::given(push_operator::store::keys::Secret::parse_raw(TEST_KEY).unwrap())
+}
+
+/// The CLI with [`TEST_KEY`] in its environment (a test's own `PUSH_OPERATOR_KEY` or
+/// `PUSH_OPERATOR_PASSWORD` replaces it; an empty value means none).
+pub fn cli() -> Command {
+    let mut c = Command::new(BIN);
+    c.env("PUSH_OPERATOR_KEY", TEST_KEY).env_remove("PUSH_OPERATOR_PASSWORD");
+    c
+}
+
 pub use push_operator::store::testdata::seeded_bytes;
 
 /// Compressible text-like bytes.
@@ -198,8 +215,11 @@ pub fn run(args: &[&str]) -> Output {
 }
 
 pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(BIN);
+    let mut c = cli();
     c.args(args).stdin(Stdio::null());
+    if env.iter().any(|(k, _)| *k == "PUSH_OPERATOR_PASSWORD") {
+        c.env_remove("PUSH_OPERATOR_KEY");
+    }
     for (k, v) in env {
         c.env(k, v);
     }

@@ -597,6 +597,63 @@ pub struct WorkerReport {
     pub warnings: Vec<String>,
     #[serde(default)]
     pub error: Option<String>,
+    /// Why the worker failed, when it knows (the job's reason); `WorkerFailed` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<WorkerFailure>,
+}
+
+/// Failures a worker names, each the reason of the failed job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WorkerFailure {
+    /// The store is encrypted and the Repository gives no key.
+    StoreKeyMissing,
+    /// No key slot of the store opens with the Repository's key.
+    StoreKeyWrong,
+    /// The Repository gives a key, but the store is not encrypted.
+    StoreNotEncrypted,
+    /// There is no store yet and the Repository says nothing about encryption.
+    EncryptionNotConfigured,
+}
+
+impl WorkerFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerFailure::StoreKeyMissing => "StoreKeyMissing",
+            WorkerFailure::StoreKeyWrong => "StoreKeyWrong",
+            WorkerFailure::StoreNotEncrypted => "StoreNotEncrypted",
+            WorkerFailure::EncryptionNotConfigured => "EncryptionNotConfigured",
+        }
+    }
+
+    /// What the user does about it (appended to the job's message).
+    pub fn fix(self) -> &'static str {
+        match self {
+            WorkerFailure::StoreKeyMissing => {
+                "name the Secret with the store's passphrase in spec.storage.encryption.secretRef"
+            }
+            WorkerFailure::StoreKeyWrong => {
+                "put the store's passphrase (or raw key) in the Secret of spec.storage.encryption.secretRef; to change it, keep the old one under PUSH_OPERATOR_PREVIOUS_PASSWORD until a push succeeds"
+            }
+            WorkerFailure::StoreNotEncrypted => {
+                "the store was created without encryption: remove spec.storage.encryption (or set mode: None), or point the Repository at a new prefix to start an encrypted store"
+            }
+            WorkerFailure::EncryptionNotConfigured => {
+                "set spec.storage.encryption.secretRef to a Secret with PUSH_OPERATOR_PASSWORD, or spec.storage.encryption.mode: None to store plaintext"
+            }
+        }
+    }
+
+    /// The failure a store error stands for, if it is one of these.
+    pub fn of(e: &anyhow::Error) -> Option<WorkerFailure> {
+        use crate::store::OpenError;
+        Some(match e.downcast_ref::<OpenError>()? {
+            OpenError::KeyMissing(_) => WorkerFailure::StoreKeyMissing,
+            OpenError::WrongKey { .. } => WorkerFailure::StoreKeyWrong,
+            OpenError::NotEncrypted(_) => WorkerFailure::StoreNotEncrypted,
+            OpenError::NewStoreNeedsKey(_) => WorkerFailure::EncryptionNotConfigured,
+            _ => return None,
+        })
+    }
 }
 
 fn pushing(b: &mut Builder) {
@@ -658,9 +715,15 @@ fn pushing(b: &mut Builder) {
             Err(e) => b.fail("WorkerReportInvalid", format!("the worker's report does not parse: {e}")),
         },
         Some(WorkerObs::Failed { message, exit_code }) => {
-            let detail = serde_json::from_str::<WorkerReport>(&message).ok().and_then(|r| r.error).unwrap_or(message);
+            let report = serde_json::from_str::<WorkerReport>(&message).ok();
             let code = exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default();
-            b.fail("WorkerFailed", format!("the worker failed{code}: {detail}"))
+            match report.as_ref().and_then(|r| Some((r.reason?, r.error.clone().unwrap_or_default()))) {
+                Some((reason, detail)) => b.fail(reason.as_str(), format!("{detail}; {}", reason.fix())),
+                None => {
+                    let detail = report.and_then(|r| r.error).unwrap_or(message);
+                    b.fail("WorkerFailed", format!("the worker failed{code}: {detail}"))
+                }
+            }
         }
     }
 }

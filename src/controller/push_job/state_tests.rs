@@ -229,6 +229,7 @@ fn report_json() -> String {
         stats: JobStats { files: 3, bytes_total: 10, ..Default::default() },
         warnings: vec![],
         error: None,
+        reason: None,
     })
     .unwrap()
 }
@@ -468,6 +469,32 @@ fn worker_failure_reports_the_workers_error() {
     assert!(f.message.contains("cannot reach the S3 endpoint") && f.message.contains("exit 1"), "{}", f.message);
     assert!(events.iter().any(|e| e.warning && e.reason == "WorkerFailed"));
     assert_nothing_lost(&w);
+}
+
+/// A store-key failure the worker names is the job's reason, with the fix in the message, and
+/// the workloads still come back.
+#[test]
+fn a_store_key_failure_is_its_own_reason() {
+    for reason in [
+        WorkerFailure::StoreKeyMissing,
+        WorkerFailure::StoreKeyWrong,
+        WorkerFailure::StoreNotEncrypted,
+        WorkerFailure::EncryptionNotConfigured,
+    ] {
+        let mut j = job(Mode::Offline, Priority::P4);
+        let mut w = World::new(Some(repo(None)));
+        let report =
+            WorkerReport { error: Some("the store said no".into()), reason: Some(reason), ..Default::default() };
+        w.worker_outcome = WorkerObs::Failed { message: serde_json::to_string(&report).unwrap(), exit_code: Some(1) };
+        let events = run(&mut j, &mut w, |_, _, _| {});
+        assert_eq!(j.phase(), Phase::Failed);
+        let f = j.status.as_ref().unwrap().failure.clone().unwrap();
+        assert_eq!(f.reason, reason.as_str());
+        assert!(f.message.contains("the store said no") && f.message.contains(reason.fix()), "{}", f.message);
+        assert!(f.message.contains("spec.storage.encryption"), "the fix names the field: {}", f.message);
+        assert!(events.iter().any(|e| e.warning && e.reason == reason.as_str()));
+        assert_nothing_lost(&w);
+    }
 }
 
 #[test]
