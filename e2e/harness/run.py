@@ -31,6 +31,9 @@ sys.path.insert(0, HERE)
 from k8s import ApiError, Client  # noqa: E402
 
 AK, SK, BUCKET = "AKIAE2EPUSHOPERATOR", "e2e-secret-key-push-operator", "e2e"
+# Every e2e store is encrypted (the default) with this passphrase, given to the workers by the
+# Repositories' encryption Secret and to the CLI here by the environment.
+PASSPHRASE = "e2e passphrase of the push-operator stores"
 GROUP = "/apis/rediacc.io/v1alpha1"
 CORE, APPS = "/api/v1", "/apis/apps/v1"
 SNAPG = "/apis/snapshot.storage.k8s.io/v1"
@@ -219,7 +222,8 @@ class Harness:
 
     def s3_env(self):
         e = dict(os.environ)
-        e.update(AWS_ENDPOINT_URL=self.s3, AWS_ACCESS_KEY_ID=AK, AWS_SECRET_ACCESS_KEY=SK, AWS_REGION="us-east-1")
+        e.update(AWS_ENDPOINT_URL=self.s3, AWS_ACCESS_KEY_ID=AK, AWS_SECRET_ACCESS_KEY=SK, AWS_REGION="us-east-1",
+                 PUSH_OPERATOR_PASSWORD=PASSPHRASE)
         return e
 
     def s3_ready(self):
@@ -361,7 +365,8 @@ class Ctx:
         self.c.create(nsp(CORE, self.ns, "secrets"), {
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": self.ns},
             "type": "Opaque", "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(AK.encode()).decode(),
-                                       "AWS_SECRET_ACCESS_KEY": base64.b64encode(SK.encode()).decode()}})
+                                       "AWS_SECRET_ACCESS_KEY": base64.b64encode(SK.encode()).decode(),
+                                       "PUSH_OPERATOR_PASSWORD": base64.b64encode(PASSPHRASE.encode()).decode()}})
 
     def pvc(self, name, labels=None):
         self.c.create(nsp(CORE, self.ns, "persistentvolumeclaims"), {
@@ -434,7 +439,8 @@ class Ctx:
                    hooks=None):
         spec = {"volumes": volumes,
                 "storage": {"endpoint": endpoint or self.h.s3, "bucket": bucket, "prefix": prefix or self.ns,
-                            "region": "us-east-1", "credentialsSecretRef": {"name": "s3"}}}
+                            "region": "us-east-1", "credentialsSecretRef": {"name": "s3"},
+                            "encryption": {"secretRef": {"name": "s3"}}}}
         if online:
             spec["online"] = online
         if workloads:

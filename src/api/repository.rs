@@ -102,6 +102,45 @@ pub struct StorageSpec {
     /// `AWS_SESSION_TOKEN`). Absent: the worker's own identity (IRSA, instance role).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<LocalRef>,
+    /// How the store is encrypted. New stores are encrypted: name a Secret here, or say
+    /// `mode: None` to store plaintext. Absent: an existing unencrypted store goes on as it is,
+    /// and pushes to a new store fail (`EncryptionNotConfigured`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSpec>,
+}
+
+/// The store's encryption: AES-256-GCM with a master key that the Secret's passphrase (or raw
+/// key) opens. Repositories that share a bucket and prefix share one store, one master key
+/// and its deduplication: give them Secrets that open it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("self.mode == 'None' ? !has(self.secretRef) : has(self.secretRef)").message("encryption: name a secretRef (mode Encrypted), or set mode None without one"))]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionSpec {
+    #[serde(default)]
+    pub mode: EncryptionMode,
+    /// Secret with `PUSH_OPERATOR_PASSWORD` (a passphrase) or `PUSH_OPERATOR_KEY` (a raw key:
+    /// 64 hex digits or base64 of 32 bytes). To rotate, put the new value there and the old one
+    /// under `PUSH_OPERATOR_PREVIOUS_PASSWORD` (or `_KEY`): the next push replaces the old key
+    /// slot by a new one; then remove the old value. Passed to workers only as environment
+    /// from the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum EncryptionMode {
+    /// Every object sealed with AES-256-GCM; keyed chunk ids (the default).
+    #[default]
+    Encrypted,
+    /// Plaintext: whoever can read the bucket reads the data.
+    None,
+}
+
+impl StorageSpec {
+    /// The Secret holding the store's key, if any.
+    pub fn encryption_secret(&self) -> Option<&str> {
+        self.encryption.as_ref().and_then(|e| e.secret_ref.as_ref()).map(|r| r.name.as_str())
+    }
 }
 
 impl StorageSpec {

@@ -27,6 +27,72 @@ pub struct Checks {
     pub workloads: Vec<WorkloadRef>,
     pub bare_pods: Vec<String>,
     pub mounted: bool,
+    pub encryption: EncryptionCheck,
+}
+
+/// What the spec and its Secret say about the store's encryption.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum EncryptionCheck {
+    /// `spec.storage.encryption` absent: existing plaintext stores go on, new ones fail.
+    #[default]
+    NotConfigured,
+    /// `mode: None`.
+    Plaintext,
+    /// A Secret with a passphrase or a raw key.
+    Configured,
+    SecretNotFound(String),
+    /// The Secret holds neither `PUSH_OPERATOR_PASSWORD` nor `PUSH_OPERATOR_KEY`.
+    KeyNotInSecret(String),
+}
+
+impl EncryptionCheck {
+    /// From the spec and the data keys of its Secret (`None`: the Secret does not exist).
+    pub fn of(spec: &StorageSpec, secret_keys: Option<&[String]>) -> EncryptionCheck {
+        match (&spec.encryption, spec.encryption_secret()) {
+            (None, _) => EncryptionCheck::NotConfigured,
+            (Some(e), _) if e.mode == EncryptionMode::None => EncryptionCheck::Plaintext,
+            (Some(_), None) => EncryptionCheck::KeyNotInSecret(String::new()),
+            (Some(_), Some(name)) => match secret_keys {
+                None => EncryptionCheck::SecretNotFound(name.into()),
+                Some(keys) if keys.iter().any(|k| k == "PUSH_OPERATOR_PASSWORD" || k == "PUSH_OPERATOR_KEY") => {
+                    EncryptionCheck::Configured
+                }
+                Some(_) => EncryptionCheck::KeyNotInSecret(name.into()),
+            },
+        }
+    }
+
+    /// A problem that stalls the Repository.
+    fn problem(&self) -> Option<(&'static str, String)> {
+        match self {
+            EncryptionCheck::SecretNotFound(s) => {
+                Some(("EncryptionSecretNotFound", format!("encryption Secret {s:?} not found")))
+            }
+            EncryptionCheck::KeyNotInSecret(s) => Some((
+                "EncryptionKeyNotInSecret",
+                format!("encryption Secret {s:?} holds neither PUSH_OPERATOR_PASSWORD nor PUSH_OPERATOR_KEY"),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The `Encrypted` condition: (status, reason, message).
+    fn condition(&self) -> (bool, &'static str, &'static str) {
+        match self {
+            EncryptionCheck::Configured => (true, "Configured", "the store is encrypted with the Secret's key"),
+            EncryptionCheck::Plaintext => {
+                (false, "Plaintext", "spec.storage.encryption.mode is None: whoever can read the bucket reads the data")
+            }
+            EncryptionCheck::NotConfigured => (
+                false,
+                "EncryptionNotConfigured",
+                "spec.storage.encryption is not set: an existing unencrypted store goes on unencrypted, and pushes to a new store fail until a secretRef (or mode: None) is given",
+            ),
+            EncryptionCheck::SecretNotFound(_) | EncryptionCheck::KeyNotInSecret(_) => {
+                (false, "EncryptionKeyUnavailable", "the encryption Secret gives no key (see Ready)")
+            }
+        }
+    }
 }
 
 /// Conditions from the checks (pure).
@@ -45,8 +111,10 @@ pub fn status_from(
         Some(("VolumeNotFound", format!("PVCs not found: {}", checks.missing_volumes.join(", "))))
     } else if checks.volumes.is_empty() {
         Some(("NoVolumes", "spec.volumes and spec.volumeSelector select no PVC".to_string()))
+    } else if let Some(s) = &checks.secret_missing {
+        Some(("SecretNotFound", format!("credentials Secret {s:?} not found")))
     } else {
-        checks.secret_missing.as_ref().map(|s| ("SecretNotFound", format!("credentials Secret {s:?} not found")))
+        checks.encryption.problem()
     };
     let c = &mut st.conditions;
     match problem {
@@ -61,6 +129,8 @@ pub fn status_from(
         }
     }
     set_condition(c, conditions::RECONCILING, false, "Checked", "", generation, now);
+    let (encrypted, reason, msg) = checks.encryption.condition();
+    set_condition(c, "Encrypted", encrypted, reason, msg, generation, now);
     if checks.bare_pods.is_empty() {
         conditions::remove_condition(c, "OfflineBlocked");
     } else {
@@ -86,7 +156,16 @@ pub async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Reque
         }
         None => None,
     };
+    let encryption_keys = match repo.spec.storage.encryption_secret() {
+        Some(name) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+            // Only the names of the data keys are kept; the values are dropped here.
+            secrets.get_opt(name).await?.map(|s| s.data.unwrap_or_default().into_keys().collect::<Vec<_>>())
+        }
+        None => None,
+    };
     let checks = Checks {
+        encryption: EncryptionCheck::of(&repo.spec.storage, encryption_keys.as_deref()),
         volumes,
         missing_volumes: missing,
         secret_missing,
@@ -181,9 +260,51 @@ mod tests {
         let secret = Checks { secret_missing: Some("creds".into()), ..ok.clone() };
         let st = status_from(&secret, None, None, now);
         assert!(st.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "SecretNotFound"));
+        let st = status_from(&ok, None, None, now);
+        assert!(
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Encrypted" && c.status == "False" && c.reason == "EncryptionNotConfigured")
+        );
         let bare = Checks { bare_pods: vec!["lonely".into()], ..ok.clone() };
         let st = status_from(&bare, None, None, now);
         assert!(conditions::condition_true(&st.conditions, "Ready"), "online pushes still work");
         assert!(st.conditions.iter().any(|c| c.type_ == "OfflineBlocked" && c.reason == "BarePod"));
+    }
+
+    #[test]
+    fn encryption_checks() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let spec = |e: Option<EncryptionSpec>| StorageSpec { bucket: "b".into(), encryption: e, ..Default::default() };
+        let with_secret = spec(Some(EncryptionSpec {
+            mode: EncryptionMode::Encrypted,
+            secret_ref: Some(LocalRef { name: "k".into() }),
+        }));
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(EncryptionCheck::of(&spec(None), None), EncryptionCheck::NotConfigured);
+        let none = spec(Some(EncryptionSpec { mode: EncryptionMode::None, secret_ref: None }));
+        assert_eq!(EncryptionCheck::of(&none, None), EncryptionCheck::Plaintext);
+        assert_eq!(EncryptionCheck::of(&with_secret, None), EncryptionCheck::SecretNotFound("k".into()));
+        assert_eq!(
+            EncryptionCheck::of(&with_secret, Some(&keys(&["other"]))),
+            EncryptionCheck::KeyNotInSecret("k".into())
+        );
+        assert_eq!(EncryptionCheck::of(&with_secret, Some(&keys(&["PUSH_OPERATOR_KEY"]))), EncryptionCheck::Configured);
+        assert_eq!(
+            EncryptionCheck::of(&with_secret, Some(&keys(&["PUSH_OPERATOR_PASSWORD"]))),
+            EncryptionCheck::Configured
+        );
+        let ok = Checks { volumes: vec!["data".into()], ..Default::default() };
+        for (check, reason) in [
+            (EncryptionCheck::SecretNotFound("k".into()), "EncryptionSecretNotFound"),
+            (EncryptionCheck::KeyNotInSecret("k".into()), "EncryptionKeyNotInSecret"),
+        ] {
+            let st = status_from(&Checks { encryption: check, ..ok.clone() }, None, None, now);
+            assert!(conditions::condition_true(&st.conditions, "Stalled"));
+            assert!(st.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == reason), "{reason}");
+        }
+        let st = status_from(&Checks { encryption: EncryptionCheck::Configured, ..ok.clone() }, None, None, now);
+        assert!(conditions::condition_true(&st.conditions, "Ready"));
+        assert!(conditions::condition_true(&st.conditions, "Encrypted"));
     }
 }

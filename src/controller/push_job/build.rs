@@ -78,6 +78,10 @@ fn meta(job: &PushJob, name: &str) -> ObjectMeta {
     }
 }
 
+/// The keys of an encryption Secret that reach workers (as the CLI's variables of the same names).
+pub const ENCRYPTION_SECRET_KEYS: [&str; 4] =
+    ["PUSH_OPERATOR_PASSWORD", "PUSH_OPERATOR_KEY", "PUSH_OPERATOR_PREVIOUS_PASSWORD", "PUSH_OPERATOR_PREVIOUS_KEY"];
+
 fn secret_env(secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
         name: key.to_string(),
@@ -119,6 +123,13 @@ pub fn store_access(storage: &crate::api::StorageSpec) -> (Vec<String>, Vec<EnvV
         envs.push(secret_env(&secret.name, "AWS_ACCESS_KEY_ID", false));
         envs.push(secret_env(&secret.name, "AWS_SECRET_ACCESS_KEY", false));
         envs.push(secret_env(&secret.name, "AWS_SESSION_TOKEN", true));
+    }
+    if let Some(secret) = storage.encryption_secret() {
+        // Each optional: the Secret holds a passphrase or a raw key, and the previous one only
+        // during a rotation. The Repository controller checks that one of the first two is there.
+        for key in ENCRYPTION_SECRET_KEYS {
+            envs.push(secret_env(secret, key, true));
+        }
     }
     (args, envs)
 }
@@ -190,6 +201,9 @@ pub fn worker_pod(
     }
     let (store_args, envs) = store_access(storage);
     args.extend(store_args);
+    if storage.encryption.as_ref().is_some_and(|e| e.mode == EncryptionMode::None) {
+        args.extend(["--encryption".into(), "none".into()]);
+    }
     let resources = repo.spec.worker_resources.clone().unwrap_or_else(|| cfg.resources.clone());
     Pod {
         metadata: meta(job, name),
@@ -419,6 +433,10 @@ mod tests {
                     region: None,
                     path_style: Some(true),
                     credentials_secret_ref: Some(LocalRef { name: "s3-creds".into() }),
+                    encryption: Some(EncryptionSpec {
+                        mode: EncryptionMode::Encrypted,
+                        secret_ref: Some(LocalRef { name: "shop-key".into() }),
+                    }),
                 },
                 online: OnlineSpec::default(),
                 hooks: None,
@@ -462,11 +480,44 @@ mod tests {
         assert!(key.value.is_none());
         assert_eq!(key.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "s3-creds");
         assert!(env.iter().any(|e| e.name == "AWS_ENDPOINT_URL" && e.value.as_deref() == Some("http://minio:9000")));
+        // The store's key too: from the Secret, each variable optional (a passphrase or a raw
+        // key, the previous one only while rotating), never a value in the spec.
+        for name in ENCRYPTION_SECRET_KEYS {
+            let e = env.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("{name} reaches the worker"));
+            let r = e.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+            assert_eq!((r.name.as_str(), r.key.as_str(), r.optional), ("shop-key", name, Some(true)));
+            assert!(e.value.is_none());
+        }
+        assert!(!args.contains("--encryption"), "a new store is encrypted by default: {args}");
         // Labelled and owned, so cleanup and garbage collection find it.
         let labels = pod.metadata.labels.unwrap();
         assert_eq!(labels.get(MANAGED_BY_LABEL).map(String::as_str), Some(MANAGED_BY));
         assert_eq!(labels.get(JOB_LABEL).map(String::as_str), Some("j1"));
         assert_eq!(pod.metadata.owner_references.unwrap()[0].name, "j1");
+    }
+
+    #[test]
+    fn a_plaintext_repository_says_so_to_the_worker_and_passes_no_key() {
+        let (job, mut repo) = fixtures();
+        repo.spec.storage.encryption = Some(EncryptionSpec { mode: EncryptionMode::None, secret_ref: None });
+        let pod = worker_pod(
+            &job,
+            &repo,
+            "w",
+            &[("data".into(), "data".into())],
+            &BTreeSet::new(),
+            None,
+            &WorkerConfig::default(),
+        );
+        let c = &pod.spec.unwrap().containers[0];
+        assert!(c.args.as_ref().unwrap().join(" ").contains("--encryption none"));
+        assert!(
+            !c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|e| e.name.starts_with("PUSH_OPERATOR_") && e.name != "PUSH_OPERATOR_LOG")
+        );
     }
 
     #[test]
