@@ -219,6 +219,13 @@ struct InitArgs {
     /// who can read the store reads the data).
     #[arg(long, default_value = "aes-256-gcm")]
     encryption: Encryption,
+    /// S3 Object Lock: write every object retained this long (e.g. 30d; the bucket must have
+    /// Object Lock enabled). Fixed when the store is created.
+    #[arg(long, value_parser = |s: &str| parse_duration(s).map_err(|e| e.to_string()))]
+    object_lock_period: Option<std::time::Duration>,
+    /// compliance (nobody can shorten or bypass it) or governance.
+    #[arg(long, default_value = "compliance", requires = "object_lock_period")]
+    object_lock_mode: push_operator::store::backend::RetentionMode,
 }
 
 impl InitArgs {
@@ -233,6 +240,9 @@ impl InitArgs {
             compression_level: self.compression_level,
             pack_size: self.pack_size_mib << 20,
             encryption: self.encryption,
+            object_lock: self
+                .object_lock_period
+                .map(|p| push_operator::store::ObjectLock { mode: self.object_lock_mode, period_seconds: p.as_secs() }),
         }
     }
 }
@@ -630,6 +640,9 @@ fn print_prune(r: &push_operator::store::prune::PruneReport) {
     if r.plans_pending > 0 {
         println!("{} still marked, deleted by a later prune: {} plan(s)", HumanBytes(r.bytes_pending), r.plans_pending);
     }
+    if r.retention_extended > 0 {
+        println!("Object Lock retention extended for {} objects", r.retention_extended);
+    }
     for m in &r.messages {
         println!("{m}");
     }
@@ -664,9 +677,9 @@ struct WorkerCliArgs {
     /// Where the report goes (the kubelet shows it as the termination message).
     #[arg(long, default_value = "/dev/termination-log")]
     termination_log: PathBuf,
-    /// Encryption of a store this push creates (an existing store keeps its own).
-    #[arg(long, default_value = "aes-256-gcm")]
-    encryption: Encryption,
+    /// How a store this push creates is made (an existing store keeps its own settings).
+    #[command(flatten)]
+    init: InitArgs,
 }
 
 fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
@@ -678,12 +691,13 @@ fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
 fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().with_context(|| format!("duration {s:?}: give a number with s, m or h"))?;
+    let n: u64 = num.parse().with_context(|| format!("duration {s:?}: give a number with s, m, h or d"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
-        _ => anyhow::bail!("duration {s:?}: unit must be s, m or h"),
+        "d" => 86400,
+        _ => anyhow::bail!("duration {s:?}: unit must be s, m, h or d"),
     };
     Ok(std::time::Duration::from_secs(n * mult))
 }
@@ -956,8 +970,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     Some(j) => Some(serde_json::from_str(j).context("--retention is not a retention spec (JSON)")?),
                 },
             };
-            let init = InitOptions { encryption: a.encryption, ..InitOptions::default() };
-            let report = match a.store.open_or_init(&init) {
+            let report = match a.store.open_or_init(&a.init.options()) {
                 Ok(store) => worker::run(&store, &args),
                 Err(e) => {
                     use push_operator::controller::push_job::state::{WorkerFailure, WorkerReport};

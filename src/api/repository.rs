@@ -107,6 +107,30 @@ pub struct StorageSpec {
     /// and pushes to a new store fail (`EncryptionNotConfigured`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionSpec>,
+    /// S3 Object Lock for a store the first push creates: every object is written with this
+    /// retention, which scheduled maintenance extends for what live snapshots use; nobody
+    /// holding the worker's credentials can delete or overwrite a snapshot within it. The
+    /// bucket must be created with Object Lock enabled. An existing store keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLockSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectLockSpec {
+    #[serde(default)]
+    pub mode: ObjectLockMode,
+    #[schemars(range(min = 1, max = 36500))]
+    pub retention_days: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum ObjectLockMode {
+    /// Nobody, not even the bucket's owner, can shorten the retention or delete a version.
+    #[default]
+    Compliance,
+    /// Identities allowed to bypass governance retention can.
+    Governance,
 }
 
 /// The store's encryption: AES-256-GCM with a master key that the Secret's passphrase (or raw

@@ -66,8 +66,7 @@ impl AuditRecord {
 pub fn append(store: &Store, rec: &AuditRecord) -> anyhow::Result<String> {
     let key = format!("{AUDIT_PREFIX}{}-{}", rec.time.format("%Y%m%dT%H%M%S%.6fZ"), &Id::random().to_hex()[..12]);
     store
-        .backend()
-        .put_if_absent(&key, &store.seal_object(ObjectKind::Audit, &serde_json::to_vec_pretty(rec)?))
+        .put(&key, &store.seal_object(ObjectKind::Audit, &serde_json::to_vec_pretty(rec)?))
         .map_err(|e| anyhow::anyhow!("cannot write the audit record {key}: {e}"))?;
     Ok(key)
 }

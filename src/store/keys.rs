@@ -5,7 +5,7 @@
 //! A wrapped key is sealed with the store's id as associated data, so a slot copied from
 //! another store (or left by a creation that lost a race) opens nothing here.
 
-use super::backend::{Backend, BackendError};
+use super::backend::{Backend, BackendError, Retention};
 use super::crypto::{Key32, Sealed, open_with, random_key, seal_with};
 use super::id::Id;
 use anyhow::{Context, bail};
@@ -154,8 +154,15 @@ fn slot_key(id: &Id) -> String {
     format!("{KEYS_PREFIX}{id}")
 }
 
-/// Writes a new slot for `master`, opened by `secret`; returns its id.
-pub fn add_slot(backend: &dyn Backend, store: &Id, master: &[u8; 32], secret: &Secret) -> anyhow::Result<Id> {
+/// Writes a new slot for `master`, opened by `secret` (with `retention` in a store with Object
+/// Lock); returns its id.
+pub fn add_slot(
+    backend: &dyn Backend,
+    store: &Id,
+    master: &[u8; 32],
+    secret: &Secret,
+    retention: Option<&Retention>,
+) -> anyhow::Result<Id> {
     let kdf = new_kdf(secret);
     let wrapping = wrapping_key(secret, &kdf)?.expect("the kdf matches the secret it was made for");
     let slot = KeySlot {
@@ -165,7 +172,11 @@ pub fn add_slot(backend: &dyn Backend, store: &Id, master: &[u8; 32], secret: &S
         kdf,
     };
     let id = Id::random();
-    backend.put_if_absent(&slot_key(&id), &serde_json::to_vec_pretty(&slot)?)?;
+    let bytes = serde_json::to_vec_pretty(&slot)?;
+    match retention {
+        Some(r) => backend.put_retained(&slot_key(&id), &bytes, r)?,
+        None => backend.put_if_absent(&slot_key(&id), &bytes)?,
+    };
     Ok(id)
 }
 
@@ -235,7 +246,7 @@ mod tests {
         let (store, other_store) = (Id::random(), Id::random());
         let master = random_key();
         let raw = Secret::Raw(random_key());
-        let id = add_slot(&backend, &store, &master, &raw).unwrap();
+        let id = add_slot(&backend, &store, &master, &raw, None).unwrap();
         let slots = list_slots(&backend).unwrap();
         assert_eq!(slots.len(), 1);
         let (got_id, got) = unlock(&slots, &store, &raw).unwrap().unwrap();

@@ -32,7 +32,7 @@ pub mod tree;
 pub mod verify;
 
 use anyhow::{Context, bail};
-use backend::{Backend, BackendError};
+use backend::{Backend, BackendError, Retention, RetentionMode};
 use chunker::{Chunker, ChunkerParams};
 use crypto::{Crypto, Keys, ObjectKind, Sealed};
 use id::Id;
@@ -94,10 +94,30 @@ pub struct Config {
     /// Format 2 only (absent in format 1, which is never encrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// S3 Object Lock: every object the store keeps is written with this retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
     /// Encrypted stores: keyed BLAKE3 of this config with `mac` empty, so a change made by
     /// whoever holds the storage is noticed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+}
+
+/// Object Lock of a store (an S3 bucket created with Object Lock enabled): every object it
+/// keeps is written with a retention of `period_seconds`, which maintenance extends for what
+/// live snapshots use; prune deletes nothing whose retention has not passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectLock {
+    pub mode: RetentionMode,
+    pub period_seconds: u64,
+}
+
+impl ObjectLock {
+    /// The retention of an object written (or extended) now.
+    pub fn from_now(&self) -> Retention {
+        let period = chrono::Duration::seconds(self.period_seconds.min(i64::MAX as u64 / 1000) as i64);
+        Retention { mode: self.mode, until: chrono::Utc::now() + period }
+    }
 }
 
 impl Config {
@@ -118,6 +138,8 @@ pub struct InitOptions {
     pub pack_size: u64,
     /// With [`Encryption::Aes256Gcm`] the credentials' current secret opens the first key slot.
     pub encryption: Encryption,
+    /// S3 Object Lock for every object (the bucket must have it enabled).
+    pub object_lock: Option<ObjectLock>,
 }
 
 impl Default for InitOptions {
@@ -127,6 +149,7 @@ impl Default for InitOptions {
             compression_level: 3,
             pack_size: 16 << 20,
             encryption: Encryption::Aes256Gcm,
+            object_lock: None,
         }
     }
 }
@@ -286,7 +309,8 @@ impl Store {
         if let Some(previous) = &credentials.previous
             && let Some((old, master)) = keys::unlock(&slots, &config.id, previous)?
         {
-            let slot = keys::add_slot(backend, &config.id, &master, current)?;
+            let retention = config.object_lock.map(|l| l.from_now());
+            let slot = keys::add_slot(backend, &config.id, &master, current, retention.as_ref())?;
             keys::remove_slot(backend, &old)?;
             tracing::info!(added = %slot.short(), removed = %old.short(), "key rotated: the previous secret's slot was replaced");
             return Ok((slot, master, vec![old]));
@@ -309,6 +333,17 @@ impl Store {
             Err(OpenError::Missing(_)) => {}
             Err(e) => return Err(e.into()),
         }
+        if let Some(lock) = &opts.object_lock {
+            if lock.period_seconds == 0 {
+                bail!("the object lock period must be longer than 0 seconds");
+            }
+            if !backend.supports_object_lock()? {
+                bail!(
+                    "{} has no Object Lock: create the bucket with Object Lock enabled (it cannot be turned on for a store's objects later), or leave out --object-lock-period",
+                    backend.describe()
+                );
+            }
+        }
         let mut config = Config {
             version: FORMAT_VERSION,
             id: Id::random(),
@@ -317,8 +352,10 @@ impl Store {
             compression: CompressionParams { algorithm: "zstd".into(), level: opts.compression_level },
             pack_size: opts.pack_size,
             encryption: Some(opts.encryption),
+            object_lock: opts.object_lock,
             mac: None,
         };
+        let retention = opts.object_lock.map(|l| l.from_now());
         let mut own_slot = None;
         match opts.encryption {
             Encryption::None if !credentials.is_empty() => {
@@ -333,13 +370,15 @@ impl Store {
                 config.mac = Crypto::Sealed(Box::new(Keys::derive(&master))).config_mac(&config.mac_input());
                 // The slot first, bound to this config's id: a creation that dies here leaves a
                 // slot that opens nothing, never a config without a key.
-                own_slot = Some(keys::add_slot(&*backend, &config.id, &master, secret)?);
+                own_slot = Some(keys::add_slot(&*backend, &config.id, &master, secret, retention.as_ref())?);
             }
         }
         let bytes = serde_json::to_vec_pretty(&config)?;
-        if !backend.put_if_absent("config", &bytes)?
-            && let Some(slot) = own_slot
-        {
+        let written = match &retention {
+            Some(r) => backend.put_retained("config", &bytes, r)?,
+            None => backend.put_if_absent("config", &bytes)?,
+        };
+        if !written && let Some(slot) = own_slot {
             // Another writer created the store meanwhile: ours is not its key.
             keys::remove_slot(&*backend, &slot)?;
         }
@@ -367,7 +406,30 @@ impl Store {
     /// Adds a key slot that `secret` opens.
     pub fn add_key(&self, secret: &Secret) -> anyhow::Result<Id> {
         let (_, master) = self.slot.as_ref().context(NO_KEYS)?;
-        keys::add_slot(&*self.backend, &self.config.id, master, secret)
+        keys::add_slot(&*self.backend, &self.config.id, master, secret, self.retention_from_now().as_ref())
+    }
+
+    /// The retention of an object written now (stores with Object Lock).
+    pub fn retention_from_now(&self) -> Option<Retention> {
+        self.config.object_lock.map(|l| l.from_now())
+    }
+
+    /// Writes an object the store keeps (put-if-absent), with the store's retention when it
+    /// has Object Lock. Locks and prune plans, which the store deletes as it works, are written
+    /// with the backend's plain put instead.
+    pub fn put(&self, key: &str, data: &[u8]) -> Result<bool, BackendError> {
+        match self.retention_from_now() {
+            Some(r) => self.backend.put_retained(key, data, &r),
+            None => self.backend.put_if_absent(key, data),
+        }
+    }
+
+    /// Until when Object Lock keeps this object from being deleted; `None` when it may go now.
+    pub fn retained_until(&self, key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, BackendError> {
+        if self.config.object_lock.is_none() {
+            return Ok(None);
+        }
+        Ok(self.backend.retention(key)?.map(|r| r.until).filter(|t| *t > chrono::Utc::now()))
     }
 
     /// Removes a key slot, given by id or a unique prefix. The last slot and the slot this
@@ -514,7 +576,7 @@ impl Store {
         file.supersedes.push(Id::random());
         let bytes = self.encode_index(ObjectKind::Index, &file);
         let id = Id::of(&bytes);
-        let written = self.backend.put_if_absent(&format!("index/{id}"), &bytes)?;
+        let written = self.put(&format!("index/{id}"), &bytes)?;
         Ok((id, if written { bytes.len() as u64 } else { 0 }))
     }
 
@@ -625,7 +687,7 @@ impl Store {
     pub fn write_snapshot(&self, snap: &Snapshot) -> anyhow::Result<(Id, u64)> {
         let bytes = self.seal_object(ObjectKind::Snapshot, &serde_json::to_vec_pretty(snap)?).into_owned();
         let id = Id::of(&bytes);
-        self.backend.put_if_absent(&snapshot::snapshot_key(&id), &bytes)?;
+        self.put(&snapshot::snapshot_key(&id), &bytes)?;
         Ok((id, bytes.len() as u64))
     }
 }

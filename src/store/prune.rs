@@ -102,6 +102,12 @@ pub struct PruneReport {
     pub locks_removed: usize,
     /// Bytes of packs the index lists, after this run.
     pub store_bytes: u64,
+    /// Object Lock: unused packs kept because their retention has not passed.
+    pub packs_retained: usize,
+    /// ... the earliest time one of them may go.
+    pub retained_until: Option<DateTime<Utc>>,
+    /// Object Lock: objects whose retention this run extended.
+    pub retention_extended: usize,
     pub messages: Vec<String>,
 }
 
@@ -311,12 +317,29 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
             store_bytes += size;
         }
     }
+    report.store_bytes = store_bytes;
+    let unused: HashSet<Id> = delete.iter().copied().collect();
+    let delete = hold_retained(store, delete, &entries_of, report)?;
+    let repack = hold_retained(store, repack, &entries_of, report)?;
+    if let Some(until) = report.retained_until {
+        report.messages.push(format!(
+            "{} pack(s) no snapshot needs are kept by Object Lock (the first until {}); a later prune deletes them",
+            report.packs_retained,
+            until.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
     report.packs_unused = delete.len();
     report.packs_repack = repack.len();
     report.bytes_unused_left = unused_total;
     report.bytes_used = used_total;
-    report.store_bytes = store_bytes;
     let marked: Vec<Id> = delete.iter().chain(&repack).copied().collect();
+    if !opts.dry_run {
+        // Packs with a referenced blob that stay: not the unused ones (retained or not).
+        let live_packs = entries_of.keys().filter(|p| !unused.contains(p) && !marked.contains(p)).map(pack_key);
+        let live_snapshots = snaps.iter().map(|(id, _)| super::snapshot::snapshot_key(id));
+        let index = files.iter().map(|(id, _)| format!("index/{id}"));
+        extend_retention(store, live_packs.chain(live_snapshots).chain(index), report)?;
+    }
     let consolidate = files.len() > 8;
     if opts.dry_run || (marked.is_empty() && !consolidate) {
         report.index_objects_after = files.len();
@@ -381,15 +404,49 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     let keep: Vec<(Id, Vec<PackEntry>)> =
         entries_of.iter().filter(|(p, _)| !marked_set.contains(p)).map(|(p, e)| (*p, e.clone())).collect();
     report.store_bytes += new_packs.iter().map(|(_, e)| pack_len(e, store.crypto().overhead())).sum::<u64>();
-    let mut written = HashSet::new();
-    for c in keep.chunks(PACKS_PER_INDEX) {
-        lock.check()?;
-        written.insert(store.write_index(&IndexFile { supersedes: vec![], packs: c.to_vec() })?.0);
-    }
-    for (id, _) in &files {
-        if !written.contains(id) {
-            store.backend().delete(&format!("index/{id}"))?;
+    // With Object Lock, old index objects may outlive this prune: the last new object
+    // supersedes the ones read above and those they superseded that are still there (an
+    // earlier prune could not delete them yet: they must never come back), and they are
+    // deleted once retention allows. Objects written by pushes meanwhile are left alone.
+    let locked = store.config.object_lock.is_some();
+    let old: Vec<Id> = if locked {
+        let read: HashSet<Id> =
+            files.iter().flat_map(|(id, f)| std::iter::once(*id).chain(f.supersedes.iter().copied())).collect();
+        let present = store.backend().list("index/")?;
+        present
+            .iter()
+            .filter_map(|o| Id::parse(o.key.trim_start_matches("index/")).ok())
+            .filter(|id| read.contains(id))
+            .collect()
+    } else {
+        files.iter().map(|(id, _)| *id).collect()
+    };
+    let mut chunks: Vec<IndexFile> =
+        keep.chunks(PACKS_PER_INDEX).map(|c| IndexFile { supersedes: vec![], packs: c.to_vec() }).collect();
+    if locked {
+        match chunks.last_mut() {
+            Some(last) => last.supersedes = old.clone(),
+            None => chunks.push(IndexFile { supersedes: old.clone(), packs: vec![] }),
         }
+    }
+    let mut written = HashSet::new();
+    for file in &chunks {
+        lock.check()?;
+        written.insert(store.write_index(file)?.0);
+    }
+    let mut retained = 0;
+    for id in old.iter().filter(|id| !written.contains(id)) {
+        let key = format!("index/{id}");
+        if store.retained_until(&key)?.is_some() {
+            retained += 1;
+            continue;
+        }
+        store.backend().delete(&key)?;
+    }
+    if retained > 0 {
+        report
+            .messages
+            .push(format!("{retained} superseded index object(s) kept until their Object Lock retention ends"));
     }
     report.index_objects_after = store.backend().list("index/")?.len();
     super::push::crashpoint("prune", 2);
@@ -447,7 +504,7 @@ fn flush(
         return Ok(());
     }
     let sealed = std::mem::replace(builder, PackBuilder::new(0)).seal(store.crypto());
-    store.backend().put_if_absent(&pack_key(&sealed.id), &sealed.bytes)?;
+    store.put(&pack_key(&sealed.id), &sealed.bytes)?;
     report.bytes_repacked += sealed.bytes.len() as u64;
     report.packs_written += 1;
     // Indexed at once: the new packs must never look like leftovers.
@@ -472,6 +529,50 @@ fn list_plans(store: &Store) -> anyhow::Result<Vec<(Plan, Option<Ready>)>> {
     }
     out.sort_by_key(|(p, _)| p.created);
     Ok(out)
+}
+
+/// Object Lock: the packs of `packs` whose retention has not passed stay as they are (a later
+/// prune takes them); returns the others.
+fn hold_retained(
+    store: &Store,
+    packs: Vec<Id>,
+    entries_of: &BTreeMap<Id, Vec<PackEntry>>,
+    report: &mut PruneReport,
+) -> anyhow::Result<Vec<Id>> {
+    if store.config.object_lock.is_none() {
+        return Ok(packs);
+    }
+    let mut out = Vec::with_capacity(packs.len());
+    for pack in packs {
+        match store.retained_until(&pack_key(&pack))? {
+            Some(until) => {
+                report.packs_retained += 1;
+                report.store_bytes += pack_len(&entries_of[&pack], store.crypto().overhead());
+                report.retained_until = Some(report.retained_until.map_or(until, |t| t.min(until)));
+            }
+            None => out.push(pack),
+        }
+    }
+    Ok(out)
+}
+
+/// Object Lock: what live snapshots use (and the store's keys and config) is kept retained for
+/// at least half the period more; what this prune marked is not extended.
+fn extend_retention(store: &Store, keys: impl Iterator<Item = String>, report: &mut PruneReport) -> anyhow::Result<()> {
+    let Some(lock) = store.config.object_lock else { return Ok(()) };
+    let threshold = Utc::now() + chrono::Duration::seconds((lock.period_seconds / 2) as i64);
+    let slots = store.backend().list(super::keys::KEYS_PREFIX)?.into_iter().map(|o| o.key);
+    for key in keys.chain(slots).chain(["config".to_string()]) {
+        match store.backend().retention(&key)? {
+            Some(r) if r.until >= threshold => {}
+            _ => match store.backend().set_retention(&key, &lock.from_now()) {
+                Ok(()) => report.retention_extended += 1,
+                Err(BackendError::NotFound(_)) => {} // forgotten meanwhile
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    Ok(())
 }
 
 fn drop_plan(store: &Store, plan: &Id) -> anyhow::Result<()> {
@@ -517,6 +618,12 @@ fn finish(store: &Store, plan: &Plan, report: &mut PruneReport) -> anyhow::Resul
     for (i, (pack, size)) in delete.iter().enumerate() {
         if i == 1 {
             super::push::crashpoint("prune", 3);
+        }
+        if let Some(until) = store.retained_until(&pack_key(pack))? {
+            // Not deletable yet (its retention was extended meanwhile): an ordinary pack again,
+            // taken by a later prune.
+            report.messages.push(format!("pack {} kept by Object Lock until {until}", pack.short()));
+            continue;
         }
         store.backend().delete(&pack_key(pack))?;
         report.packs_deleted += 1;

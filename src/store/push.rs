@@ -311,7 +311,7 @@ impl Pusher<'_> {
                 // The same bytes as a pack a prune is deleting: make this one different.
                 pack = salted(self.store, pack);
             }
-            match self.store.backend().put_if_absent(&pack_key(&pack.id), &pack.bytes) {
+            match self.store.put(&pack_key(&pack.id), &pack.bytes) {
                 Ok(written) => {
                     if written {
                         add(&self.counters.bytes_uploaded, pack.bytes.len() as u64);

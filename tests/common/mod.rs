@@ -395,20 +395,31 @@ impl Seaweed {
         ]
     }
 
+    /// A raw S3 client with the test credentials (what a holder of the worker's credentials
+    /// could do), and a runtime to drive it.
+    pub fn client(&self) -> (tokio::runtime::Runtime, aws_sdk_s3::Client) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let creds = aws_sdk_s3::config::Credentials::new(&self.access_key, &self.secret_key, None, None, "test");
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(creds)
+            .build();
+        (rt, aws_sdk_s3::Client::from_conf(conf))
+    }
+
     /// Creates a bucket (with the raw SDK: the store itself never creates buckets).
     pub fn create_bucket(&self, name: &str) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let creds = aws_sdk_s3::config::Credentials::new(&self.access_key, &self.secret_key, None, None, "test");
-            let conf = aws_sdk_s3::config::Builder::new()
-                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-                .region(aws_sdk_s3::config::Region::new("us-east-1"))
-                .endpoint_url(&self.endpoint)
-                .force_path_style(true)
-                .credentials_provider(creds)
-                .build();
-            aws_sdk_s3::Client::from_conf(conf).create_bucket().bucket(name).send().await.unwrap();
-        });
+        let (rt, client) = self.client();
+        rt.block_on(client.create_bucket().bucket(name).send()).unwrap();
+    }
+
+    /// Creates a bucket with Object Lock enabled (and so versioning), without a default rule.
+    pub fn create_locked_bucket(&self, name: &str) {
+        let (rt, client) = self.client();
+        rt.block_on(client.create_bucket().bucket(name).object_lock_enabled_for_bucket(true).send()).unwrap();
     }
 
     pub fn backend(&self, bucket: &str, prefix: &str) -> push_operator::store::backend::s3::S3Backend {

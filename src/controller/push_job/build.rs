@@ -204,6 +204,14 @@ pub fn worker_pod(
     if storage.encryption.as_ref().is_some_and(|e| e.mode == EncryptionMode::None) {
         args.extend(["--encryption".into(), "none".into()]);
     }
+    if let Some(lock) = &storage.object_lock {
+        let mode = match lock.mode {
+            ObjectLockMode::Compliance => "compliance",
+            ObjectLockMode::Governance => "governance",
+        };
+        args.extend(["--object-lock-period".into(), format!("{}d", lock.retention_days)]);
+        args.extend(["--object-lock-mode".into(), mode.into()]);
+    }
     let resources = repo.spec.worker_resources.clone().unwrap_or_else(|| cfg.resources.clone());
     Pod {
         metadata: meta(job, name),
@@ -437,6 +445,7 @@ mod tests {
                         mode: EncryptionMode::Encrypted,
                         secret_ref: Some(LocalRef { name: "shop-key".into() }),
                     }),
+                    object_lock: Some(ObjectLockSpec { mode: ObjectLockMode::Governance, retention_days: 30 }),
                 },
                 online: OnlineSpec::default(),
                 hooks: None,
@@ -489,6 +498,7 @@ mod tests {
             assert!(e.value.is_none());
         }
         assert!(!args.contains("--encryption"), "a new store is encrypted by default: {args}");
+        assert!(args.contains("--object-lock-period 30d --object-lock-mode governance"), "{args}");
         // Labelled and owned, so cleanup and garbage collection find it.
         let labels = pod.metadata.labels.unwrap();
         assert_eq!(labels.get(MANAGED_BY_LABEL).map(String::as_str), Some(MANAGED_BY));

@@ -34,6 +34,37 @@ impl BackendError {
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
+/// S3 Object Lock retention modes: `Compliance` cannot be shortened or bypassed by anyone;
+/// `Governance` can, by an identity allowed to bypass it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionMode {
+    Compliance,
+    Governance,
+}
+
+impl std::str::FromStr for RetentionMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<RetentionMode, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "compliance" => Ok(RetentionMode::Compliance),
+            "governance" => Ok(RetentionMode::Governance),
+            _ => Err(format!("unknown retention mode {s:?}: use compliance or governance")),
+        }
+    }
+}
+
+/// An object version's lock: it cannot be deleted or overwritten before `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub mode: RetentionMode,
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+fn no_object_lock(backend: &str) -> BackendError {
+    BackendError::Permanent(format!("{backend} has no object lock: use an S3 bucket created with Object Lock enabled"))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
     /// Key relative to the store root, `/`-separated (e.g. `packs/ab/ab12...`).
@@ -54,10 +85,28 @@ pub trait Backend: Send + Sync {
     fn stat(&self, key: &str) -> Result<Option<u64>>;
     /// Every object whose key starts with `prefix`, in no particular order.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
-    /// Deletes the object; deleting an absent object is not an error.
+    /// Deletes the object; deleting an absent object is not an error. (In a bucket with
+    /// Object Lock this hides the object behind a delete marker; a retained version stays.)
     fn delete(&self, key: &str) -> Result<()>;
     /// Where this backend points, for messages (never includes credentials).
     fn describe(&self) -> String;
+    /// Whether objects can be locked (an S3 bucket with Object Lock enabled).
+    fn supports_object_lock(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// [`Backend::put_if_absent`] with a retention (and a checksum, which Object Lock asks for).
+    fn put_retained(&self, _key: &str, _data: &[u8], _retention: &Retention) -> Result<bool> {
+        Err(no_object_lock(&self.describe()))
+    }
+    /// The retention of the object's current version; `None` when it has none (or is absent).
+    fn retention(&self, _key: &str) -> Result<Option<Retention>> {
+        Ok(None)
+    }
+    /// Sets the retention of the object's current version (a later `until` only: Object Lock
+    /// refuses to shorten a Compliance retention).
+    fn set_retention(&self, _key: &str, _retention: &Retention) -> Result<()> {
+        Err(no_object_lock(&self.describe()))
+    }
 }
 
 /// A shared backend is a backend (the store and its uploaders share one).
@@ -82,6 +131,18 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn supports_object_lock(&self) -> Result<bool> {
+        (**self).supports_object_lock()
+    }
+    fn put_retained(&self, key: &str, data: &[u8], retention: &Retention) -> Result<bool> {
+        (**self).put_retained(key, data, retention)
+    }
+    fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        (**self).retention(key)
+    }
+    fn set_retention(&self, key: &str, retention: &Retention) -> Result<()> {
+        (**self).set_retention(key, retention)
     }
 }
 

@@ -4,7 +4,7 @@
 //! reached the server anyway; its retry then finds the object present, which is the right answer
 //! for content-addressed, write-once objects.
 
-use super::{Backend, BackendError, ObjectInfo, Result};
+use super::{Backend, BackendError, ObjectInfo, Result, Retention};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -85,6 +85,18 @@ impl<B: Backend> Backend for Retrying<B> {
     }
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+    fn supports_object_lock(&self) -> Result<bool> {
+        self.run("object lock configuration", "", || self.inner.supports_object_lock())
+    }
+    fn put_retained(&self, key: &str, data: &[u8], retention: &Retention) -> Result<bool> {
+        self.run("put", key, || self.inner.put_retained(key, data, retention))
+    }
+    fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        self.run("get retention", key, || self.inner.retention(key))
+    }
+    fn set_retention(&self, key: &str, retention: &Retention) -> Result<()> {
+        self.run("set retention", key, || self.inner.set_retention(key, retention))
     }
 }
 

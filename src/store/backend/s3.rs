@@ -3,7 +3,7 @@
 //! put-if-absent is `PutObject` with `If-None-Match: *`: the server answers 412 when the object
 //! exists. The SDK's own retries are off; [`super::retry::Retrying`] retries what is transient.
 
-use super::{Backend, BackendError, ObjectInfo, Result};
+use super::{Backend, BackendError, ObjectInfo, Result, Retention, RetentionMode};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -162,6 +162,31 @@ impl S3Backend {
         }
     }
 
+    async fn put(&self, key: &str, data: &[u8], retention: Option<&Retention>) -> Result<bool> {
+        use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectLockMode};
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.loc.bucket)
+            .key(self.key(key))
+            .if_none_match("*")
+            .body(ByteStream::from(data.to_vec()));
+        if let Some(r) = retention {
+            req = req
+                .object_lock_mode(match r.mode {
+                    RetentionMode::Compliance => ObjectLockMode::Compliance,
+                    RetentionMode::Governance => ObjectLockMode::Governance,
+                })
+                .object_lock_retain_until_date(smithy_time(r.until))
+                .checksum_algorithm(ChecksumAlgorithm::Crc32);
+        }
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 412 => Ok(false),
+            Err(e) => Err(classify("put", key, e)),
+        }
+    }
+
     async fn read_body(key: &str, body: ByteStream) -> Result<Vec<u8>> {
         body.collect()
             .await
@@ -170,23 +195,62 @@ impl S3Backend {
     }
 }
 
+fn smithy_time(t: chrono::DateTime<chrono::Utc>) -> aws_smithy_types::DateTime {
+    aws_smithy_types::DateTime::from_secs(t.timestamp())
+}
+
 impl Backend for S3Backend {
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<bool> {
-        let full = self.key(key);
-        let r = self.rt.block_on(
-            self.client
-                .put_object()
-                .bucket(&self.loc.bucket)
-                .key(&full)
-                .if_none_match("*")
-                .body(ByteStream::from(data.to_vec()))
-                .send(),
-        );
+        self.rt.block_on(self.put(key, data, None))
+    }
+
+    fn put_retained(&self, key: &str, data: &[u8], retention: &Retention) -> Result<bool> {
+        self.rt.block_on(self.put(key, data, Some(retention)))
+    }
+
+    fn supports_object_lock(&self) -> Result<bool> {
+        use aws_sdk_s3::types::ObjectLockEnabled;
+        let r = self.rt.block_on(self.client.get_object_lock_configuration().bucket(&self.loc.bucket).send());
         match r {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 412 => Ok(false),
-            Err(e) => Err(classify("put", key, e)),
+            Ok(out) => Ok(out.object_lock_configuration().and_then(|c| c.object_lock_enabled())
+                == Some(&ObjectLockEnabled::Enabled)),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(false),
+            Err(e) => Err(classify("get object lock configuration of", &self.loc.bucket, e)),
         }
+    }
+
+    fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        use aws_sdk_s3::types::ObjectLockRetentionMode;
+        let r = self.rt.block_on(self.client.get_object_retention().bucket(&self.loc.bucket).key(self.key(key)).send());
+        let out = match r {
+            Ok(out) => out,
+            // 404: no such object, or (NoSuchObjectLockConfiguration) a version without retention.
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => return Ok(None),
+            Err(e) => return Err(classify("get retention of", key, e)),
+        };
+        let Some(r) = out.retention() else { return Ok(None) };
+        let (Some(mode), Some(until)) = (r.mode(), r.retain_until_date()) else { return Ok(None) };
+        let mode = match mode {
+            ObjectLockRetentionMode::Compliance => RetentionMode::Compliance,
+            _ => RetentionMode::Governance,
+        };
+        let until = chrono::DateTime::from_timestamp(until.secs(), 0).unwrap_or_default();
+        Ok(Some(Retention { mode, until }))
+    }
+
+    fn set_retention(&self, key: &str, retention: &Retention) -> Result<()> {
+        use aws_sdk_s3::types::{ObjectLockRetention, ObjectLockRetentionMode};
+        let mode = match retention.mode {
+            RetentionMode::Compliance => ObjectLockRetentionMode::Compliance,
+            RetentionMode::Governance => ObjectLockRetentionMode::Governance,
+        };
+        let lock = ObjectLockRetention::builder().mode(mode).retain_until_date(smithy_time(retention.until)).build();
+        self.rt
+            .block_on(
+                self.client.put_object_retention().bucket(&self.loc.bucket).key(self.key(key)).retention(lock).send(),
+            )
+            .map(|_| ())
+            .map_err(|e| classify("set retention of", key, e))
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
