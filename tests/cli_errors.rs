@@ -4,16 +4,6 @@ mod common;
 use common::*;
 use std::fs;
 
-#[track_caller]
-fn fails_with(o: std::process::Output, needle: &str) -> String {
-    assert!(!o.status.success(), "should have failed: {}", stdout(&o));
-    let err = stderr(&o);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line expected, got: {err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    err
-}
-
 #[test]
 fn missing_source_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -27,6 +27,25 @@ fn marked_source(root: &Path) {
     fs::write(root.join("small"), MARKER).unwrap();
 }
 
+/// No key at all (the tests' CLI gets the test key unless told otherwise).
+const NO_KEY: [(&str, &str); 1] = [("PUSH_OPERATOR_KEY", "")];
+
+/// A temporary directory with the marked source in `src/` and room for a store at `store`.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    store: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        marked_source(&src);
+        Fixture { tmp, src, store }
+    }
+}
+
 fn files_of(store: &Path) -> Vec<PathBuf> {
     walk(store).into_iter().filter(|(_, m)| m.is_file()).map(|(p, _)| store.join(p)).collect()
 }
@@ -46,22 +65,10 @@ fn config(store: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(store.join("config")).unwrap()).unwrap()
 }
 
-#[track_caller]
-fn fails_with(o: std::process::Output, needle: &str) -> String {
-    assert!(!o.status.success(), "should have failed: {}", stdout(&o));
-    let err = stderr(&o);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line expected, got: {err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    err
-}
-
 #[test]
 fn a_passphrase_store_round_trips_and_holds_nothing_readable() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    marked_source(&src);
-    let store = tmp.path().join("store");
+    let f = Fixture::new();
+    let (tmp, src, store) = (f.tmp.path(), f.src.clone(), f.store.clone());
     let s = store.to_str().unwrap();
     let o = ok(run_env(&["push", src.to_str().unwrap(), "--store", s, "--json"], &pw(PASS)));
     let first: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -78,10 +85,10 @@ fn a_passphrase_store_round_trips_and_holds_nothing_readable() {
     let found = holds(&store, MARKER.as_bytes());
     assert!(found.is_empty(), "plaintext of the source found in {found:?}");
     let src_name = src.file_name().unwrap().to_str().unwrap().as_bytes().to_vec();
-    let tmp_name = tmp.path().file_name().unwrap().to_str().unwrap().as_bytes().to_vec();
+    let tmp_name = tmp.file_name().unwrap().to_str().unwrap().as_bytes().to_vec();
     assert!(holds(&store, &tmp_name).is_empty(), "the source path ({src_name:?}) is not readable either");
 
-    let out = tmp.path().join("out");
+    let out = tmp.join("out");
     ok(run_env(&["restore", "latest", "--store", s, "--target", out.to_str().unwrap()], &pw(PASS)));
     assert_same_tree(&src, &out);
     ok(run_env(&["verify", "--store", s, "--read-data"], &pw(PASS)));
@@ -92,12 +99,10 @@ fn a_passphrase_store_round_trips_and_holds_nothing_readable() {
 /// The control for the test above: the same source in a plaintext store is found by the grep.
 #[test]
 fn a_plaintext_store_is_asked_for_and_says_so() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    marked_source(&src);
-    let store = tmp.path().join("store");
+    let f = Fixture::new();
+    let (src, store) = (f.src.clone(), f.store.clone());
     let s = store.to_str().unwrap();
-    let none = [("PUSH_OPERATOR_KEY", "")];
+    let none = NO_KEY;
     ok(run_env(&["push", src.to_str().unwrap(), "--store", s, "--encryption", "none"], &none));
     assert_eq!(config(&store)["encryption"], "none");
     assert!(!holds(&store, MARKER.as_bytes()).is_empty(), "a plaintext store shows its data");
@@ -109,12 +114,10 @@ fn a_plaintext_store_is_asked_for_and_says_so() {
 
 #[test]
 fn missing_and_wrong_keys_fail_in_one_line_and_write_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    marked_source(&src);
-    let store = tmp.path().join("store");
+    let f = Fixture::new();
+    let (tmp, src, store) = (f.tmp.path(), f.src.clone(), f.store.clone());
     let s = store.to_str().unwrap();
-    let none = [("PUSH_OPERATOR_KEY", "")];
+    let none = NO_KEY;
 
     // A new store without a key: refused before anything is created.
     fails_with(run_env(&["push", src.to_str().unwrap(), "--store", s], &none), "a new store is encrypted");
@@ -122,7 +125,7 @@ fn missing_and_wrong_keys_fail_in_one_line_and_write_nothing() {
 
     ok(run_env(&["push", src.to_str().unwrap(), "--store", s], &pw(PASS)));
     let before = listing(&store);
-    let target = tmp.path().join("t");
+    let target = tmp.join("t");
     for args in [
         vec!["push", src.to_str().unwrap(), "--store", s],
         vec!["snapshots", "--store", s],
@@ -140,7 +143,7 @@ fn missing_and_wrong_keys_fail_in_one_line_and_write_nothing() {
     // Garbage as a raw key is a usage error that names the format.
     fails_with(run_env(&["snapshots", "--store", s], &[("PUSH_OPERATOR_KEY", "xyz")]), "64 hex digits");
     // A passphrase from a file works as the variable does.
-    let pf = tmp.path().join("pass");
+    let pf = tmp.join("pass");
     fs::write(&pf, format!("{PASS}\n")).unwrap();
     ok(run_env(&["snapshots", "--store", s, "--password-file", pf.to_str().unwrap()], &none));
 }
@@ -154,10 +157,8 @@ fn slots(store: &str, env: &[(&str, &str)]) -> Vec<serde_json::Value> {
 
 #[test]
 fn key_slots_add_remove_passwd_and_rotation() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    marked_source(&src);
-    let store = tmp.path().join("store");
+    let f = Fixture::new();
+    let (tmp, src, store) = (f.tmp.path(), f.src.clone(), f.store.clone());
     let s = store.to_str().unwrap();
     ok(run_env(&["push", src.to_str().unwrap(), "--store", s], &pw("first")));
     let one = slots(s, &pw("first"));
@@ -169,11 +170,11 @@ fn key_slots_add_remove_passwd_and_rotation() {
         &["key", "add", "--store", s],
         &[("PUSH_OPERATOR_PASSWORD", "first"), ("PUSH_OPERATOR_NEW_PASSWORD", "second")],
     ));
-    let keyfile = tmp.path().join("raw.key");
+    let keyfile = tmp.join("raw.key");
     fs::write(&keyfile, "ab".repeat(32)).unwrap();
     ok(run_env(&["key", "add", "--store", s, "--new-key-file", keyfile.to_str().unwrap()], &pw("first")));
     ok(run_env(&["snapshots", "--store", s], &pw("second")));
-    ok(run_env(&["snapshots", "--store", s, "--key-file", keyfile.to_str().unwrap()], &[("PUSH_OPERATOR_KEY", "")]));
+    ok(run_env(&["snapshots", "--store", s, "--key-file", keyfile.to_str().unwrap()], &NO_KEY));
     let three = slots(s, &pw("second"));
     assert_eq!(three.len(), 3);
     let first_id = three.iter().find(|v| v["current"] == false && v["kind"] == "passphrase").unwrap()["id"]
@@ -212,7 +213,7 @@ fn key_slots_add_remove_passwd_and_rotation() {
     let e = fails_with(run_env(&["key", "remove", &last, "--store", s], &pw("fourth")), "only key slot");
     assert!(e.contains("add another first"), "{e}");
     // Data is the same throughout: no re-encryption.
-    let out = tmp.path().join("out");
+    let out = tmp.join("out");
     ok(run_env(&["restore", "latest", "--store", s, "--target", out.to_str().unwrap()], &pw("fourth")));
     assert_same_tree(&src, &out);
 }
@@ -220,14 +221,13 @@ fn key_slots_add_remove_passwd_and_rotation() {
 /// Flip one byte of an object of each kind: verify reports damage naming it, nothing panics.
 #[test]
 fn a_flipped_byte_in_any_object_is_damage() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    marked_source(&src);
-    let pristine = tmp.path().join("pristine");
+    let f = Fixture::new();
+    let (tmp, src) = (f.tmp.path(), f.src.clone());
+    let pristine = tmp.join("pristine");
     ok(run(&["push", src.to_str().unwrap(), "--store", pristine.to_str().unwrap()]));
     for what in [Object::Index, Object::Snapshot, Object::DataPack, Object::TreePack] {
         for at in [Where::Start, Where::Middle, Where::End] {
-            let store = tmp.path().join(format!("store-{what:?}-{at:?}"));
+            let store = tmp.join(format!("store-{what:?}-{at:?}"));
             copy_dir(&pristine, &store);
             let f = what.pick(&store);
             flip(&f, at);
@@ -295,10 +295,9 @@ fn copy_dir(from: &Path, to: &Path) {
 /// object belongs, and an index object of another store with another key.
 #[test]
 fn an_object_swapped_for_another_is_rejected() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    marked_source(&src);
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let f = Fixture::new();
+    let (tmp, src) = (f.tmp.path(), f.src.clone());
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
     ok(run(&["push", src.to_str().unwrap(), "--store", a.to_str().unwrap()]));
     ok(run_env(&["push", src.to_str().unwrap(), "--store", b.to_str().unwrap()], &pw(PASS)));
 
@@ -319,10 +318,8 @@ fn an_object_swapped_for_another_is_rejected() {
 
 #[test]
 fn a_changed_config_is_noticed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    marked_source(&src);
-    let store = tmp.path().join("store");
+    let f = Fixture::new();
+    let (src, store) = (f.src.clone(), f.store.clone());
     let s = store.to_str().unwrap();
     ok(run(&["push", src.to_str().unwrap(), "--store", s]));
     let original = fs::read(store.join("config")).unwrap();
@@ -336,25 +333,23 @@ fn a_changed_config_is_noticed() {
     c.as_object_mut().unwrap().remove("mac");
     fs::write(store.join("config"), serde_json::to_vec(&c).unwrap()).unwrap();
     fails_with(run(&["push", src.to_str().unwrap(), "--store", s]), "is not encrypted, but a key was given");
-    fails_with(run_env(&["push", src.to_str().unwrap(), "--store", s], &[("PUSH_OPERATOR_KEY", "")]), "key slots");
+    fails_with(run_env(&["push", src.to_str().unwrap(), "--store", s], &NO_KEY), "key slots");
 }
 
 /// Format 1 (before encryption) is format 2 without encryption, less the field: such stores
 /// are still read and pushed to.
 #[test]
 fn a_format_1_store_still_restores() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    marked_source(&src);
-    let store = tmp.path().join("store");
+    let f = Fixture::new();
+    let (tmp, src, store) = (f.tmp.path(), f.src.clone(), f.store.clone());
     let s = store.to_str().unwrap();
-    let none = [("PUSH_OPERATOR_KEY", "")];
+    let none = NO_KEY;
     ok(run_env(&["push", src.to_str().unwrap(), "--store", s, "--encryption", "none"], &none));
     let mut c = config(&store);
     c["version"] = 1.into();
     c.as_object_mut().unwrap().remove("encryption");
     fs::write(store.join("config"), serde_json::to_vec_pretty(&c).unwrap()).unwrap();
-    let out = tmp.path().join("out");
+    let out = tmp.join("out");
     ok(run_env(&["restore", "latest", "--store", s, "--target", out.to_str().unwrap()], &none));
     assert_same_tree(&src, &out);
     ok(run_env(&["push", src.to_str().unwrap(), "--store", s], &none));

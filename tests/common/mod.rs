@@ -240,6 +240,17 @@ pub fn ok(o: Output) -> Output {
     o
 }
 
+/// A command that failed with one line on stderr that contains `needle`; returns stderr.
+#[track_caller]
+pub fn fails_with(o: Output, needle: &str) -> String {
+    assert!(!o.status.success(), "should have failed: {}", stdout(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    err
+}
+
 /// `push --json` and its parsed result.
 #[track_caller]
 pub fn push_json(source: &Path, store: &str, extra: &[&str]) -> serde_json::Value {
