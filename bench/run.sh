@@ -66,6 +66,8 @@ fi
 PY=python3
 REPORT=("$PY" "$HERE/report.py")
 export RESTIC_PASSWORD=bench
+# Both tools encrypt with a passphrase (push-operator's default; restic always does).
+export PUSH_OPERATOR_PASSWORD=bench
 export LC_ALL=C
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" | tee -a "$OUT/run.log" >&2; }
