@@ -203,8 +203,6 @@ pub struct Store {
     crypto: Crypto,
     /// The key slot that opened the store and the master key it holds (encrypted stores).
     slot: Option<(Id, crypto::Key32)>,
-    /// The slots a rotation replaced when the store was opened (see [`Credentials::previous`]).
-    rotated: Vec<Id>,
 }
 
 impl Store {
@@ -226,16 +224,16 @@ impl Store {
         let location = backend.describe();
         let config = Store::read_config(&*backend)?;
         let damaged = |reason: String| OpenError::Damaged { location: location.clone(), reason };
-        let (crypto, slot, rotated) = match config.encryption() {
+        let (crypto, slot) = match config.encryption() {
             Encryption::None if !credentials.is_empty() => return Err(OpenError::NotEncrypted(location)),
             Encryption::None => {
                 if !keys::list_slots(&*backend).map_err(|e| damaged(format!("{e:#}")))?.is_empty() {
                     return Err(damaged("it says it is not encrypted, yet it has key slots: it was changed".into()));
                 }
-                (Crypto::None, None, vec![])
+                (Crypto::None, None)
             }
             Encryption::Aes256Gcm => {
-                let (slot, master, rotated) =
+                let (slot, master) =
                     Store::unlock(&*backend, &config, credentials).map_err(|e| match e.downcast::<OpenError>() {
                         Ok(e) => e,
                         Err(e) => damaged(format!("{e:#}")),
@@ -246,11 +244,11 @@ impl Store {
                         "its config was changed after the store was created (the MAC does not match)".into(),
                     ));
                 }
-                (crypto, Some((slot, master)), rotated)
+                (crypto, Some((slot, master)))
             }
         };
         let chunker = Chunker::new(&config.chunker, crypto.gear());
-        Ok(Store { backend, config, chunker, crypto, slot, rotated })
+        Ok(Store { backend, config, chunker, crypto, slot })
     }
 
     /// The config, checked for a format this program reads.
@@ -294,7 +292,7 @@ impl Store {
         backend: &dyn Backend,
         config: &Config,
         credentials: &Credentials,
-    ) -> anyhow::Result<(Id, crypto::Key32, Vec<Id>)> {
+    ) -> anyhow::Result<(Id, crypto::Key32)> {
         let location = backend.describe();
         let Some(current) = &credentials.current else {
             return Err(OpenError::KeyMissing(location).into());
@@ -304,7 +302,7 @@ impl Store {
             bail!("it is encrypted but has no key slot (the keys/ objects were deleted)");
         }
         if let Some((slot, master)) = keys::unlock(&slots, &config.id, current)? {
-            return Ok((slot, master, vec![]));
+            return Ok((slot, master));
         }
         if let Some(previous) = &credentials.previous
             && let Some((old, master)) = keys::unlock(&slots, &config.id, previous)?
@@ -313,7 +311,7 @@ impl Store {
             let slot = keys::add_slot(backend, &config.id, &master, current, retention.as_ref())?;
             keys::remove_slot(backend, &old)?;
             tracing::info!(added = %slot.short(), removed = %old.short(), "key rotated: the previous secret's slot was replaced");
-            return Ok((slot, master, vec![old]));
+            return Ok((slot, master));
         }
         Err(OpenError::WrongKey { location, kind: current.kind() }.into())
     }
@@ -388,11 +386,6 @@ impl Store {
     /// The key slot this store was opened with (encrypted stores).
     pub fn slot(&self) -> Option<Id> {
         self.slot.as_ref().map(|(id, _)| *id)
-    }
-
-    /// Slots replaced by a rotation when this store was opened.
-    pub fn rotated_slots(&self) -> &[Id] {
-        &self.rotated
     }
 
     pub fn crypto(&self) -> &Crypto {
