@@ -173,10 +173,7 @@ pub fn add_slot(
     };
     let id = Id::random();
     let bytes = serde_json::to_vec_pretty(&slot)?;
-    match retention {
-        Some(r) => backend.put_retained(&slot_key(&id), &bytes, r)?,
-        None => backend.put_if_absent(&slot_key(&id), &bytes)?,
-    };
+    super::backend::put_kept(backend, &slot_key(&id), &bytes, retention)?;
     Ok(id)
 }
 

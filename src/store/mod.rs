@@ -372,10 +372,7 @@ impl Store {
             }
         }
         let bytes = serde_json::to_vec_pretty(&config)?;
-        let written = match &retention {
-            Some(r) => backend.put_retained("config", &bytes, r)?,
-            None => backend.put_if_absent("config", &bytes)?,
-        };
+        let written = backend::put_kept(&*backend, "config", &bytes, retention.as_ref())?;
         if !written && let Some(slot) = own_slot {
             // Another writer created the store meanwhile: ours is not its key.
             keys::remove_slot(&*backend, &slot)?;
@@ -411,10 +408,7 @@ impl Store {
     /// has Object Lock. Locks and prune plans, which the store deletes as it works, are written
     /// with the backend's plain put instead.
     pub fn put(&self, key: &str, data: &[u8]) -> Result<bool, BackendError> {
-        match self.retention_from_now() {
-            Some(r) => self.backend.put_retained(key, data, &r),
-            None => self.backend.put_if_absent(key, data),
-        }
+        backend::put_kept(&*self.backend, key, data, self.retention_from_now().as_ref())
     }
 
     /// Until when Object Lock keeps this object from being deleted; `None` when it may go now.

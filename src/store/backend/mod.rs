@@ -61,6 +61,15 @@ pub struct Retention {
     pub until: chrono::DateTime<chrono::Utc>,
 }
 
+/// Writes like [`Backend::put_if_absent`], retained when `retention` is given (stores with
+/// Object Lock): the one way the store writes what it keeps.
+pub fn put_kept(backend: &dyn Backend, key: &str, data: &[u8], retention: Option<&Retention>) -> Result<bool> {
+    match retention {
+        Some(r) => backend.put_retained(key, data, r),
+        None => backend.put_if_absent(key, data),
+    }
+}
+
 fn no_object_lock(backend: &str) -> BackendError {
     BackendError::Permanent(format!("{backend} has no object lock: use an S3 bucket created with Object Lock enabled"))
 }
