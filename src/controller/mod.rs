@@ -28,9 +28,31 @@ pub enum Error {
     CleanupPending(String),
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
+    /// A worker pod that Pod Security (or another admission) would not or did not admit; the
+    /// job fails with reason WorkerNotAdmitted and this message.
+    #[error("worker not admitted: {0}")]
+    WorkerNotAdmitted(String),
 }
 
 impl Error {
+    /// The refusal this error is, when retrying cannot help: an admission that will not admit
+    /// the worker, or a request RBAC forbids (HTTP 403).
+    pub fn refusal(&self) -> Option<push_job::state::Refusal> {
+        use push_job::state::Refusal;
+        match self {
+            Error::WorkerNotAdmitted(m) => Some(Refusal { reason: "WorkerNotAdmitted", message: m.clone() }),
+            Error::Kube(kube::Error::Api(e)) if e.code == 403 => Some(Refusal {
+                reason: "Forbidden",
+                message: format!(
+                    "the API server refused a request of the operator (HTTP 403): {}; grant it to the operator's \
+                     ServiceAccount (the chart's ClusterRole lists every request the operator makes)",
+                    e.message
+                ),
+            }),
+            _ => None,
+        }
+    }
+
     /// A short label for the errors metric.
     pub fn metric_label(&self) -> String {
         match self {
@@ -40,6 +62,7 @@ impl Error {
             Error::NotNamespaced(_) => "not_namespaced".into(),
             Error::CleanupPending(_) => "cleanup_pending".into(),
             Error::Json(_) => "json".into(),
+            Error::WorkerNotAdmitted(_) => "worker_not_admitted".into(),
         }
     }
 }
@@ -68,6 +91,8 @@ pub struct Context {
     pub jobs: kube::runtime::reflector::Store<crate::api::PushJob>,
     /// The status each PushPolicy (by uid) was last given by this process.
     pub policy_status: Mutex<std::collections::HashMap<String, crate::api::PushPolicyStatus>>,
+    /// Actions refused for good (by job key), for the job's next reconcile to fail it.
+    pub refusals: Mutex<std::collections::HashMap<String, push_job::state::Refusal>>,
 }
 
 impl Context {
@@ -86,6 +111,7 @@ impl Context {
             admitted: Mutex::new(HashSet::new()),
             jobs,
             policy_status: Mutex::new(Default::default()),
+            refusals: Mutex::new(Default::default()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Pure builders: the objects a push creates, and workload discovery. No I/O.
 
+use super::security::WorkerIdentity;
 use crate::api::*;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
@@ -101,10 +102,6 @@ fn env(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.to_string(), value: Some(value.to_string()), ..Default::default() }
 }
 
-/// The worker pod: the operator's image running `push-operator worker`, the volumes mounted
-/// read-only (block volumes as devices), as uid 0 with every capability dropped but
-/// DAC_READ_SEARCH (read any file, write none), no privilege escalation, a read-only root
-/// filesystem, and the store credentials from the Secret (never in arguments or logs).
 /// How a worker reaches the Repository's store: extra arguments and environment (credentials
 /// only through secretKeyRef, never in arguments).
 pub fn store_access(storage: &crate::api::StorageSpec) -> (Vec<String>, Vec<EnvVar>) {
@@ -134,6 +131,50 @@ pub fn store_access(storage: &crate::api::StorageSpec) -> (Vec<String>, Vec<EnvV
     (args, envs)
 }
 
+/// The pod-level and container-level security contexts of a worker running as `identity`
+/// (see [`super::security`]): every capability dropped (but `DAC_OVERRIDE` for root), no
+/// privilege escalation, a read-only root filesystem, the runtime's seccomp profile.
+fn worker_security(identity: &WorkerIdentity) -> (PodSecurityContext, SecurityContext) {
+    let seccomp = Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() });
+    let (pod, non_root, add) = match identity {
+        WorkerIdentity::Root => (
+            PodSecurityContext {
+                run_as_user: Some(0),
+                run_as_group: Some(0),
+                seccomp_profile: seccomp,
+                ..Default::default()
+            },
+            false,
+            Some(vec!["DAC_OVERRIDE".into()]),
+        ),
+        WorkerIdentity::App { uid, gid, groups } => (
+            PodSecurityContext {
+                run_as_user: Some(*uid),
+                run_as_group: *gid,
+                run_as_non_root: Some(true),
+                supplemental_groups: if groups.is_empty() { None } else { Some(groups.clone()) },
+                seccomp_profile: seccomp,
+                ..Default::default()
+            },
+            true,
+            None,
+        ),
+    };
+    let container = SecurityContext {
+        run_as_non_root: Some(non_root),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        privileged: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add }),
+        ..Default::default()
+    };
+    (pod, container)
+}
+
+/// The worker pod: the operator's image running `push-operator worker`, the volumes mounted
+/// read-only (block volumes as devices), as `identity`, and the store credentials from the
+/// Secret (never in arguments or logs).
+#[allow(clippy::too_many_arguments)]
 pub fn worker_pod(
     job: &PushJob,
     repo: &Repository,
@@ -141,6 +182,7 @@ pub fn worker_pod(
     claims: &[(String, String)],
     block: &BTreeSet<String>,
     node: Option<String>,
+    identity: &WorkerIdentity,
     cfg: &WorkerConfig,
 ) -> Pod {
     let job_name = job.metadata.name.clone().unwrap_or_default();
@@ -213,6 +255,7 @@ pub fn worker_pod(
         args.extend(["--object-lock-mode".into(), mode.into()]);
     }
     let resources = repo.spec.worker_resources.clone().unwrap_or_else(|| cfg.resources.clone());
+    let (pod_security, container_security) = worker_security(identity);
     Pod {
         metadata: meta(job, name),
         spec: Some(PodSpec {
@@ -221,12 +264,7 @@ pub fn worker_pod(
             service_account_name: cfg.service_account.clone(),
             image_pull_secrets: cfg.pull_secrets(),
             automount_service_account_token: Some(false),
-            security_context: Some(PodSecurityContext {
-                run_as_user: Some(0),
-                run_as_group: Some(0),
-                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-                ..Default::default()
-            }),
+            security_context: Some(pod_security),
             containers: vec![Container {
                 name: "worker".into(),
                 image: Some(cfg.image.clone()),
@@ -237,17 +275,7 @@ pub fn worker_pod(
                 volume_mounts: Some(mounts),
                 volume_devices: if devices.is_empty() { None } else { Some(devices) },
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
-                security_context: Some(SecurityContext {
-                    run_as_non_root: Some(false),
-                    allow_privilege_escalation: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    privileged: Some(false),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        add: Some(vec!["DAC_READ_SEARCH".into()]),
-                    }),
-                    ..Default::default()
-                }),
+                security_context: Some(container_security),
                 ..Default::default()
             }],
             volumes: Some(volumes),
@@ -462,7 +490,8 @@ mod tests {
         let (job, repo) = fixtures();
         let claims = vec![("data".to_string(), "data".to_string()), ("disk".to_string(), "disk".to_string())];
         let block = BTreeSet::from(["disk".to_string()]);
-        let pod = worker_pod(&job, &repo, "j1-push", &claims, &block, None, &WorkerConfig::default());
+        let pod =
+            worker_pod(&job, &repo, "j1-push", &claims, &block, None, &WorkerIdentity::Root, &WorkerConfig::default());
         let spec = pod.spec.unwrap();
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(spec.automount_service_account_token, Some(false));
@@ -472,7 +501,8 @@ mod tests {
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         let caps = sc.capabilities.as_ref().unwrap();
         assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
-        assert_eq!(caps.add.as_deref(), Some(&["DAC_READ_SEARCH".to_string()][..]));
+        assert_eq!(caps.add.as_deref(), Some(&["DAC_OVERRIDE".to_string()][..]), "in baseline's list");
+        assert_eq!(spec.security_context.as_ref().unwrap().run_as_user, Some(0));
         // Every PVC is mounted read-only; the block one as a device.
         for v in spec.volumes.as_ref().unwrap().iter().filter_map(|v| v.persistent_volume_claim.as_ref()) {
             assert_eq!(v.read_only, Some(true));
@@ -506,6 +536,27 @@ mod tests {
         assert_eq!(pod.metadata.owner_references.unwrap()[0].name, "j1");
     }
 
+    /// What the `restricted` Pod Security level demands of a pod, checked on a worker that runs
+    /// as the application (the real admission is exercised by the e2e scenario pod-security).
+    #[test]
+    fn a_worker_running_as_the_application_meets_restricted() {
+        let (job, repo) = fixtures();
+        let me = WorkerIdentity::App { uid: 1000, gid: Some(2000), groups: vec![3000] };
+        let claims = [("data".to_string(), "data".to_string())];
+        let pod = worker_pod(&job, &repo, "w", &claims, &BTreeSet::new(), None, &me, &WorkerConfig::default());
+        let spec = pod.spec.unwrap();
+        let psc = spec.security_context.unwrap();
+        assert_eq!((psc.run_as_user, psc.run_as_group, psc.run_as_non_root), (Some(1000), Some(2000), Some(true)));
+        assert_eq!(psc.supplemental_groups, Some(vec![3000]), "the application's fsGroup, as a group only");
+        assert_eq!(psc.fs_group, None, "no fsGroup: nothing is chowned");
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let sc = spec.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!((caps.drop, caps.add), (Some(vec!["ALL".to_string()]), None));
+    }
+
     #[test]
     fn a_plaintext_repository_says_so_to_the_worker_and_passes_no_key() {
         let (job, mut repo) = fixtures();
@@ -517,6 +568,7 @@ mod tests {
             &[("data".into(), "data".into())],
             &BTreeSet::new(),
             None,
+            &WorkerIdentity::Root,
             &WorkerConfig::default(),
         );
         let c = &pod.spec.unwrap().containers[0];
@@ -534,8 +586,9 @@ mod tests {
     fn live_reads_pin_the_worker_to_the_node() {
         let (job, repo) = fixtures();
         let cfg = WorkerConfig { image_pull_secrets: vec!["regcred".into()], ..WorkerConfig::default() };
+        let claims = [("data".to_string(), "data".to_string())];
         let pod =
-            worker_pod(&job, &repo, "w", &[("data".into(), "data".into())], &BTreeSet::new(), Some("n1".into()), &cfg);
+            worker_pod(&job, &repo, "w", &claims, &BTreeSet::new(), Some("n1".into()), &WorkerIdentity::Root, &cfg);
         let spec = pod.spec.unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(spec.image_pull_secrets.unwrap()[0].name, "regcred", "pull secrets reach the workers");

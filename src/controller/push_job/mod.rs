@@ -3,13 +3,14 @@
 //! next reconcile (or, for a deleted job, by the finalizer).
 
 pub mod build;
+pub mod security;
 pub mod state;
 
 use super::{Context, Error, Result, queue, snapshots_api, volume_attachment_api};
 use crate::api::*;
 use build::{PodInfo, discover};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
@@ -65,6 +66,23 @@ async fn workload_state(ctx: &Context, ns: &str, w: &WorkloadRef) -> Result<Opti
         },
     };
     Ok(Some((replicas, annotations.and_then(|a| a.get(REPLICAS_ANNOTATION).cloned()))))
+}
+
+/// Who the application using `volumes` runs as: the first pod mounting one (by name), else the
+/// first Deployment or StatefulSet template that does (offline pushes have scaled the pods away).
+async fn app_identity(ctx: &Context, ns: &str, volumes: &[String]) -> Result<Option<security::AppIdentity>> {
+    let lp = ListParams::default();
+    let mut pods = Api::<Pod>::namespaced(ctx.client.clone(), ns).list(&lp).await?.items;
+    pods.retain(|p| p.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY));
+    pods.sort_by_key(|p| p.name_any());
+    let mut specs: Vec<PodSpec> = pods.into_iter().filter_map(|p| p.spec).collect();
+    let mut deps = workload_api::<Deployment>(ctx, ns).list(&lp).await?.items;
+    deps.sort_by_key(|d| d.name_any());
+    specs.extend(deps.into_iter().filter_map(|d| d.spec.template.spec));
+    let mut sets = workload_api::<StatefulSet>(ctx, ns).list(&lp).await?.items;
+    sets.sort_by_key(|s| s.name_any());
+    specs.extend(sets.into_iter().filter_map(|s| s.spec.template.spec));
+    Ok(specs.iter().find_map(|s| security::AppIdentity::of_pod_spec(s, volumes)))
 }
 
 /// The PVC names a Repository resolves to, and the named ones that are missing.
@@ -145,6 +163,7 @@ async fn observe(job: &PushJob, ctx: &Context) -> Result<Observed> {
     let phase = job.phase();
     let status = job.status.clone().unwrap_or_default();
     let mut obs = Observed { now: chrono::Utc::now(), ..Default::default() };
+    obs.refused = ctx.refusals.lock().await.remove(&key(job));
     let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
     obs.repository = repos.get_opt(&job.spec.repository_ref.name).await?.map(|r| r.spec);
     if let Some(repo) = &obs.repository {
@@ -378,9 +397,23 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
                     block.insert(claim.clone());
                 }
             }
-            let pod = build::worker_pod(job, &repo, name, claims, &block, node.clone(), &ctx.config.worker);
+            let level = security::Level::of_namespace(
+                Api::<Namespace>::all(ctx.client.clone()).get_metadata(&ns).await?.labels(),
+            );
+            let volumes: Vec<String> = claims.iter().map(|(v, _)| v.clone()).collect();
+            let app = app_identity(ctx, &ns, &volumes).await?;
+            let identity = security::decide(level, &ns, app.as_ref()).map_err(Error::WorkerNotAdmitted)?;
+            let pod = build::worker_pod(job, &repo, name, claims, &block, node.clone(), &identity, &ctx.config.worker);
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            ok_absent(pods.create(&PostParams::default(), &pod).await.map(|_| ()))?;
+            match pods.create(&PostParams::default(), &pod).await {
+                Err(kube::Error::Api(e)) => {
+                    if let Some(why) = security::rejected_by_admission(&ns, level, e.code, &e.message) {
+                        return Err(Error::WorkerNotAdmitted(why));
+                    }
+                    ok_absent(Err(kube::Error::Api(e)))?;
+                }
+                r => ok_absent(r.map(|_| ()))?,
+            }
         }
         Action::RunHooks(stage) => {
             let (outcome, any_failed) = run_hooks(job, ctx, *stage).await?;
@@ -548,7 +581,13 @@ async fn apply(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
             .await?;
     }
     for a in &decision.actions {
-        perform(&job, &ctx, a).await?;
+        if let Err(e) = perform(&job, &ctx, a).await {
+            let Some(refusal) = e.refusal() else { return Err(e) };
+            // The next pass fails the job (its status already records what this pass meant to do).
+            tracing::warn!(job = %key(&job), reason = refusal.reason, "{}", refusal.message);
+            ctx.refusals.lock().await.insert(key(&job), refusal);
+            return Ok(Requeue::requeue(Duration::from_millis(200)));
+        }
     }
     for e in &decision.events {
         publish(&ctx, &job, e.warning, &e.reason, &e.message).await;

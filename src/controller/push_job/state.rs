@@ -39,9 +39,19 @@ pub struct Observed {
     pub clones: Vec<String>,
     /// The worker pod, when it exists.
     pub worker: Option<WorkerObs>,
+    /// An action of the previous pass that the API server refused for good.
+    pub refused: Option<Refusal>,
     /// The queue's answer: may this job start?
     pub admitted: bool,
     pub queue_position: Option<i32>,
+}
+
+/// An action the API server refused and will refuse again: retrying cannot help, the job fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// `WorkerNotAdmitted` (Pod Security or another admission) or `Forbidden` (RBAC).
+    pub reason: &'static str,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -373,6 +383,12 @@ pub fn next(job: &PushJob, obs: &Observed, settings: &Settings) -> Decision {
         }
         let left = (ends - obs.now).to_std().unwrap_or_default();
         b.requeue = Some(left);
+    }
+
+    // An action of the last pass refused for good (RBAC, admission); unwinding retries instead.
+    if !unwinding && let Some(r) = &obs.refused {
+        b.fail(r.reason, r.message.clone());
+        return b.finish();
     }
 
     match phase {

@@ -70,6 +70,11 @@ struct World {
     log: Vec<String>,
     /// A snapshot error to report.
     snapshot_error: Option<String>,
+    /// Refuse creating the worker pod / a VolumeSnapshot with this (as admission or RBAC would).
+    refuse_worker: Option<Refusal>,
+    refuse_snapshot: Option<Refusal>,
+    /// The refusal the apply layer hands to the next pass.
+    refused: std::cell::RefCell<Option<Refusal>>,
 }
 
 impl World {
@@ -93,6 +98,9 @@ impl World {
             pre_hook_ok: true,
             log: vec![],
             snapshot_error: None,
+            refuse_worker: None,
+            refuse_snapshot: None,
+            refused: Default::default(),
         }
     }
 
@@ -118,6 +126,7 @@ impl World {
             snapshots: self.snapshots.clone(),
             clones: self.clones.clone(),
             worker: self.worker.clone(),
+            refused: self.refused.borrow_mut().take(),
             admitted: self.admitted,
             queue_position: if self.admitted { None } else { Some(2) },
         }
@@ -149,14 +158,27 @@ impl World {
                     self.annotations.remove(workload);
                 }
                 Action::RunHooks(stage) => self.log.push(format!("hooks {stage:?}")),
-                Action::CreateSnapshot { name, volume, .. } => self.snapshots.push(SnapshotObs {
-                    name: name.clone(),
-                    volume: volume.clone(),
-                    ready: false,
-                    error: None,
-                }),
+                Action::CreateSnapshot { .. } | Action::CreateWorker { .. } => {
+                    let refusal = if matches!(a, Action::CreateWorker { .. }) {
+                        &self.refuse_worker
+                    } else {
+                        &self.refuse_snapshot
+                    };
+                    if let Some(r) = refusal {
+                        *self.refused.borrow_mut() = Some(r.clone());
+                        return;
+                    }
+                    match a {
+                        Action::CreateSnapshot { name, volume, .. } => self.snapshots.push(SnapshotObs {
+                            name: name.clone(),
+                            volume: volume.clone(),
+                            ready: false,
+                            error: None,
+                        }),
+                        _ => self.worker = Some(WorkerObs::Pending),
+                    }
+                }
                 Action::CreateClone { name, .. } => self.clones.push(name.clone()),
-                Action::CreateWorker { .. } => self.worker = Some(WorkerObs::Pending),
                 Action::Delete(o) => match o.kind.as_str() {
                     "Pod" => self.worker = None,
                     "VolumeSnapshot" => self.snapshots.retain(|s| s.name != o.name),
@@ -417,6 +439,26 @@ fn p1_deadline_fails_the_job_and_still_restores_replicas() {
         assert_eq!(j.phase(), Phase::Failed, "{stop_in:?}");
         assert_eq!(cond(&j, "Failed").as_deref(), Some("True/DeadlineExceeded"), "{stop_in:?}");
         assert_eq!(cond(&j, "Stalled").as_deref(), Some("True/DeadlineExceeded"));
+        assert_nothing_lost(&w);
+    }
+}
+
+#[test]
+fn a_refused_request_fails_the_job_at_once_and_nothing_is_lost() {
+    let not_admitted = Refusal { reason: "WorkerNotAdmitted", message: "namespace shop enforces restricted".into() };
+    let forbidden = Refusal { reason: "Forbidden", message: "cannot create volumesnapshots".into() };
+    for (mode, class, worker, snapshot, reason) in [
+        (Mode::Offline, None, Some(not_admitted.clone()), None, "WorkerNotAdmitted"),
+        (Mode::Online, Some("csi"), Some(not_admitted), None, "WorkerNotAdmitted"),
+        (Mode::Online, Some("csi"), None, Some(forbidden), "Forbidden"),
+    ] {
+        let mut j = job(mode, Priority::P3);
+        let mut w = World::new(Some(repo(class)));
+        w.refuse_worker = worker;
+        w.refuse_snapshot = snapshot;
+        let events = run(&mut j, &mut w, |_, _, _| {});
+        assert_eq!(cond(&j, "Failed").as_deref(), Some(format!("True/{reason}").as_str()), "{mode:?}");
+        assert!(events.iter().any(|e| e.warning && e.reason == reason), "{events:?}");
         assert_nothing_lost(&w);
     }
 }
