@@ -1,4 +1,4 @@
-//! The CRDs and the operator against the real Kubernetes apiextensions-apiserver on etcd.
+//! The CRDs and the operator against the real Kubernetes control plane (e2e/cluster/up).
 
 #[path = "common/apiserver.rs"]
 mod apiserver;
@@ -73,6 +73,7 @@ async fn create(api: &Api<kube::api::DynamicObject>, v: serde_json::Value) -> Re
 async fn crds_are_accepted_and_valid_objects_get_defaults() {
     let c = client().await;
     let ns = "valid";
+    ensure_namespace(&c, ns).await;
     let repos = dynamic(&c, ns, "Repository", "repositories");
     let jobs = dynamic(&c, ns, "PushJob", "pushjobs");
     let pols = dynamic(&c, ns, "PushPolicy", "pushpolicies");
@@ -95,6 +96,7 @@ async fn crds_are_accepted_and_valid_objects_get_defaults() {
 async fn invalid_manifests_are_rejected_with_clear_messages() {
     let c = client().await;
     let ns = "invalid";
+    ensure_namespace(&c, ns).await;
     let repos = dynamic(&c, ns, "Repository", "repositories");
     let jobs = dynamic(&c, ns, "PushJob", "pushjobs");
     let pols = dynamic(&c, ns, "PushPolicy", "pushpolicies");
@@ -207,6 +209,7 @@ async fn invalid_manifests_are_rejected_with_clear_messages() {
 async fn status_subresource_finalizers_and_conflicts() {
     let c = client().await;
     let ns = "lifecycle";
+    ensure_namespace(&c, ns).await;
     let api: Api<PushJob> = Api::namespaced(c.clone(), ns);
     let job: PushJob = serde_json::from_value(pushjob("life")).unwrap();
     let created = api.create(&PostParams::default(), &job).await.unwrap();
@@ -258,14 +261,7 @@ async fn status_subresource_finalizers_and_conflicts() {
 #[tokio::test]
 async fn the_controller_runs_leads_and_serves_metrics() {
     let c = client().await;
-    install_crds(
-        &c,
-        vec![
-            standin_crd("coordination.k8s.io", "v1", "Lease", "leases", true),
-            standin_crd("events.k8s.io", "v1", "Event", "events", true),
-        ],
-    )
-    .await;
+    ensure_namespace(&c, "ops").await;
     let port = common::free_port();
     let mut cmd = std::process::Command::new(common::BIN);
     cmd.args([
@@ -294,10 +290,8 @@ async fn the_controller_runs_leads_and_serves_metrics() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let holder = holder.expect("the controller took the leader lease");
-    // A PushJob for a Repository that does not exist fails with a reason (Events and status);
-    // without the core API the observation fails first, so only check that the job is seen.
-    // Created before the metrics are read, so a reconcile is owed whatever else the server holds
-    // (run alone, this test had nothing to reconcile).
+    // A PushJob for a Repository that does not exist fails with a reason. Created before the
+    // metrics are read, so a reconcile is owed whatever else the server holds.
     let jobs: Api<PushJob> = Api::namespaced(c.clone(), "ops");
     jobs.create(&PostParams::default(), &serde_json::from_value(pushjob("seen")).unwrap()).await.unwrap();
     let metrics = loop_get(&format!("http://127.0.0.1:{port}/metrics"), "push_operator_reconcile_total").await;
@@ -314,6 +308,16 @@ async fn the_controller_runs_leads_and_serves_metrics() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(finalized, "the controller added its finalizer to the new job");
+    let mut reason = None;
+    for _ in 0..100 {
+        let st = jobs.get("seen").await.unwrap().status.unwrap_or_default();
+        if st.phase == Some(Phase::Failed) {
+            reason = st.failure.map(|f| f.reason);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(reason.as_deref(), Some("RepositoryNotFound"), "the job fails, naming the missing Repository");
     let m = loop_get(&format!("http://127.0.0.1:{port}/metrics"), "controller=\"pushjob\"").await;
     assert!(m.contains("push_operator_reconcile_total{controller=\"pushjob\"}"), "{m}");
 
@@ -376,6 +380,7 @@ async fn config_samples_are_accepted() {
                 k => panic!("unknown kind {k} in {}", path.display()),
             };
             let ns = format!("samples-{created}");
+            ensure_namespace(&c, &ns).await;
             let api = dynamic(&c, &ns, &kind, plural);
             let mut v = v;
             v["metadata"].as_object_mut().unwrap().remove("namespace");

@@ -15,12 +15,16 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, base, cacert=None):
+    def __init__(self, base, cacert=None, cert=None, token=None):
+        """cert: (certificate file, key file) of a client certificate; token: a bearer token."""
         self.base = base.rstrip("/")
         u = urllib.parse.urlparse(self.base)
         self.https = u.scheme == "https"
         self.host, self.port = u.hostname, u.port
         self.ctx = ssl.create_default_context(cafile=cacert) if self.https else None
+        if cert:
+            self.ctx.load_cert_chain(*cert)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.local = threading.local()
 
     def _conn(self, timeout=30):
@@ -30,7 +34,7 @@ class Client:
 
     def request(self, method, path, body=None, ctype="application/json", ok404=False):
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **self.headers}
         if data is not None:
             headers["Content-Type"] = ctype
         for attempt in range(3):
@@ -98,7 +102,7 @@ class Client:
                     sep = "&" if "?" in path else "?"
                     c = self._conn(timeout=60)
                     c.request("GET", f"{path}{sep}watch=1&allowWatchBookmarks=true&resourceVersion={rv}",
-                              headers={"Accept": "application/json"})
+                              headers={"Accept": "application/json", **self.headers})
                     r = c.getresponse()
                     if r.status != 200:
                         r.read()
