@@ -294,8 +294,10 @@ async fn the_controller_runs_leads_and_serves_metrics() {
     // metrics are read, so a reconcile is owed whatever else the server holds.
     let jobs: Api<PushJob> = Api::namespaced(c.clone(), "ops");
     jobs.create(&PostParams::default(), &serde_json::from_value(pushjob("seen")).unwrap()).await.unwrap();
-    let metrics = loop_get(&format!("http://127.0.0.1:{port}/metrics"), "push_operator_reconcile_total").await;
-    assert!(metrics.contains("push_operator_queue_depth{priority=\"P1\"} 0"), "{metrics}");
+    // Waits for the queue gauges (the first reconciles may be of other tests' objects).
+    let metrics =
+        loop_get(&format!("http://127.0.0.1:{port}/metrics"), "push_operator_queue_depth{priority=\"P1\"}").await;
+    assert!(metrics.contains("push_operator_reconcile_total"), "{metrics}");
     assert!(loop_get(&format!("http://127.0.0.1:{port}/healthz"), "ok").await.contains("ok"));
     assert!(loop_get(&format!("http://127.0.0.1:{port}/readyz"), "ready").await.contains("ready"));
     let mut finalized = false;
@@ -398,4 +400,67 @@ async fn config_samples_are_accepted() {
         ["pushpolicy-development.yaml", "pushpolicy-ecommerce.yaml", "pushpolicy-production-database.yaml"],
         "the three strategies, each accepted"
     );
+}
+
+/// Status writes are server-side applies, one field manager per controller: a field a controller
+/// stops sending is removed on the server, and the fields of one controller survive the other's
+/// writes.
+#[tokio::test]
+async fn status_writes_clear_fields_and_keep_each_controllers_own() {
+    use push_operator::controller::push_job::push_records;
+    use push_operator::controller::{StatusManager, apply_status};
+    let c = client().await;
+    let ns = "ssa";
+    ensure_namespace(&c, ns).await;
+    let jobs: Api<PushJob> = Api::namespaced(c.clone(), ns);
+    jobs.create(&PostParams::default(), &serde_json::from_value(pushjob("cleared")).unwrap()).await.unwrap();
+    let running = PushJobStatus {
+        phase: Some(Phase::Pushing),
+        queue_position: Some(3),
+        node_name: Some("node-a".into()),
+        created: vec![CreatedObject { kind: "Pod".into(), name: "cleared-push".into() }],
+        ..Default::default()
+    };
+    apply_status(&jobs, "cleared", StatusManager::PushJob, serde_json::to_value(&running).unwrap()).await.unwrap();
+    let hook = json!({"preHook": {"ok": true, "message": "froze"}});
+    apply_status(&jobs, "cleared", StatusManager::Hooks, hook).await.unwrap();
+    let got = jobs.get("cleared").await.unwrap().status.unwrap();
+    assert_eq!((got.queue_position, got.node_name.as_deref(), got.created.len()), (Some(3), Some("node-a"), 1));
+    let done = PushJobStatus { phase: Some(Phase::Succeeded), ..Default::default() };
+    apply_status(&jobs, "cleared", StatusManager::PushJob, serde_json::to_value(&done).unwrap()).await.unwrap();
+    let got = jobs.get("cleared").await.unwrap().status.unwrap();
+    assert_eq!(got.phase, Some(Phase::Succeeded));
+    assert_eq!((got.queue_position, got.node_name, got.created), (None, None, vec![]), "cleared fields are gone");
+    assert!(got.pre_hook.is_some_and(|h| h.ok), "the hooks' field is another manager's: kept");
+
+    let repos = dynamic(&c, ns, "Repository", "repositories");
+    create(&repos, repository("shop")).await.unwrap();
+    let typed: Api<Repository> = Api::namespaced(c.clone(), ns);
+    let mine = |volumes: &[&str]| json!({"volumes": volumes, "mounted": true});
+    apply_status(&typed, "shop", StatusManager::Repository, mine(&["data"])).await.unwrap();
+    let record = |job: &str, mode| PushRecord {
+        time: time(chrono::Utc::now()),
+        job: job.into(),
+        mode,
+        result: "Succeeded".into(),
+        snapshots: vec!["abc".into()],
+    };
+    let stats = JobStats { bytes_total: 100, bytes_uploaded: 40, ..Default::default() };
+    let rs = typed.get("shop").await.unwrap().status.unwrap_or_default();
+    let records = push_records(&rs, Mode::Offline, record("off-1", Mode::Offline), Some(&stats), 1);
+    apply_status(&typed, "shop", StatusManager::PushJob, records).await.unwrap();
+    // The Repository controller writes again, without the push records and with other volumes.
+    apply_status(&typed, "shop", StatusManager::Repository, mine(&["data", "logs"])).await.unwrap();
+    let rs = typed.get("shop").await.unwrap().status.unwrap();
+    assert_eq!(rs.volumes, ["data", "logs"]);
+    assert_eq!(rs.last_offline_push.as_ref().map(|r| r.job.as_str()), Some("off-1"), "the push record survives");
+    assert_eq!((rs.snapshot_count, rs.stored_bytes), (Some(1), Some(40)));
+    // An online push: the offline record stays (the PushJob controller sends all its fields).
+    let records = push_records(&rs, Mode::Online, record("on-1", Mode::Online), Some(&stats), 1);
+    apply_status(&typed, "shop", StatusManager::PushJob, records).await.unwrap();
+    let rs = typed.get("shop").await.unwrap().status.unwrap();
+    assert_eq!(rs.last_online_push.map(|r| r.job), Some("on-1".into()));
+    assert_eq!(rs.last_offline_push.map(|r| r.job), Some("off-1".into()));
+    assert_eq!((rs.snapshot_count, rs.stored_bytes, rs.mounted), (Some(2), Some(80), Some(true)));
+    assert_eq!(rs.volumes, ["data", "logs"], "the Repository controller's fields survive the PushJob's");
 }

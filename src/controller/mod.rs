@@ -10,6 +10,7 @@ pub mod repository;
 use crate::metrics::Metrics;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use push_job::build::WorkerConfig;
 use push_job::state::Settings;
@@ -114,6 +115,48 @@ impl Context {
             refusals: Mutex::new(Default::default()),
         }
     }
+}
+
+/// Who writes which status: each controller applies its own fields with server-side apply under
+/// its own field manager, so a field it stops sending is removed, and a field another manager
+/// owns is never touched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusManager {
+    /// PushJob status; on a Repository, the push records (`lastOnlinePush`, `snapshotCount`, ...).
+    PushJob,
+    /// The hook outcomes (`preHook`, `postHook`) of a PushJob, written right after the hooks ran.
+    Hooks,
+    /// Repository status but the push records.
+    Repository,
+    /// PushPolicy status.
+    PushPolicy,
+}
+
+impl StatusManager {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusManager::PushJob => "push-operator-pushjob",
+            StatusManager::Hooks => "push-operator-hooks",
+            StatusManager::Repository => "push-operator-repository",
+            StatusManager::PushPolicy => "push-operator-pushpolicy",
+        }
+    }
+}
+
+/// Server-side apply of `status` (a serialized status object: fields left out are given up) to
+/// object `name`, as `manager`.
+pub async fn apply_status<K>(api: &Api<K>, name: &str, manager: StatusManager, status: serde_json::Value) -> Result<()>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": name},
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(manager.as_str()).force(), &Patch::Apply(&body)).await?;
+    Ok(())
 }
 
 /// The API server rejects an Event whose note is over 1024 bytes (not characters).

@@ -6,13 +6,13 @@
 use super::push_job::build::discover;
 use super::push_job::state::parse_annotation;
 use super::push_job::{patch_workload, pods_and_owners, resolve_volumes};
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, StatusManager, apply_status};
 use crate::api::conditions::{self, set_condition};
 use crate::api::*;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action as Requeue;
 use serde_json::json;
 use std::sync::Arc;
@@ -177,15 +177,15 @@ pub async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Reque
     let st = status_from(&checks, repo.status.as_ref(), repo.metadata.generation, chrono::Utc::now());
     if repo.status.as_ref() != Some(&st) {
         let api: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut patch = serde_json::to_value(&st)?;
-        // Push records belong to the PushJob controller: never overwrite them from here.
-        if let Some(o) = patch.as_object_mut() {
+        let mut mine = serde_json::to_value(&st)?;
+        // The push records are the PushJob controller's fields (see push_job::push_records).
+        if let Some(o) = mine.as_object_mut() {
             for k in ["lastOnlinePush", "lastOfflinePush", "snapshotCount", "logicalBytes", "storedBytes", "dedupRatio"]
             {
                 o.remove(k);
             }
         }
-        api.patch_status(&repo.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": patch }))).await?;
+        apply_status(&api, &repo.name_any(), StatusManager::Repository, mine).await?;
     }
     Ok(Requeue::requeue(Duration::from_secs(30)))
 }

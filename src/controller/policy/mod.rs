@@ -9,13 +9,13 @@ pub mod schedule;
 
 use super::push_job::build::{WorkerConfig, store_access};
 use super::push_job::label_selector_string;
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, StatusManager, apply_status};
 use crate::api::*;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, Pod, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
 use plan::*;
@@ -335,10 +335,8 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
         publish(&ctx, &policy, e.warning, &e.reason, &e.note).await;
     }
     if status.as_ref() != Some(&p.status) {
-        let patch = serde_json::json!({ "status": p.status });
-        Api::<PushPolicy>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+        let api = Api::<PushPolicy>::namespaced(ctx.client.clone(), &ns);
+        apply_status(&api, &name, StatusManager::PushPolicy, serde_json::to_value(&p.status)?).await?;
     }
     ctx.policy_status.lock().await.insert(uid, p.status.clone());
     // History last: the status above already holds what these runs did.

@@ -6,7 +6,7 @@ pub mod build;
 pub mod security;
 pub mod state;
 
-use super::{Context, Error, Result, queue, snapshots_api, volume_attachment_api};
+use super::{Context, Error, Result, StatusManager, apply_status, queue, snapshots_api, volume_attachment_api};
 use crate::api::*;
 use build::{PodInfo, discover};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
@@ -351,7 +351,6 @@ pub async fn patch_workload(
 
 async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
     let ns = job.namespace().unwrap_or_default();
-    let pp = PatchParams::default();
     let ok_absent = |r: Result<(), kube::Error>| match r {
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
         other => other,
@@ -422,7 +421,7 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
                 state::HookStage::Post => "postHook",
             };
             let api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &ns);
-            api.patch_status(&job.name_any(), &pp, &Patch::Merge(json!({"status": {field: outcome}}))).await?;
+            apply_status(&api, &job.name_any(), StatusManager::Hooks, json!({ field: outcome })).await?;
             let reason = match (outcome.ok, any_failed) {
                 (false, _) => "HookFailed",
                 (true, true) => "HookFailedIgnored",
@@ -577,8 +576,7 @@ async fn apply(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
     // Status first: what will be done (replica records, objects about to be created) is
     // stored before it is done.
     if job.status.as_ref() != Some(&decision.status) {
-        api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": decision.status})))
-            .await?;
+        apply_status(&api, &job.name_any(), StatusManager::PushJob, serde_json::to_value(&decision.status)?).await?;
     }
     for a in &decision.actions {
         if let Err(e) = perform(&job, &ctx, a).await {
@@ -661,19 +659,42 @@ async fn record_completion(job: &PushJob, st: &PushJobStatus, ctx: &Context) -> 
         result: if ok { "Succeeded" } else { "Failed" }.into(),
         snapshots: st.snapshots.iter().map(|s| s.snapshot.clone()).collect(),
     };
-    let mut patch = serde_json::Map::new();
-    let field = if job.spec.mode == Mode::Online { "lastOnlinePush" } else { "lastOfflinePush" };
-    patch.insert(field.into(), serde_json::to_value(&record)?);
-    if ok && let Some(stats) = &st.stats {
-        patch.insert("snapshotCount".into(), json!(rs.snapshot_count.unwrap_or(0) + st.snapshots.len() as i64));
-        patch.insert("logicalBytes".into(), json!(stats.bytes_total));
-        patch.insert("storedBytes".into(), json!(rs.stored_bytes.unwrap_or(0) + stats.bytes_uploaded));
-        if let Some(r) = stats.dedup_ratio {
-            patch.insert("dedupRatio".into(), json!(r));
-        }
-    }
-    repos.patch_status(repo_name, &PatchParams::default(), &Patch::Merge(json!({ "status": patch }))).await?;
+    let records =
+        push_records(&rs, job.spec.mode, record, if ok { st.stats.as_ref() } else { None }, st.snapshots.len());
+    apply_status(&repos, repo_name, StatusManager::PushJob, records).await?;
     Ok(())
+}
+
+/// The push records of a Repository's status after a job (the fields this controller owns
+/// there, all of them: with server-side apply, a field left out would be given up): `record` as
+/// the last push of its mode, and the counts moved by `stats` of a successful one.
+pub fn push_records(
+    rs: &RepositoryStatus,
+    mode: Mode,
+    record: PushRecord,
+    stats: Option<&JobStats>,
+    snapshots: usize,
+) -> serde_json::Value {
+    let mut r = RepositoryStatus {
+        last_online_push: rs.last_online_push.clone(),
+        last_offline_push: rs.last_offline_push.clone(),
+        snapshot_count: rs.snapshot_count,
+        logical_bytes: rs.logical_bytes,
+        stored_bytes: rs.stored_bytes,
+        dedup_ratio: rs.dedup_ratio,
+        ..Default::default()
+    };
+    match mode {
+        Mode::Online => r.last_online_push = Some(record),
+        Mode::Offline => r.last_offline_push = Some(record),
+    }
+    if let Some(stats) = stats {
+        r.snapshot_count = Some(rs.snapshot_count.unwrap_or(0) + snapshots as i64);
+        r.logical_bytes = Some(stats.bytes_total);
+        r.stored_bytes = Some(rs.stored_bytes.unwrap_or(0) + stats.bytes_uploaded);
+        r.dedup_ratio = stats.dedup_ratio.or(rs.dedup_ratio);
+    }
+    serde_json::to_value(&r).expect("a status serializes")
 }
 
 /// Finalizer: a deleted job stops its worker, brings its workloads back and deletes what it
