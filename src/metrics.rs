@@ -132,6 +132,13 @@ impl Metrics {
         for p in crate::api::Priority::ALL {
             queue_depth.with_label_values(&[p.as_str()]).set(0);
         }
+        // Every job outcome too: a counter that first appears at 1 is no increase to Prometheus,
+        // so the first failure after a start would never fire PushOperatorPushFailed.
+        for mode in ["online", "offline"] {
+            for result in ["succeeded", "failed"] {
+                jobs.with_label_values(&[mode, result]).inc_by(0);
+            }
+        }
         Metrics {
             registry,
             jobs,
@@ -171,5 +178,9 @@ mod tests {
         let text = m.render();
         assert!(text.contains("push_operator_jobs_total{mode=\"offline\",result=\"succeeded\"} 1"), "{text}");
         assert!(text.contains("push_operator_queue_depth{priority=\"P1\"} 0"));
+        assert!(
+            text.contains("push_operator_jobs_total{mode=\"online\",result=\"failed\"} 0"),
+            "from the start: {text}"
+        );
     }
 }

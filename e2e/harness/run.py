@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -123,7 +124,7 @@ class Harness:
             p.wait()
 
     def stop_all(self):
-        for name in ["operator", "node", "weed"] + list(self.procs):
+        for name in ["operator", "node", "prometheus", "weed"] + list(self.procs):
             self.stop(name, wait=5)
         if getattr(self, "cluster_dir", None):
             subprocess.run([os.path.join(REPO, "e2e/cluster/down"), "--dir", self.cluster_dir],
@@ -142,6 +143,7 @@ class Harness:
         self.install_storage()
         self.start_node()
         self.install_chart()
+        self.start_prometheus()
         wait_for(self.s3_ready, 60, "SeaweedFS")
         self.start_operator()
         print(f"set-up done in {time.time() - t0:.1f}s (logs: {self.tmp})", flush=True)
@@ -255,6 +257,36 @@ class Harness:
                     f"current-context: operator\nusers: [{{name: {sa}, user: {{token: {tok}}}}}]\n")
         os.chmod(self.operator_kubeconfig, 0o600)
 
+    def start_prometheus(self):
+        """A real Prometheus (Debian's package) with the chart's alert rules, scraping the operator
+        every second (its address is rewritten into a file_sd target file at each start)."""
+        d = os.path.join(self.tmp, "prometheus")
+        os.makedirs(d)
+        rules = os.path.join(d, "rules.yaml")
+        r = subprocess.run([os.path.join(REPO, "scripts", "check-alerts"), "--rules-out", rules, "--render-only"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Failure(f"scripts/check-alerts --render-only: {r.stdout[-1500:]} {r.stderr[-1500:]}")
+        self.prom_targets = os.path.join(d, "targets.json")
+        with open(self.prom_targets, "w") as f:
+            json.dump([], f)
+        with open(os.path.join(d, "prometheus.yml"), "w") as f:
+            json.dump({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": [rules],
+                       "scrape_configs": [{"job_name": "push-operator", "file_sd_configs": [
+                           {"files": [self.prom_targets], "refresh_interval": "1s"}]}]}, f)
+        port = free_port()
+        self.start("prometheus", ["prometheus", f"--config.file={d}/prometheus.yml", f"--storage.tsdb.path={d}/data",
+                                  f"--web.listen-address=127.0.0.1:{port}"])
+        self.prometheus = f"http://127.0.0.1:{port}"
+        wait_for(lambda: self.http(f"{self.prometheus}/-/ready"), 60, "Prometheus ready")
+
+    def prom(self, path):
+        """GET a Prometheus API path; the `data` of a success."""
+        body = json.loads(self.http(f"{self.prometheus}{path}") or "{}")
+        if body.get("status") != "success":
+            raise Failure(f"Prometheus {path}: {body}")
+        return body["data"]
+
     def helm_env(self):
         home = os.path.join(self.tmp, "helm")
         return dict(os.environ, HELM_CACHE_HOME=f"{home}/cache", HELM_CONFIG_HOME=f"{home}/config",
@@ -316,6 +348,11 @@ class Harness:
                              stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         self.procs["operator"] = p
         wait_for(lambda: self.http(f"http://127.0.0.1:{self.metrics_port}/healthz"), 20, "operator /healthz")
+        if getattr(self, "prom_targets", None):
+            tmp = self.prom_targets + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump([{"targets": [f"127.0.0.1:{self.metrics_port}"]}], f)
+            os.replace(tmp, self.prom_targets)
 
     def kill_operator(self):
         self.stop("operator", signal.SIGKILL)
@@ -1357,6 +1394,44 @@ def sc_rbac_rule_removed(h):
         x.close()
 
 
+def sc_alerts(h):
+    """A real Prometheus scrapes the operator with the chart's rules loaded: a failing push fires
+    PushOperatorPushFailed; the dashboard's queries run."""
+    target = f"127.0.0.1:{h.metrics_port}"
+
+    def scraped():
+        up = h.prom("/api/v1/query?query=" + urllib.parse.quote(f'up{{instance="{target}"}}'))["result"]
+        return up and up[0]["value"][1] == "1"
+    wait_for(scraped, 60, f"Prometheus scraping the operator at {target}")
+    rules = [r["name"] for g in h.prom("/api/v1/rules")["groups"] for r in g["rules"]]
+    expect("PushOperatorPushFailed" in rules and len(rules) == 7, f"rules loaded: {rules}")
+    time.sleep(2)  # a sample of the counters before the failure
+    x = Ctx(h, "alerts")
+    try:
+        x.secret()
+        x.app("app", 1, "data", 36, bucket="no-such-bucket")
+        x.job("fails", "app", "Offline")
+        j = x.wait_done("fails", 120)
+        expect(j["status"]["phase"] == "Failed", f"fails: {j['status']}")
+
+        def firing():
+            return [a for a in h.prom("/api/v1/alerts")["alerts"]
+                    if a["labels"].get("alertname") == "PushOperatorPushFailed" and a["state"] == "firing"
+                    and a["labels"].get("mode") == "offline"]
+        alert = wait_for(firing, 60, "PushOperatorPushFailed firing in Prometheus")[0]
+        expect("offline pushes failed" in alert["annotations"]["summary"], f"alert {alert}")
+        x.wait_running("app", 1)
+        # Every query of the chart's dashboard runs on this Prometheus.
+        d = json.load(open(os.path.join(REPO, "charts/push-operator/dashboards/push-operator.json")))
+        exprs = [t["expr"] for p in d["panels"] for t in p.get("targets", []) if t.get("expr")]
+        for e in exprs:
+            q = e.replace("$__rate_interval", "1m").replace("$namespace", ".*").replace("$repository", ".*")
+            h.prom("/api/v1/query?query=" + urllib.parse.quote(q))
+        return f"PushOperatorPushFailed firing ({alert['labels']}); {len(exprs)} dashboard queries ran"
+    finally:
+        x.close()
+
+
 SCENARIOS = [
     ("invalid-manifests", sc_invalid_manifests),
     ("offline-deployment-statefulset", sc_offline),
@@ -1370,6 +1445,7 @@ SCENARIOS = [
     ("worker-failure", sc_worker_failure),
     ("pre-upgrade", sc_pre_upgrade),
     ("pod-security", sc_pod_security),
+    ("alerts", sc_alerts),
     ("rbac-rule-removed", sc_rbac_rule_removed),
     # Before the scenarios that restart the operator (its counters start again at zero).
     ("metrics", sc_metrics),
