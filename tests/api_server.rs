@@ -418,7 +418,7 @@ async fn status_writes_clear_fields_and_keep_each_controllers_own() {
         phase: Some(Phase::Pushing),
         queue_position: Some(3),
         node_name: Some("node-a".into()),
-        created: vec![CreatedObject { kind: "Pod".into(), name: "cleared-push".into() }],
+        created: vec![CreatedObject { kind: CreatedKind::Pod, name: "cleared-push".into() }],
         ..Default::default()
     };
     apply_status(&jobs, "cleared", StatusManager::PushJob, serde_json::to_value(&running).unwrap()).await.unwrap();
@@ -442,7 +442,7 @@ async fn status_writes_clear_fields_and_keep_each_controllers_own() {
         time: time(chrono::Utc::now()),
         job: job.into(),
         mode,
-        result: "Succeeded".into(),
+        result: JobResult::Succeeded,
         snapshots: vec!["abc".into()],
     };
     let stats = JobStats { bytes_total: 100, bytes_uploaded: 40, ..Default::default() };

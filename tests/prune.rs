@@ -364,7 +364,7 @@ fn a_push_after_the_mark_stores_chunks_again_and_the_marked_packs_go() {
     store.backend().delete(&format!("snapshots/{}", first.id)).unwrap();
 
     // Someone holds a push lock: the prune marks and leaves the deletion.
-    let outsider = Lock::acquire(&store, "push", "outsider", Duration::from_secs(30)).unwrap();
+    let outsider = Lock::acquire(&store, lock::LockKind::Push, "outsider", Duration::from_secs(30)).unwrap();
     let r = prune(&store, &quick()).unwrap();
     assert_eq!((r.plans_pending, r.packs_deleted), (1, 0), "{r:?}");
     // A push now must not reuse the marked chunks.
@@ -410,7 +410,7 @@ fn a_lock_left_by_a_killed_process_expires_and_a_live_prune_excludes_another() {
     // A dead push's lock, already expired: it neither blocks nor survives the prune.
     let dead = push_operator::store::lock::LockInfo {
         holder: push_operator::store::id::Id::random(),
-        kind: "push".into(),
+        kind: push_operator::store::lock::LockKind::Push,
         host: "gone".into(),
         pid: 1,
         since: chrono::Utc::now() - chrono::Duration::hours(2),
@@ -428,7 +428,7 @@ fn a_lock_left_by_a_killed_process_expires_and_a_live_prune_excludes_another() {
     assert!(lock::read_locks(store.backend().as_ref()).unwrap().is_empty());
 
     // A live prune lock, older than ours: this prune refuses and says until when.
-    let other = Lock::acquire(&store, "prune", "", Duration::from_secs(30)).unwrap();
+    let other = Lock::acquire(&store, lock::LockKind::Prune, "", Duration::from_secs(30)).unwrap();
     let err = prune(&store, &quick()).unwrap_err().to_string();
     assert!(err.contains("another prune is running") && err.contains("expires"), "{err}");
     drop(other);

@@ -194,6 +194,34 @@ pub struct ScheduleStatus {
     pub last_result: Option<String>,
 }
 
+/// What became of a scheduled run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum RunResult {
+    /// Its PushJob (or prune pod) was created and has not finished.
+    Running,
+    Succeeded,
+    Failed,
+    /// Not started, on purpose (the previous run still active, an offline push running, ...).
+    Skipped,
+    /// Not started in time (the operator was down, or past startingDeadlineSeconds).
+    Missed,
+    /// Its job was deleted before it finished.
+    Unknown,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Running => "Running",
+            RunResult::Succeeded => "Succeeded",
+            RunResult::Failed => "Failed",
+            RunResult::Skipped => "Skipped",
+            RunResult::Missed => "Missed",
+            RunResult::Unknown => "Unknown",
+        }
+    }
+}
+
 /// One scheduled run and what became of it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -205,8 +233,7 @@ pub struct RunRecord {
     /// The PushJob (or prune Pod) created, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
-    /// Running, Succeeded, Failed, Skipped or Missed.
-    pub result: String,
+    pub result: RunResult,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

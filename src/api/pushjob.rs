@@ -112,11 +112,21 @@ pub struct ReplicaRecord {
     pub replicas: i32,
 }
 
+/// The kinds of object a push creates.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum CreatedKind {
+    /// The worker pod.
+    Pod,
+    /// A clone of a VolumeSnapshot (online pushes with a snapshot class).
+    PersistentVolumeClaim,
+    /// A CSI VolumeSnapshot of a volume.
+    VolumeSnapshot,
+}
+
 /// An object this job created (and so may delete).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub struct CreatedObject {
-    /// Pod, PersistentVolumeClaim or VolumeSnapshot.
-    pub kind: String,
+    pub kind: CreatedKind,
     pub name: String,
 }
 

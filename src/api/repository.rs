@@ -265,14 +265,20 @@ pub struct RepositoryStatus {
     pub dedup_ratio: Option<f64>,
 }
 
+/// How a finished PushJob ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum JobResult {
+    Succeeded,
+    Failed,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PushRecord {
     pub time: Time,
     pub job: String,
     pub mode: Mode,
-    /// Succeeded or Failed.
-    pub result: String,
+    pub result: JobResult,
     /// Snapshot ids, one per volume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<String>,

@@ -38,11 +38,27 @@ pub fn ttl_from_env() -> Duration {
         .unwrap_or(DEFAULT_TTL)
 }
 
+/// What a lock's holder does (stored as "push" or "prune").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    Push,
+    Prune,
+}
+
+impl std::fmt::Display for LockKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LockKind::Push => "push",
+            LockKind::Prune => "prune",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockInfo {
     pub holder: Id,
-    /// "push" or "prune".
-    pub kind: String,
+    pub kind: LockKind,
     pub host: String,
     pub pid: u32,
     /// When the holder took the lock (the same in every refresh).
@@ -119,11 +135,11 @@ fn key_of(l: &LockInfo) -> String {
 }
 
 impl Lock {
-    pub fn acquire(store: &Store, kind: &str, purpose: &str, ttl: Duration) -> anyhow::Result<Lock> {
+    pub fn acquire(store: &Store, kind: LockKind, purpose: &str, ttl: Duration) -> anyhow::Result<Lock> {
         let now = Utc::now();
         let info = LockInfo {
             holder: Id::random(),
-            kind: kind.into(),
+            kind,
             host: super::push::hostname(),
             pid: std::process::id(),
             since: now,
@@ -242,10 +258,10 @@ mod tests {
     #[test]
     fn a_lock_is_visible_while_held_refreshed_and_gone_when_dropped() {
         let (_t, s) = store();
-        let lock = Lock::acquire(&s, "push", "test", Duration::from_millis(1500)).unwrap();
+        let lock = Lock::acquire(&s, LockKind::Push, "test", Duration::from_millis(1500)).unwrap();
         let holders = live_holders(&s, Utc::now()).unwrap();
         assert_eq!(holders.len(), 1);
-        assert_eq!(holders[&lock.holder()].kind, "push");
+        assert_eq!(holders[&lock.holder()].kind, LockKind::Push);
         // Refreshed every 0.5 s: after 2 s (past the first expiry) it is still alive, one object.
         std::thread::sleep(Duration::from_secs(2));
         let holders = live_holders(&s, Utc::now()).unwrap();
@@ -259,7 +275,7 @@ mod tests {
     #[test]
     fn a_lock_left_by_a_killed_process_expires_by_itself() {
         let (_t, s) = store();
-        let lock = Lock::acquire(&s, "push", "killed", Duration::from_secs(60)).unwrap();
+        let lock = Lock::acquire(&s, LockKind::Push, "killed", Duration::from_secs(60)).unwrap();
         let holder = lock.holder();
         // A killed process neither refreshes nor deletes.
         std::mem::forget(lock);

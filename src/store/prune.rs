@@ -185,13 +185,12 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> anyhow::Result<PruneReport> 
         bail!("--max-unused must be between 0 and 100 percent");
     }
     let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
-    let lock = Lock::acquire(store, "prune", opts.job.as_deref().unwrap_or(""), opts.ttl)?;
+    let lock = Lock::acquire(store, super::lock::LockKind::Prune, opts.job.as_deref().unwrap_or(""), opts.ttl)?;
     let me = lock.info();
     let now = Utc::now();
-    if let Some(other) = lock::live_holders(store, now)?
-        .into_values()
-        .find(|l| l.kind == "prune" && l.holder != me.holder && (l.since, l.holder) < (me.since, me.holder))
-    {
+    if let Some(other) = lock::live_holders(store, now)?.into_values().find(|l| {
+        l.kind == super::lock::LockKind::Prune && l.holder != me.holder && (l.since, l.holder) < (me.since, me.holder)
+    }) {
         bail!(
             "another prune is running on this store (host {}, pid {}, since {}); it ends, or its lock expires at {} at the latest: try again later",
             other.host,

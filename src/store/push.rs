@@ -593,7 +593,12 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
     // Bad input fails before anything is written.
     check_source(&opts.source)?;
     build_excludes(&opts.excludes)?;
-    let lock = Lock::acquire(store, "push", opts.job.as_deref().unwrap_or(""), super::lock::ttl_from_env())?;
+    let lock = Lock::acquire(
+        store,
+        super::lock::LockKind::Push,
+        opts.job.as_deref().unwrap_or(""),
+        super::lock::ttl_from_env(),
+    )?;
     let result = push_locked(store, opts, counters, &lock);
     let mut rec = AuditRecord::new("push", if result.is_ok() { "ok" } else { "failed" });
     rec.reason = opts.tags.get("reason").cloned().unwrap_or_else(|| "manual".into());

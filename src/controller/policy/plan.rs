@@ -29,11 +29,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(&self) -> &'static str {
+    pub fn result(&self) -> RunResult {
         match self {
-            Outcome::Active => "Running",
-            Outcome::Succeeded => "Succeeded",
-            Outcome::Failed => "Failed",
+            Outcome::Active => RunResult::Running,
+            Outcome::Succeeded => RunResult::Succeeded,
+            Outcome::Failed => RunResult::Failed,
         }
     }
 }
@@ -176,9 +176,9 @@ pub fn plan(input: &Input) -> Plan {
         let rec = records.iter_mut().find(|x| x.job.as_deref() == Some(r.name.as_str()));
         match rec {
             Some(rec) => {
-                let was_active = rec.result == "Running";
-                if rec.result != r.outcome.as_str() {
-                    rec.result = r.outcome.as_str().into();
+                let was_active = rec.result == RunResult::Running;
+                if rec.result != r.outcome.result() {
+                    rec.result = r.outcome.result();
                     rec.reason = r.reason.clone();
                     rec.message = r.message.clone();
                     if was_active && r.outcome != Outcome::Active {
@@ -194,7 +194,7 @@ pub fn plan(input: &Input) -> Plan {
                         repository: r.repository.clone(),
                         scheduled_time: time(t),
                         job: Some(r.name.clone()),
-                        result: r.outcome.as_str().into(),
+                        result: r.outcome.result(),
                         reason: r.reason.clone(),
                         message: r.message.clone(),
                     });
@@ -206,10 +206,10 @@ pub fn plan(input: &Input) -> Plan {
         }
     }
     // A run still recorded as running whose job is gone (deleted by hand) is closed.
-    for rec in records.iter_mut().filter(|r| r.result == "Running") {
+    for rec in records.iter_mut().filter(|r| r.result == RunResult::Running) {
         let gone = rec.job.as_ref().is_some_and(|j| !input.runs.iter().any(|r| &r.name == j));
         if gone && now - chrono_of(&rec.scheduled_time.0) > chrono::Duration::minutes(10) {
-            rec.result = "Unknown".into();
+            rec.result = RunResult::Unknown;
             rec.reason = Some("Deleted".into());
             rec.message = Some("the job was deleted before it finished".into());
         }
@@ -287,7 +287,15 @@ pub fn plan(input: &Input) -> Plan {
             if spec.suspend {
                 // Passed while suspended: neither run nor missed.
             } else if !healthy {
-                records.push(record(&sched.name, "-", t, None, "Skipped", "PolicyNotReady", "the policy is not ready"));
+                records.push(record(
+                    &sched.name,
+                    "-",
+                    t,
+                    None,
+                    RunResult::Skipped,
+                    "PolicyNotReady",
+                    "the policy is not ready",
+                ));
             } else {
                 if d.missed_before > 0 {
                     *p.missed.entry(sched.name.clone()).or_default() += d.missed_before;
@@ -315,7 +323,15 @@ pub fn plan(input: &Input) -> Plan {
                             reason: "MissedSchedule".into(),
                             note: format!("schedule {} for repository {repo}: {msg}", sched.name),
                         });
-                        records.push(record(&sched.name, repo, t, None, "Missed", "MissedStartingDeadline", &msg));
+                        records.push(record(
+                            &sched.name,
+                            repo,
+                            t,
+                            None,
+                            RunResult::Missed,
+                            "MissedStartingDeadline",
+                            &msg,
+                        ));
                         continue;
                     }
                     let job = job_name(name, &sched.name, name_repo.then_some(repo.as_str()), t);
@@ -333,7 +349,7 @@ pub fn plan(input: &Input) -> Plan {
                             reason: "Skipped".into(),
                             note: format!("schedule {} for repository {repo}: {msg}", sched.name),
                         });
-                        records.push(record(&sched.name, repo, t, None, "Skipped", "PreviousRunActive", &msg));
+                        records.push(record(&sched.name, repo, t, None, RunResult::Skipped, "PreviousRunActive", &msg));
                         continue;
                     }
                     if sched.mode == Mode::Online && offline_active.contains(*repo) {
@@ -344,7 +360,15 @@ pub fn plan(input: &Input) -> Plan {
                             reason: "Skipped".into(),
                             note: format!("schedule {} for repository {repo}: {msg}", sched.name),
                         });
-                        records.push(record(&sched.name, repo, t, None, "Skipped", "OfflinePushRunning", &msg));
+                        records.push(record(
+                            &sched.name,
+                            repo,
+                            t,
+                            None,
+                            RunResult::Skipped,
+                            "OfflinePushRunning",
+                            &msg,
+                        ));
                         continue;
                     }
                     let retention = spec.retention.clone();
@@ -363,7 +387,7 @@ pub fn plan(input: &Input) -> Plan {
                             retention,
                         },
                     });
-                    records.push(record(&sched.name, repo, t, Some(job), "Running", "Created", ""));
+                    records.push(record(&sched.name, repo, t, Some(job), RunResult::Running, "Created", ""));
                     s.last_schedule_time = Some(time(t));
                     if sched.mode == Mode::Offline {
                         offline_active.insert((*repo).clone());
@@ -396,7 +420,7 @@ pub fn plan(input: &Input) -> Plan {
                             repo,
                             t,
                             None,
-                            "Skipped",
+                            RunResult::Skipped,
                             "PreviousRunActive",
                             "the previous prune has not finished",
                         ));
@@ -409,7 +433,7 @@ pub fn plan(input: &Input) -> Plan {
                         max_unused_percent: m.max_unused_percent.unwrap_or(5),
                         wait_seconds: m.wait_seconds.unwrap_or(600),
                     });
-                    records.push(record(MAINTENANCE, repo, t, Some(pod), "Running", "Created", ""));
+                    records.push(record(MAINTENANCE, repo, t, Some(pod), RunResult::Running, "Created", ""));
                     s.last_schedule_time = Some(time(t));
                 }
             } else if !spec.suspend && d.too_late {
@@ -428,46 +452,52 @@ pub fn plan(input: &Input) -> Plan {
     for s in schedule_status.iter_mut().chain(st.maintenance.iter_mut()) {
         if let Some(r) = records.iter().find(|r| r.schedule == s.name) {
             s.last_result = Some(match &r.reason {
-                Some(reason) if r.result == "Skipped" || r.result == "Missed" => format!("{} ({reason})", r.result),
-                _ => r.result.clone(),
+                Some(reason) if matches!(r.result, RunResult::Skipped | RunResult::Missed) => {
+                    format!("{} ({reason})", r.result.as_str())
+                }
+                _ => r.result.as_str().to_string(),
             });
             s.last_job = r.job.clone().or(s.last_job.clone());
         }
     }
     let counted: Vec<&RunRecord> = records
         .iter()
-        .filter(|r| r.schedule != MAINTENANCE && matches!(r.result.as_str(), "Succeeded" | "Failed" | "Missed"))
+        .filter(|r| {
+            r.schedule != MAINTENANCE
+                && matches!(r.result, RunResult::Succeeded | RunResult::Failed | RunResult::Missed)
+        })
         .collect();
     st.success_rate = (!counted.is_empty()).then(|| {
-        let ok = counted.iter().filter(|r| r.result == "Succeeded").count() as f64;
+        let ok = counted.iter().filter(|r| r.result == RunResult::Succeeded).count() as f64;
         (ok / counted.len() as f64 * 1000.0).round() / 1000.0
     });
     st.recent_runs = records;
     st.schedules = schedule_status;
 
     // History: finished runs beyond the limits, oldest first, only ours.
-    let mut by_outcome: BTreeMap<(bool, &str), Vec<&RunView>> = BTreeMap::new();
+    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum RunKind {
+        PushJob,
+        PrunePod,
+    }
+    let mut by_outcome: BTreeMap<(bool, RunKind), Vec<&RunView>> = BTreeMap::new();
     for r in &input.runs {
         if r.outcome != Outcome::Active {
-            let kind = if r.schedule == MAINTENANCE { "pod" } else { "job" };
+            let kind = if r.schedule == MAINTENANCE { RunKind::PrunePod } else { RunKind::PushJob };
             by_outcome.entry((r.outcome == Outcome::Succeeded, kind)).or_default().push(r);
         }
     }
     for ((ok, kind), mut runs) in by_outcome {
         runs.sort_by(|a, b| b.finished.cmp(&a.finished).then(b.name.cmp(&a.name)));
-        let limit = if kind == "pod" {
-            1
-        } else if ok {
-            spec.successful_jobs_history_limit.max(0) as usize
-        } else {
-            spec.failed_jobs_history_limit.max(0) as usize
+        let limit = match (kind, ok) {
+            (RunKind::PrunePod, _) => 1,
+            (RunKind::PushJob, true) => spec.successful_jobs_history_limit.max(0) as usize,
+            (RunKind::PushJob, false) => spec.failed_jobs_history_limit.max(0) as usize,
         };
-        for r in runs.into_iter().skip(limit) {
-            if kind == "pod" {
-                p.delete_pods.push(r.name.clone());
-            } else {
-                p.delete_jobs.push(r.name.clone());
-            }
+        let names = runs.into_iter().skip(limit).map(|r| r.name.clone());
+        match kind {
+            RunKind::PrunePod => p.delete_pods.extend(names),
+            RunKind::PushJob => p.delete_jobs.extend(names),
         }
     }
 
@@ -518,7 +548,7 @@ fn record(
     repo: &str,
     t: DateTime<Utc>,
     job: Option<String>,
-    result: &str,
+    result: RunResult,
     reason: &str,
     msg: &str,
 ) -> RunRecord {
@@ -527,7 +557,7 @@ fn record(
         repository: repo.into(),
         scheduled_time: time(t),
         job,
-        result: result.into(),
+        result,
         reason: (!reason.is_empty()).then(|| reason.into()),
         message: (!msg.is_empty()).then(|| msg.into()),
     }

@@ -118,7 +118,7 @@ fn an_every_minute_schedule_creates_one_job_per_minute_with_a_deterministic_name
     assert_eq!(j.spec.repository_ref.name, "shop");
     assert!(j.spec.reason.as_deref().unwrap().contains("schedule minutely of PushPolicy nightly"));
     assert_eq!(p.status.schedules[0].last_schedule_time, Some(time(t("2026-11-26T07:01:00Z"))));
-    assert_eq!(p.status.recent_runs[0].result, "Running");
+    assert_eq!(p.status.recent_runs[0].result, RunResult::Running);
     // Later in the same minute: nothing new.
     assert!(w.at("2026-11-26T07:01:40Z").create_jobs.is_empty());
     w.finish(&format!("nightly-minutely-{minute}"), true, "2026-11-26T07:01:50Z");
@@ -166,7 +166,7 @@ fn missed_runs_give_one_late_run_or_a_skip_never_a_burst() {
     assert!(p.create_jobs.is_empty());
     assert_eq!(p.missed.get("hourly"), Some(&1));
     let rec = &p.status.recent_runs[0];
-    assert_eq!((rec.result.as_str(), rec.reason.as_deref()), ("Missed", Some("MissedStartingDeadline")));
+    assert_eq!((rec.result, rec.reason.as_deref()), (RunResult::Missed, Some("MissedStartingDeadline")));
     assert_eq!(p.status.schedules[0].last_result.as_deref(), Some("Missed (MissedStartingDeadline)"));
     assert_eq!(p.status.success_rate, Some(0.0), "a missed run counts against the success rate");
     // It is not retried later.
@@ -204,7 +204,7 @@ fn an_online_run_during_an_offline_push_is_skipped_and_recorded() {
     let p = w.at("2026-11-28T01:00:00Z");
     assert!(p.create_jobs.is_empty());
     let rec = &p.status.recent_runs[0];
-    assert_eq!((rec.result.as_str(), rec.reason.as_deref()), ("Skipped", Some("OfflinePushRunning")));
+    assert_eq!((rec.result, rec.reason.as_deref()), (RunResult::Skipped, Some("OfflinePushRunning")));
     assert!(p.events.iter().any(|e| e.reason == "Skipped" && !e.warning));
     assert_eq!(p.status.success_rate, None, "skips by design do not count");
     w.offline_active.clear();
@@ -247,7 +247,11 @@ fn history_limits_delete_only_the_oldest_finished_runs() {
     // 5 of 7 succeeded; deleted jobs keep their result in the status.
     assert_eq!(st.success_rate, Some(0.714));
     assert_eq!(st.recent_runs.len(), 7);
-    assert!(st.recent_runs.iter().any(|r| r.result == "Failed" && r.message.as_deref() == Some("store unreachable")));
+    assert!(
+        st.recent_runs
+            .iter()
+            .any(|r| r.result == RunResult::Failed && r.message.as_deref() == Some("store unreachable"))
+    );
 }
 
 #[test]

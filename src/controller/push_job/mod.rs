@@ -219,7 +219,7 @@ async fn observe(job: &PushJob, ctx: &Context) -> Result<Observed> {
     }
 
     let by_job = ListParams::default().labels(&format!("{JOB_LABEL}={name}"));
-    if status.created.iter().any(|c| c.kind == "VolumeSnapshot") || phase == Phase::Snapshotting {
+    if status.created.iter().any(|c| c.kind == CreatedKind::VolumeSnapshot) || phase == Phase::Snapshotting {
         for s in snapshots_api(&ctx.client, &ns).list(&by_job).await? {
             if s.metadata.deletion_timestamp.is_some() {
                 continue;
@@ -233,7 +233,7 @@ async fn observe(job: &PushJob, ctx: &Context) -> Result<Observed> {
             });
         }
     }
-    if status.created.iter().any(|c| c.kind == "PersistentVolumeClaim") {
+    if status.created.iter().any(|c| c.kind == CreatedKind::PersistentVolumeClaim) {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
         obs.clones = pvcs
             .list(&by_job)
@@ -431,14 +431,15 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
         }
         Action::Delete(o) => {
             let dp = DeleteParams::background();
-            let r = match o.kind.as_str() {
-                "Pod" => Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(&o.name, &dp).await.map(|_| ()),
-                "PersistentVolumeClaim" => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+            let r = match o.kind {
+                CreatedKind::Pod => {
+                    Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(&o.name, &dp).await.map(|_| ())
+                }
+                CreatedKind::PersistentVolumeClaim => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
                     .delete(&o.name, &dp)
                     .await
                     .map(|_| ()),
-                "VolumeSnapshot" => snapshots_api(&ctx.client, &ns).delete(&o.name, &dp).await.map(|_| ()),
-                _ => Ok(()),
+                CreatedKind::VolumeSnapshot => snapshots_api(&ctx.client, &ns).delete(&o.name, &dp).await.map(|_| ()),
             };
             ok_absent(r)?;
         }
@@ -656,7 +657,7 @@ async fn record_completion(job: &PushJob, st: &PushJobStatus, ctx: &Context) -> 
         time: st.completion_time.clone().unwrap_or_else(|| time(chrono::Utc::now())),
         job: job.name_any(),
         mode: job.spec.mode,
-        result: if ok { "Succeeded" } else { "Failed" }.into(),
+        result: if ok { JobResult::Succeeded } else { JobResult::Failed },
         snapshots: st.snapshots.iter().map(|s| s.snapshot.clone()).collect(),
     };
     let records =

@@ -282,12 +282,12 @@ impl Builder<'_> {
         if let Some(w) = &self.obs.worker
             && matches!(w, WorkerObs::Pending | WorkerObs::Running)
         {
-            self.actions.push(Action::Delete(CreatedObject { kind: "Pod".into(), name: worker_name(self.name()) }));
+            self.actions.push(Action::Delete(CreatedObject { kind: CreatedKind::Pod, name: worker_name(self.name()) }));
         }
     }
 
-    fn created(&mut self, kind: &str, name: &str) {
-        let o = CreatedObject { kind: kind.into(), name: name.into() };
+    fn created(&mut self, kind: CreatedKind, name: &str) {
+        let o = CreatedObject { kind, name: name.into() };
         if !self.st.created.contains(&o) {
             self.st.created.push(o);
         }
@@ -568,7 +568,7 @@ fn snapshotting(b: &mut Builder, settings: &Settings) {
         match b.obs.snapshots.iter().find(|s| s.name == sn) {
             None => {
                 all_ready = false;
-                b.created("VolumeSnapshot", &sn);
+                b.created(CreatedKind::VolumeSnapshot, &sn);
                 b.actions.push(Action::CreateSnapshot { name: sn, volume: v, class: class.clone() });
             }
             Some(s) if s.error.is_some() => {
@@ -596,7 +596,7 @@ fn cloning(b: &mut Builder) {
     for v in b.st.volumes.clone() {
         let cn = clone_name(&name, &v);
         if !b.obs.clones.contains(&cn) {
-            b.created("PersistentVolumeClaim", &cn);
+            b.created(CreatedKind::PersistentVolumeClaim, &cn);
             b.actions.push(Action::CreateClone { name: cn, volume: v.clone(), snapshot: snapshot_name(&name, &v) });
         }
     }
@@ -698,7 +698,7 @@ fn pushing(b: &mut Builder) {
             let node =
                 if b.st.consistency == Some(Consistency::Inconsistent) { b.obs.mount_node.clone() } else { None };
             b.st.node_name = node.clone();
-            b.created("Pod", &wn);
+            b.created(CreatedKind::Pod, &wn);
             b.actions.push(Action::CreateWorker { name: wn, claims, node });
             b.wait("worker pod created", Duration::from_secs(2));
         }
@@ -768,11 +768,10 @@ fn resuming(b: &mut Builder) {
 }
 
 fn exists(obs: &Observed, o: &CreatedObject) -> bool {
-    match o.kind.as_str() {
-        "Pod" => obs.worker.is_some(),
-        "VolumeSnapshot" => obs.snapshots.iter().any(|s| s.name == o.name),
-        "PersistentVolumeClaim" => obs.clones.contains(&o.name),
-        _ => false,
+    match o.kind {
+        CreatedKind::Pod => obs.worker.is_some(),
+        CreatedKind::VolumeSnapshot => obs.snapshots.iter().any(|s| s.name == o.name),
+        CreatedKind::PersistentVolumeClaim => obs.clones.contains(&o.name),
     }
 }
 
@@ -810,7 +809,7 @@ pub fn cleanup(job: &PushJob, obs: &Observed) -> Vec<Action> {
     if let Some(w) = &obs.worker
         && matches!(w, WorkerObs::Pending | WorkerObs::Running)
     {
-        actions.push(Action::Delete(CreatedObject { kind: "Pod".into(), name: worker_name(&name) }));
+        actions.push(Action::Delete(CreatedObject { kind: CreatedKind::Pod, name: worker_name(&name) }));
     }
     for obs_w in &obs.workloads {
         let recorded = st
@@ -831,7 +830,9 @@ pub fn cleanup(job: &PushJob, obs: &Observed) -> Vec<Action> {
         }
     }
     for o in &st.created {
-        if exists(obs, o) && !(o.kind == "Pod" && actions.iter().any(|a| matches!(a, Action::Delete(d) if d == o))) {
+        if exists(obs, o)
+            && !(o.kind == CreatedKind::Pod && actions.iter().any(|a| matches!(a, Action::Delete(d) if d == o)))
+        {
             actions.push(Action::Delete(o.clone()));
         }
     }

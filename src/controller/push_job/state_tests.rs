@@ -179,11 +179,10 @@ impl World {
                     }
                 }
                 Action::CreateClone { name, .. } => self.clones.push(name.clone()),
-                Action::Delete(o) => match o.kind.as_str() {
-                    "Pod" => self.worker = None,
-                    "VolumeSnapshot" => self.snapshots.retain(|s| s.name != o.name),
-                    "PersistentVolumeClaim" => self.clones.retain(|c| *c != o.name),
-                    k => panic!("unknown kind {k}"),
+                Action::Delete(o) => match o.kind {
+                    CreatedKind::Pod => self.worker = None,
+                    CreatedKind::VolumeSnapshot => self.snapshots.retain(|s| s.name != o.name),
+                    CreatedKind::PersistentVolumeClaim => self.clones.retain(|c| *c != o.name),
                 },
             }
         }
@@ -724,7 +723,7 @@ fn a_recorded_worker_never_seen_is_created_and_a_vanished_one_fails() {
         phase: Some(Phase::Pushing),
         volumes: vec!["data".into()],
         consistency: Some(Consistency::Inconsistent),
-        created: vec![CreatedObject { kind: "Pod".into(), name: "j1-push".into() }],
+        created: vec![CreatedObject { kind: CreatedKind::Pod, name: "j1-push".into() }],
         ..Default::default()
     });
     let d = next(&j, &w.observe(), &s);
