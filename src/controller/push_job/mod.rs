@@ -404,15 +404,13 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
             let identity = security::decide(level, &ns, app.as_ref()).map_err(Error::WorkerNotAdmitted)?;
             let pod = build::worker_pod(job, &repo, name, claims, &block, node.clone(), &identity, &ctx.config.worker);
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            match pods.create(&PostParams::default(), &pod).await {
-                Err(kube::Error::Api(e)) => {
-                    if let Some(why) = security::rejected_by_admission(&ns, level, e.code, &e.message) {
-                        return Err(Error::WorkerNotAdmitted(why));
-                    }
-                    ok_absent(Err(kube::Error::Api(e)))?;
-                }
-                r => ok_absent(r.map(|_| ()))?,
+            let created = pods.create(&PostParams::default(), &pod).await.map(|_| ());
+            if let Err(kube::Error::Api(e)) = &created
+                && let Some(why) = security::rejected_by_admission(&ns, level, e.code, &e.message)
+            {
+                return Err(Error::WorkerNotAdmitted(why));
             }
+            ok_absent(created)?;
         }
         Action::RunHooks(stage) => {
             let (outcome, any_failed) = run_hooks(job, ctx, *stage).await?;
