@@ -758,6 +758,13 @@ fn controller_config(a: &ControllerArgs) -> anyhow::Result<push_operator::contro
     })
 }
 
+/// The first `n` of `paths` joined, with how many more there are of `total`.
+fn name_some(paths: &[String], total: u64, n: usize) -> String {
+    let shown: Vec<&str> = paths.iter().take(n).map(String::as_str).collect();
+    let more = total.saturating_sub(shown.len() as u64);
+    if more > 0 { format!("{} and {more} more", shown.join(", ")) } else { shown.join(", ") }
+}
+
 fn parse_tag(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("tag {s:?} is not KEY=VALUE"))?;
     if k.is_empty() {
@@ -849,6 +856,9 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 o.insert("source".into(), outcome.snapshot.source.clone().into());
                 o.insert("dedup_ratio".into(), st.dedup_ratio().into());
                 o.insert("warnings".into(), outcome.warnings.clone().into());
+                let changed: Vec<String> = outcome.snapshot.changed_during_read.iter().take(100).cloned().collect();
+                o.insert("changed_during_read".into(), changed.into());
+                o.insert("consistency".into(), outcome.snapshot.consistency.clone().into());
                 o.insert("store_bytes".into(), outcome.store_bytes.into());
                 println!("{}", serde_json::to_string(&v)?);
             } else {
@@ -867,6 +877,13 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     st.duration_seconds
                 );
                 println!("  store now holds {} of packs", HumanBytes(outcome.store_bytes));
+                if st.files_changed_during_read > 0 {
+                    println!(
+                        "  {} files changed while they were read and may be torn ({}): the snapshot is marked inconsistent",
+                        st.files_changed_during_read,
+                        name_some(&outcome.snapshot.changed_during_read, st.files_changed_during_read, 5)
+                    );
+                }
                 for w in &outcome.warnings {
                     eprintln!("warning: cannot read {w}");
                 }

@@ -12,7 +12,7 @@ use super::id::Id;
 use super::index::{Index, IndexFile};
 use super::lock::Lock;
 use super::pack::{BlobKind, PackBuilder, SealedPack, encode_blob, pack_key};
-use super::snapshot::{PushStats, Snapshot, SourceKind};
+use super::snapshot::{CHANGED_DURING_READ_MAX, PushStats, Snapshot, SourceKind};
 use super::tree::{Node, NodeKind, Tree};
 use super::{BlobReader, Store};
 use anyhow::{Context, bail};
@@ -24,7 +24,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -98,6 +98,8 @@ pub struct Counters {
     pub packs_uploaded: AtomicU64,
     pub index_written: AtomicU64,
     pub errors: AtomicU64,
+    /// Regular files that changed while they were read.
+    pub files_changed_during_read: AtomicU64,
     /// Bytes of the packs this push stored.
     pub pack_bytes: AtomicU64,
 }
@@ -124,6 +126,7 @@ impl Counters {
             trees_new: g(&self.trees_new),
             packs_uploaded: g(&self.packs_uploaded),
             errors: g(&self.errors),
+            files_changed_during_read: g(&self.files_changed_during_read),
             duration_seconds,
         }
     }
@@ -228,6 +231,8 @@ struct Pusher<'a> {
     index_buf: Mutex<IndexFile>,
     counters: &'a Counters,
     warnings: Mutex<Vec<String>>,
+    /// Files that changed while they were read (relative paths).
+    changed: Mutex<Vec<String>>,
     excludes: GlobSet,
     abort: AtomicBool,
     failure: Mutex<Option<String>>,
@@ -253,6 +258,13 @@ impl Pusher<'_> {
         add(&self.counters.errors, 1);
         tracing::warn!(path = %rel.display(), error = %e, "cannot read; skipped");
         self.warnings.lock().unwrap().push(format!("{}: {e}", rel.display()));
+    }
+
+    /// Records a file whose content may be torn: it changed while it was read.
+    fn changed_during_read(&self, rel: &Path, what: &str) {
+        add(&self.counters.files_changed_during_read, 1);
+        tracing::warn!(path = %rel.display(), change = what, "file changed while it was read: its content in the snapshot may be torn");
+        self.changed.lock().unwrap().push(rel.to_string_lossy().into_owned());
     }
 
     fn packer(&self, kind: BlobKind) -> &Mutex<PackBuilder> {
@@ -415,7 +427,7 @@ impl Pusher<'_> {
             Ok(Some(node))
         } else if ft.is_file() {
             let mut node = Node::from_metadata(name, NodeKind::File, &meta);
-            match self.archive_file(path, &mut node, pnode, false) {
+            match self.archive_file(path, rel, &mut node, pnode, false) {
                 Ok(()) => Ok(Some(node)),
                 Err(EntryError::Source(e)) => {
                     self.warn(rel, &e);
@@ -441,10 +453,15 @@ impl Pusher<'_> {
         }
     }
 
-    /// Fills `node.content` (and the size actually read).
+    /// Fills `node.content` (and the size actually read). A regular file whose size, mtime or
+    /// ctime after the read (fstat of the open file) differ from `node`'s (the walk's lstat,
+    /// taken before it was opened), or that read back another length than that size, is
+    /// recorded as changed during read. `node` keeps the metadata from before the read, so the
+    /// next push reads such a file again.
     fn archive_file(
         &self,
         path: &Path,
+        rel: &Path,
         node: &mut Node,
         parent: Option<&Node>,
         stream: bool,
@@ -463,6 +480,7 @@ impl Pusher<'_> {
             return Ok(());
         }
         let mut f = File::open(path).map_err(EntryError::Source)?;
+        let before = node.clone();
         let mut size = 0u64;
         if !stream && node.size <= SEGMENT as u64 {
             let mut buf = Vec::with_capacity(node.size as usize + 1);
@@ -501,6 +519,14 @@ impl Pusher<'_> {
                 }
             }
         }
+        // A block device (`stream`) has no size in its metadata, and its times do not follow
+        // writes to it: only regular files are checked.
+        if !stream {
+            let after = f.metadata().map_err(EntryError::Source)?;
+            if let Some(what) = changed_while_read(&before, &after, size) {
+                self.changed_during_read(rel, what);
+            }
+        }
         node.size = size;
         add(&self.counters.files, 1);
         add(&self.counters.bytes_total, size);
@@ -515,6 +541,22 @@ impl Pusher<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// What differs between a file's metadata before it was opened (`before`), after it was read
+/// (`after`) and the bytes read: `None` when nothing did.
+fn changed_while_read(before: &Node, after: &fs::Metadata, read: u64) -> Option<&'static str> {
+    if after.len() != before.size {
+        Some("size")
+    } else if read != before.size {
+        Some("bytes read")
+    } else if (after.mtime(), after.mtime_nsec()) != (before.mtime, before.mtime_nsec as i64) {
+        Some("mtime")
+    } else if (after.ctime(), after.ctime_nsec()) != (before.ctime, before.ctime_nsec as i64) {
+        Some("ctime")
+    } else {
+        None
     }
 }
 
@@ -618,6 +660,9 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
                 .detail("bytes_total", o.snapshot.stats.bytes_total)
                 .detail("bytes_new", o.snapshot.stats.bytes_new)
                 .detail("bytes_uploaded", o.snapshot.stats.bytes_uploaded);
+            if o.snapshot.stats.files_changed_during_read > 0 {
+                rec = rec.detail("files_changed_during_read", o.snapshot.stats.files_changed_during_read);
+            }
         }
         Err(e) => {
             rec.error = Some(format!("{e:#}"));
@@ -673,6 +718,7 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
         index_buf: Mutex::new(IndexFile::default()),
         counters,
         warnings: Mutex::new(Vec::new()),
+        changed: Mutex::new(Vec::new()),
         excludes,
         abort: AtomicBool::new(false),
         failure: Mutex::new(None),
@@ -712,7 +758,8 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
                 SourceKind::File | SourceKind::Device => {
                     let mut node = Node::from_metadata(&name, NodeKind::File, &meta);
                     let pnode = parent_root.as_ref().and_then(|t| t.find(name.as_bytes()));
-                    match pusher.archive_file(source, &mut node, pnode, kind == SourceKind::Device) {
+                    let rel = Path::new(&name);
+                    match pusher.archive_file(source, rel, &mut node, pnode, kind == SourceKind::Device) {
                         Ok(()) => {}
                         Err(EntryError::Source(e)) => {
                             bail!("cannot read source {}: {e}", source.display())
@@ -753,6 +800,21 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
     lock.check()?;
     let mut warnings = std::mem::take(&mut *pusher.warnings.lock().unwrap());
     warnings.sort();
+    let mut changed = std::mem::take(&mut *pusher.changed.lock().unwrap());
+    changed.sort();
+    let changed_total = changed.len();
+    changed.truncate(CHANGED_DURING_READ_MAX);
+    // Whatever the caller said: a snapshot that holds torn files is not consistent.
+    let consistency = if changed_total > 0 {
+        tracing::warn!(
+            files = changed_total,
+            first = %changed.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            "files changed while they were read: the snapshot is marked inconsistent"
+        );
+        Some("inconsistent".to_string())
+    } else {
+        opts.consistency.clone()
+    };
     let snapshot = Snapshot {
         version: super::FORMAT_VERSION,
         time: chrono::Utc::now(),
@@ -765,10 +827,11 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
         tags: opts.tags.clone(),
         repository: opts.repository.clone(),
         mode: opts.mode.clone(),
-        consistency: opts.consistency.clone(),
+        consistency,
         job: opts.job.clone(),
         stats: counters.stats(started.elapsed().as_secs_f64()),
         warnings: warnings.clone(),
+        changed_during_read: changed,
         program: format!("push-operator {}", env!("CARGO_PKG_VERSION")),
     };
     let (id, _) = store.write_snapshot(&snapshot).context("cannot write the snapshot")?;

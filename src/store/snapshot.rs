@@ -39,6 +39,11 @@ pub struct PushStats {
     pub packs_uploaded: u64,
     /// Entries that could not be read (listed in the push's warnings).
     pub errors: u64,
+    /// Regular files whose size, mtime or ctime changed while they were read, or that read
+    /// back a different length than their size: their content may be torn. All of them are
+    /// counted; the snapshot names at most [`CHANGED_DURING_READ_MAX`].
+    #[serde(default)]
+    pub files_changed_during_read: u64,
     pub duration_seconds: f64,
 }
 
@@ -85,9 +90,41 @@ pub struct Snapshot {
     /// Paths that could not be read and are missing from the snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Files (relative paths, sorted) that changed while the push read them, so their content
+    /// may be torn; at most [`CHANGED_DURING_READ_MAX`], the count is in
+    /// `stats.files_changed_during_read`. A snapshot with any is marked `inconsistent`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_during_read: Vec<String>,
     pub program: String,
 }
 
+/// At most this many changed-during-read paths are named in a snapshot.
+pub const CHANGED_DURING_READ_MAX: usize = 1000;
+
 pub fn snapshot_key(id: &Id) -> String {
     format!("snapshots/{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_written_before_changed_during_read_still_parse() {
+        let old = r#"{"version":2,"time":"2024-05-01T10:00:00Z","hostname":"h","source":"/data","kind":"dir",
+            "root_node":{"name":"data","type":"dir","mode":493,"uid":0,"gid":0,"mtime":1,"mtime_nsec":0,
+              "ctime":1,"ctime_nsec":0,"size":0,"inode":2,"dev":3,"nlink":2},
+            "tree":"0000000000000000000000000000000000000000000000000000000000000000",
+            "stats":{"files":1,"dirs":0,"symlinks":0,"skipped_special":0,"files_unchanged":0,"bytes_total":4,
+              "bytes_read":4,"bytes_new":4,"bytes_uploaded":100,"chunks_new":1,"chunks_reused":0,"trees_new":1,
+              "packs_uploaded":1,"errors":0,"duration_seconds":0.1},
+            "program":"push-operator 0.1.0"}"#;
+        let s: Snapshot = serde_json::from_str(old).unwrap();
+        assert!(s.changed_during_read.is_empty());
+        assert_eq!(s.stats.files_changed_during_read, 0);
+        // Written again without changed files, the list is left out as before.
+        let back = serde_json::to_value(&s).unwrap();
+        assert!(back.get("changed_during_read").is_none());
+        assert_eq!(serde_json::from_value::<Snapshot>(back).unwrap(), s);
+    }
 }
