@@ -6,7 +6,7 @@ use push_operator::progress::PushProgress;
 use push_operator::store::chunker::ChunkerParams;
 use push_operator::store::keys::Credentials;
 use push_operator::store::push::{Counters, ParentChoice, PushOptions, push};
-use push_operator::store::restore::{RestoreOptions, restore};
+use push_operator::store::restore::{RestoreOptions, build_cleanup, check_restored, restore};
 use push_operator::store::verify::{VerifyOptions, verify};
 use push_operator::store::{Encryption, InitOptions, OpenError, Store};
 use std::collections::BTreeMap;
@@ -312,6 +312,18 @@ enum Command {
         /// Restore only this path of the snapshot and what is below it (repeatable).
         #[arg(long = "include")]
         includes: Vec<PathBuf>,
+        /// Mirror: also remove every file, directory and symlink in the target that the
+        /// snapshot does not have (symlinks are removed, never followed). Not with --include.
+        #[arg(long)]
+        delete: bool,
+        /// After the restore, remove entries matching this glob, by path relative to the target
+        /// or by name, e.g. postmaster.pid or '*.lock' (repeatable; sockets too).
+        #[arg(long = "cleanup", value_name = "GLOB")]
+        cleanup: Vec<String>,
+        /// After the restore, check the target against the snapshot (types, modes, symlink
+        /// targets, sizes, content re-hashed); exit non-zero when anything differs.
+        #[arg(long)]
+        verify: bool,
         #[arg(long)]
         json: bool,
     },
@@ -930,19 +942,47 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { snapshot, store, target, includes, json } => {
-            let s = store.open()?;
-            let (id, snap) = s.find_snapshot(&snapshot)?;
+        Command::Restore { snapshot, store, target, includes, delete, cleanup, verify, json } => {
             for inc in &includes {
                 if inc.is_absolute() || inc.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
                     anyhow::bail!("--include {} must be a relative path inside the snapshot", inc.display());
                 }
             }
-            let stats = restore(&s, &snap, &RestoreOptions { target: target.clone(), includes })
-                .with_context(|| format!("restore of snapshot {} failed", id.short()))?;
+            if delete && !includes.is_empty() {
+                anyhow::bail!(
+                    "--delete makes the target hold exactly the snapshot: it cannot be combined with --include (nothing was changed)"
+                );
+            }
+            if verify && !includes.is_empty() {
+                anyhow::bail!(
+                    "--verify checks the whole snapshot: it cannot be combined with --include (nothing was changed)"
+                );
+            }
+            build_cleanup(&cleanup)?;
+            let s = store.open()?;
+            let (id, snap) = s.find_snapshot(&snapshot)?;
+            let opts = RestoreOptions { target: target.clone(), includes, mirror: delete, cleanup };
+            let stats =
+                restore(&s, &snap, &opts).with_context(|| format!("restore of snapshot {} failed", id.short()))?;
+            let check = if verify {
+                Some(
+                    check_restored(&s, &snap, &target, &stats.cleaned)
+                        .with_context(|| format!("cannot check the restore of snapshot {}", id.short()))?,
+                )
+            } else {
+                None
+            };
+            let torn = &stats.changed_during_read;
+            let torn_total = snap.stats.files_changed_during_read.max(torn.len() as u64);
             if json {
                 let mut v = serde_json::to_value(&stats)?;
-                v.as_object_mut().unwrap().insert("snapshot".into(), id.to_hex().into());
+                let o = v.as_object_mut().unwrap();
+                o.insert("snapshot".into(), id.to_hex().into());
+                o.insert("files_changed_during_read".into(), torn_total.into());
+                o.insert("check".into(), serde_json::to_value(&check)?);
+                if let Some(c) = &check {
+                    o.insert("ok".into(), c.ok().into());
+                }
                 println!("{}", serde_json::to_string(&v)?);
             } else {
                 println!(
@@ -957,8 +997,54 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     stats.blobs_checked,
                     stats.duration_seconds
                 );
+                if delete {
+                    println!("  removed {} entries the snapshot does not have", stats.removed);
+                }
+                if !opts.cleanup.is_empty() {
+                    if stats.cleaned.is_empty() {
+                        println!("  cleanup: nothing matched");
+                    } else {
+                        println!("  cleanup removed: {}", stats.cleaned.join(", "));
+                    }
+                }
+                if let Some(c) = &check {
+                    if c.ok() {
+                        println!(
+                            "  verified: {} files ({}), {} dirs, {} symlinks match the snapshot",
+                            c.files,
+                            HumanBytes(c.bytes),
+                            c.dirs,
+                            c.symlinks
+                        );
+                    } else {
+                        println!("  verify found {} differences from the snapshot:", c.problems_total);
+                        for p in &c.problems {
+                            println!("    {p}");
+                        }
+                    }
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            if !torn.is_empty() {
+                eprintln!(
+                    "warning: these files changed while they were pushed and may be torn: {}",
+                    name_some(torn, torn_total, if json { 10 } else { 100 })
+                );
+            }
+            match &check {
+                Some(c) if !c.ok() => {
+                    let shown: Vec<&str> = c.problems.iter().take(3).map(String::as_str).collect();
+                    let more = c.problems_total.saturating_sub(shown.len() as u64);
+                    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                    eprintln!(
+                        "error: the restored target differs from snapshot {} in {} places: {}{more}",
+                        id.short(),
+                        c.problems_total,
+                        shown.join("; ")
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Crds => {
             print!("{}", push_operator::api::crds_yaml());

@@ -140,7 +140,7 @@ fn transient_errors_and_lost_responses_are_retried() {
     let report = verify(&store, &VerifyOptions { read_data_percent: Some(100.0) }).unwrap();
     assert!(report.ok(), "{:?}", report.problems);
     let out = tmp.path().join("out");
-    restore(&store, &outcome.snapshot, &RestoreOptions { target: out.clone(), includes: vec![] }).unwrap();
+    restore(&store, &outcome.snapshot, &RestoreOptions { target: out.clone(), ..Default::default() }).unwrap();
     assert_same_tree(&src, &out);
 }
 
@@ -167,7 +167,7 @@ fn a_store_that_stops_accepting_writes_fails_the_push_cleanly() {
     let outcome = push(&healthy, &PushOptions::new(&src), &counters).unwrap();
     assert!(outcome.snapshot.stats.chunks_reused > 0, "packs stored before the failure are reused");
     let out = tmp.path().join("out");
-    restore(&healthy, &outcome.snapshot, &RestoreOptions { target: out.clone(), includes: vec![] }).unwrap();
+    restore(&healthy, &outcome.snapshot, &RestoreOptions { target: out.clone(), ..Default::default() }).unwrap();
     assert_same_tree(&src, &out);
 }
 

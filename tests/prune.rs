@@ -74,7 +74,7 @@ fn assert_verified(store: &Store) {
 fn assert_restores(store: &Store, spec: &str, original: &Path, scratch: &Path) {
     let (_, snap) = store.find_snapshot(spec).unwrap();
     let target = scratch.join(format!("restore-{}", rand_suffix()));
-    restore(store, &snap, &RestoreOptions { target: target.clone(), includes: vec![] }).unwrap();
+    restore(store, &snap, &RestoreOptions { target: target.clone(), ..Default::default() }).unwrap();
     assert_same_tree(original, &target);
 }
 
