@@ -6,6 +6,7 @@ pub mod controller;
 pub mod location;
 pub mod metrics;
 pub mod progress;
+pub mod restore_worker;
 pub mod store;
 pub mod worker;
 

@@ -333,6 +333,8 @@ enum Command {
     Controller(ControllerArgs),
     /// Push the mounted volumes of a PushJob (what the worker pod runs).
     Worker(WorkerCliArgs),
+    /// One step of a RestoreJob (what its worker pods run).
+    RestoreWorker(RestoreWorkerCli),
     /// Forget snapshots a retention policy does not keep (restic's rules; the data goes with
     /// the next prune).
     Forget(ForgetArgs),
@@ -692,6 +694,14 @@ struct WorkerCliArgs {
     /// How a store this push creates is made (an existing store keeps its own settings).
     #[command(flatten)]
     init: InitArgs,
+}
+
+#[derive(Args, Clone)]
+struct RestoreWorkerCli {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    args: push_operator::restore_worker::RestoreWorkerArgs,
 }
 
 fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
@@ -1055,6 +1065,25 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(push_operator::controller::run::run(opts))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::RestoreWorker(a) => {
+            use push_operator::restore_worker;
+            let report = match a.store.open() {
+                Ok(store) => restore_worker::run(&store, &a.args),
+                Err(e) => restore_worker::failure_report(&e),
+            };
+            let text = restore_worker::encode_report(&report);
+            if let Err(e) = std::fs::write(&a.args.termination_log, &text) {
+                tracing::warn!(path = %a.args.termination_log.display(), error = %e, "cannot write the termination message");
+            }
+            println!("{text}");
+            Ok(match &report.error {
+                None => ExitCode::SUCCESS,
+                Some(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            })
         }
         Command::Worker(a) => {
             use push_operator::worker;

@@ -23,6 +23,11 @@ pub struct Metrics {
     pub snapshots_forgotten: IntCounterVec,
     pub bytes_reclaimed: IntCounterVec,
     pub store_bytes: IntGaugeVec,
+    pub restores: IntCounterVec,
+    pub restore_duration: HistogramVec,
+    pub restore_bytes: IntCounterVec,
+    pub restore_test_last_success: GaugeVec,
+    pub restore_test_last_result: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -105,7 +110,40 @@ impl Metrics {
             store_labels,
         )
         .unwrap();
+        let restores = IntCounterVec::new(
+            o("restores_total", "Finished RestoreJobs by target kind, result, reason, and whether a restore test"),
+            &["target", "result", "reason", "test"],
+        )
+        .unwrap();
+        let restore_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "push_operator_restore_duration_seconds",
+                "Successful restores from admission to completion (the recovery time)",
+            )
+            .buckets(vec![1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0]),
+            &["namespace", "repository", "mode", "target", "test"],
+        )
+        .unwrap();
+        let restore_bytes = IntCounterVec::new(
+            o("restore_bytes_total", "Bytes of files written by successful restores"),
+            &["namespace", "repository", "target"],
+        )
+        .unwrap();
+        let restore_test_last_success = GaugeVec::new(
+            o("restore_test_last_success_timestamp_seconds", "Completion time of the last successful restore test"),
+            &["namespace", "repository"],
+        )
+        .unwrap();
+        registry.register(Box::new(restore_test_last_success.clone())).unwrap();
+        let restore_test_last_result = IntGaugeVec::new(
+            o("restore_test_last_result", "1 when the last restore test succeeded, 0 when it failed"),
+            &["namespace", "repository"],
+        )
+        .unwrap();
+        registry.register(Box::new(restore_test_last_result.clone())).unwrap();
         for c in [
+            &restores,
+            &restore_bytes,
             &jobs,
             &reconciles,
             &reconcile_errors,
@@ -120,7 +158,7 @@ impl Metrics {
         ] {
             registry.register(Box::new((*c).clone())).unwrap();
         }
-        for h in [&job_duration, &reconcile_duration] {
+        for h in [&job_duration, &reconcile_duration, &restore_duration] {
             registry.register(Box::new((*h).clone())).unwrap();
         }
         registry.register(Box::new(dedup_ratio.clone())).unwrap();
@@ -137,6 +175,11 @@ impl Metrics {
         for mode in ["online", "offline"] {
             for result in ["succeeded", "failed"] {
                 jobs.with_label_values(&[mode, result]).inc_by(0);
+            }
+        }
+        for target in ["new-volumes", "in-place"] {
+            for test in ["false", "true"] {
+                restores.with_label_values(&[target, "succeeded", "Succeeded", test]).inc_by(0);
             }
         }
         Metrics {
@@ -159,6 +202,11 @@ impl Metrics {
             snapshots_forgotten,
             bytes_reclaimed,
             store_bytes,
+            restores,
+            restore_duration,
+            restore_bytes,
+            restore_test_last_success,
+            restore_test_last_result,
         }
     }
 

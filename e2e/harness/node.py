@@ -203,6 +203,8 @@ class Node:
         mounts.update({d["devicePath"]: d["name"] for d in c0.get("volumeDevices") or []})
         claims = {v["name"]: (v.get("persistentVolumeClaim") or {}).get("claimName") for v in spec.get("volumes") or []}
         args = list(c0.get("args") or [])
+        if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "restore-check":
+            return self.start_check(p, mounts, claims)
         for i, a in enumerate(args):
             if i > 0 and args[i - 1] == "--volume" and "=" in a:
                 vol, path = a.split("=", 1)
@@ -224,6 +226,30 @@ class Node:
         out.close()
         self.workers[uid] = (proc, term)
         log(f"worker {ns}/{name} started (pid {proc.pid}): {' '.join(args)}")
+        self.pod_status(p, self.running_status(p))
+
+    def start_check(self, p, mounts, claims):
+        """A RestoreJob's check pod runs the user's command (a stop-gap for running their image):
+        /volumes/<volume> becomes a directory of links to the PVCs' data, PUSH_OPERATOR_RESTORED
+        names it."""
+        ns, name, uid = p["metadata"]["namespace"], p["metadata"]["name"], p["metadata"]["uid"]
+        c0 = p["spec"]["containers"][0]
+        root = os.path.join(self.logdir, f"check-{ns}-{name}-{uid[:8]}")
+        os.makedirs(root, exist_ok=True)
+        for path, vname in mounts.items():
+            if path.startswith("/volumes/") and claims.get(vname):
+                link = os.path.join(root, path[len("/volumes/"):])
+                if not os.path.lexists(link):
+                    os.symlink(self.pvc_dir(ns, claims[vname]), link)
+        term = os.path.join(self.logdir, f"worker-{ns}-{name}-{uid[:8]}.term")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": root, "PUSH_OPERATOR_RESTORED": root}
+        argv = list(c0.get("command") or []) + list(c0.get("args") or [])
+        out = open(os.path.join(self.logdir, f"worker-{ns}-{name}-{uid[:8]}.log"), "w")
+        proc = subprocess.Popen(argv, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        out.close()
+        self.workers[uid] = (proc, term)
+        log(f"check {ns}/{name} started (pid {proc.pid}): {argv}")
         self.pod_status(p, self.running_status(p))
 
     def kill_worker(self, uid, why):

@@ -518,6 +518,41 @@ class Ctx:
             raise Failure(f"PushJob {name} did not finish in {timeout}s; status: "
                           f"{json.dumps(j.get('status'))[:1500]}")
 
+    def restore(self, name, repo, target, **spec):
+        s = {"repositoryRef": {"name": repo}, "target": target}
+        s.update(spec)
+        return self.c.create(nsp(GROUP, self.ns, "restorejobs"), {
+            "apiVersion": "rediacc.io/v1alpha1", "kind": "RestoreJob",
+            "metadata": {"name": name, "namespace": self.ns}, "spec": s})
+
+    def get_restore(self, name):
+        return self.c.get(nsp(GROUP, self.ns, "restorejobs", name))
+
+    def wait_restore(self, name, timeout=180):
+        def done():
+            j = self.get_restore(name)
+            return j if ((j or {}).get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+        try:
+            return wait_for(done, timeout, f"RestoreJob {name} to finish", 0.3)
+        except Failure:
+            j = self.get_restore(name) or {}
+            raise Failure(f"RestoreJob {name} did not finish in {timeout}s; status: "
+                          f"{json.dumps(j.get('status'))[:1500]}")
+
+    def keep_copy(self, d):
+        """A copy of directory d as it is now (to compare a restore with)."""
+        dst = tempfile.mkdtemp(prefix="copy-", dir=self.h.tmp)
+        shutil.rmtree(dst)
+        shutil.copytree(d, dst, symlinks=True)
+        return dst
+
+    def restore_labelled(self, job):
+        sel = f"rediacc.io/restore-job={job}"
+        return {
+            "pods": [p["metadata"]["name"] for p in self.c.list(nsp(CORE, self.ns, "pods"), sel)],
+            "pvcs": [p["metadata"]["name"] for p in self.c.list(nsp(CORE, self.ns, "persistentvolumeclaims"), sel)],
+        }
+
     def replicas(self, kind, name):
         plural = "deployments" if kind == "Deployment" else "statefulsets"
         return (self.c.get(nsp(APPS, self.ns, plural, name)) or {}).get("spec", {}).get("replicas")
@@ -1037,6 +1072,12 @@ def sc_metrics(h):
     sizes = {series(ln): float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith("push_operator_store_bytes{")}
     missing = sorted({series(ln) for ln in last} - {k for k, v in sizes.items() if v > 0})
     expect(not missing, f"no positive push_operator_store_bytes for {missing}; have {sizes}")
+    rok = [ln for ln in lines if ln.startswith("push_operator_restores_total") and 'result="succeeded"' in ln
+           and not ln.endswith(" 0")]
+    rbad = [ln for ln in lines if ln.startswith("push_operator_restores_total") and 'result="failed"' in ln]
+    rto = [ln for ln in lines if ln.startswith("push_operator_restore_duration_seconds_count")]
+    rbytes = [ln for ln in lines if ln.startswith("push_operator_restore_bytes_total")]
+    expect(rok and rbad and rto and rbytes, f"restore metrics missing: {rok} {rbad} {rto} {rbytes}")
     return (f"{ok[0]}; {bad[0]}; {len(last)} last_success series; {len(qd)} queue_depth series; "
             f"{len(sizes)} store_bytes series")
 
@@ -1432,6 +1473,227 @@ def sc_alerts(h):
         x.close()
 
 
+# ---------------------------------------------------------------- restores
+def same_tree(a, b, what):
+    d = subprocess.run(["diff", "-r", "--no-dereference", a, b], capture_output=True, text=True)
+    expect(d.returncode == 0, f"{what}: {a} and {b} differ: {d.stdout[:800]}{d.stderr[:300]}")
+
+
+def events_of(h, ns, name):
+    return [e for e in h.c.list(f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
+            if (e.get("regarding") or {}).get("name") == name]
+
+
+def sc_restore_new_volumes(h):
+    x = Ctx(h, "rnv")
+    try:
+        x.secret()
+        d = x.app("app", 1, "data", 21)
+        x.job("p1", "app", "Offline")
+        pj = x.wait_done("p1", 120)
+        expect(pj["status"]["phase"] == "Succeeded", f"push: {pj['status'].get('failure')}")
+        pushed = pj["status"]["snapshots"][0]["snapshot"]
+        before = x.keep_copy(d)
+        with open(os.path.join(d, "hello.txt"), "w") as f:
+            f.write("changed after the push\n")
+        x.restore("r1", "app", {"newVolumes": {"nameTemplate": "{volume}-restored"}})
+        j = x.wait_restore("r1")
+        st = j["status"]
+        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('failure')}")
+        v = st["volumes"][0]
+        expect(v["snapshot"] == pushed and v["claim"] == "data-restored", f"status.volumes {st['volumes']}")
+        expect((st.get("stats") or {}).get("filesChecked", 0) >= 4, f"stats {st.get('stats')}")
+        expect((cond(j, "Complete") or {}).get("status") == "True", "Complete condition")
+        pvc = x.c.get(nsp(CORE, "rnv", "persistentvolumeclaims", "data-restored"))
+        expect(pvc and not pvc["metadata"].get("ownerReferences"), "the new PVC outlives the job (no owner)")
+        same_tree(before, x.wait_bound("data-restored"), "new volume")
+        expect(x.replicas("Deployment", "app") == 1, "the app was not touched")
+        wait_for(lambda: not x.restore_labelled("r1")["pods"], 20, "restore worker pods deleted")
+        # A second restore with the same name template never overwrites the PVC.
+        x.restore("r2", "app", {"newVolumes": {"nameTemplate": "{volume}-restored"}})
+        j2 = x.wait_restore("r2", 60)
+        expect(failure_reason(j2) == "TargetExists", f"r2: {failure_reason(j2)}")
+
+        # Disaster recovery: a new namespace, no PVC, no history, only the bucket.
+        y = Ctx(h, "rdr")
+        try:
+            y.secret()
+            y.repository("app", ["data"], prefix="rnv")
+            y.restore("dr", "app", {"newVolumes": {"storageClassName": "sim"}},
+                      snapshot={"latest": "Offline", "fromNamespace": "rnv"})
+            j = y.wait_restore("dr")
+            expect(j["status"]["phase"] == "Succeeded", f"dr: {j['status'].get('failure')}")
+            expect(j["status"]["volumes"][0]["snapshot"] == pushed, f"dr chose {j['status']['volumes']}")
+            same_tree(before, y.wait_bound("data-dr"), "disaster-recovery volume")
+        finally:
+            y.close()
+        return f"new PVC identical to snapshot {pushed[:12]}; TargetExists; DR into a fresh namespace from the bucket"
+    finally:
+        x.close()
+
+
+def sc_restore_in_place(h):
+    x = Ctx(h, "rip")
+    try:
+        x.secret()
+        d = x.app("app", 2, "data", 22)
+        x.job("p1", "app", "Offline")
+        pj = x.wait_done("p1", 120)
+        expect(pj["status"]["phase"] == "Succeeded", f"push: {pj['status'].get('failure')}")
+        x.wait_running("app", 2)
+        pushed = x.keep_copy(d)
+        # The application moves on: a changed file, a new file, a removed one.
+        with open(os.path.join(d, "hello.txt"), "w") as f:
+            f.write("written after the push\n")
+        with open(os.path.join(d, "sub", "new.bin"), "wb") as f:
+            f.write(os.urandom(50_000))
+        os.remove(os.path.join(d, "empty"))
+        changed = x.keep_copy(d)
+        wl = []
+        x.watch(nsp(APPS, "rip", "deployments"), wl)
+        time.sleep(0.5)
+        x.restore("r1", "app", {"inPlace": {}}, snapshot={"latest": "Offline"}, reason="e2e rollback")
+        j = x.wait_restore("r1")
+        st = j["status"]
+        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('failure')}")
+        x.wait_running("app", 2)
+        hist = history(wl, "app")
+        expect(hist == [2, 0, 2], f"replicas history {hist}, want [2, 0, 2]")
+        same_tree(pushed, d, "in-place restore (mirror)")
+        safety = st["volumes"][0].get("safetySnapshot")
+        expect(safety, f"no undo snapshot in status: {st['volumes']}")
+        # Undo with one RestoreJob naming the undo snapshot.
+        x.restore("undo", "app", {"inPlace": {}}, snapshot={"ids": [safety]})
+        j = x.wait_restore("undo")
+        expect(j["status"]["phase"] == "Succeeded", f"undo: {j['status'].get('failure')}")
+        x.wait_running("app", 2)
+        same_tree(changed, d, "undo")
+        audit = store_json(h, "audit", prefix="rip")
+        acts = [a.get("action") for a in (audit if isinstance(audit, list) else audit.get("records", []))]
+        expect(acts.count("restore") >= 2, f"audit actions {acts}")
+        return f"replicas {hist}, mirror restore identical, undo back to the later state; audit {acts.count('restore')} restores"
+    finally:
+        x.close()
+
+
+def sc_restore_killed(h):
+    x = Ctx(h, "rkill")
+    try:
+        x.secret()
+        x.pvc("a")
+        x.pvc("b")
+        da, db = x.fill("a", 31), x.fill("b", 32)
+        x.deployment("app", 2, ["a", "b"])
+        x.repository("app", ["a", "b"])
+        x.wait_running("app", 2)
+        x.job("p1", "app", "Offline")
+        pj = x.wait_done("p1", 120)
+        expect(pj["status"]["phase"] == "Succeeded", f"push: {pj['status'].get('failure')}")
+        x.wait_running("app", 2)
+        for dd in (da, db):
+            with open(os.path.join(dd, "hello.txt"), "w") as f:
+                f.write("the state to keep\n")
+        ca, cb = x.keep_copy(da), x.keep_copy(db)
+        # The restore worker is killed (SIGKILL) after writing the first volume.
+        h.set_knobs("rkill/r1-restore", env={"PUSH_OPERATOR_CRASH_AT": "restore:1"})
+        x.restore("r1", "app", {"inPlace": {}})
+        j = x.wait_restore("r1")
+        st = j["status"]
+        expect(st["phase"] == "Failed", f"phase {st['phase']}")
+        expect(st.get("undone") is True, f"undone {st.get('undone')}; failure {st.get('failure')}")
+        x.wait_running("app", 2)
+        expect(x.replicas("Deployment", "app") == 2, "replicas back")
+        same_tree(ca, da, "volume a after the undo")
+        same_tree(cb, db, "volume b after the undo")
+        reasons = [e.get("reason") for e in events_of(h, "rkill", "r1")]
+        expect("Undone" in reasons, f"events {reasons}")
+        return f"{failure_reason(j)}; undone; both volumes as before; replicas back to 2"
+    finally:
+        x.close()
+
+
+def sc_restore_live_read(h):
+    x = Ctx(h, "rlive")
+    try:
+        x.secret()
+        d = x.app("app", 1, "data", 23, node="node-a")
+        x.job("off", "app", "Offline")
+        off = x.wait_done("off", 120)
+        expect(off["status"]["phase"] == "Succeeded", f"offline push: {off['status'].get('failure')}")
+        x.wait_running("app", 1)
+        with open(os.path.join(d, "postmaster.pid"), "w") as f:
+            f.write("4242\n")
+        x.job("live", "app", "Online")
+        lj = x.wait_done("live", 120)
+        expect(lj["status"].get("consistency") == "inconsistent", f"live push {lj['status'].get('consistency')}")
+        x.restore("r1", "app", {"newVolumes": {}}, cleanup={"paths": ["postmaster.pid", "*.lock"]})
+        j = x.wait_restore("r1")
+        st = j["status"]
+        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('failure')}")
+        cw = cond(j, "ConsistencyWarning")
+        expect(cw and cw["status"] == "True" and "offline" in cw["message"], f"ConsistencyWarning {cw}")
+        alt = off["status"]["snapshots"][0]["snapshot"]
+        expect(st.get("consistentAlternatives") == [alt], f"alternatives {st.get('consistentAlternatives')}")
+        warn = [e for e in events_of(h, "rlive", "r1") if e.get("reason") == "ConsistencyWarning"
+                and e.get("type") == "Warning"]
+        expect(warn, "no Warning event ConsistencyWarning")
+        expect(st.get("cleaned") == ["data/postmaster.pid"], f"cleaned {st.get('cleaned')}")
+        target = x.wait_bound("data-r1")
+        expect(not os.path.exists(os.path.join(target, "postmaster.pid")), "postmaster.pid left in the restore")
+        expect(os.path.exists(os.path.join(target, "hello.txt")), "data restored")
+        return f"ConsistencyWarning naming offline {alt[:12]}; cleanup removed postmaster.pid"
+    finally:
+        x.close()
+
+
+def sc_restore_tests(h):
+    """A PushPolicy with two every-minute restore tests: one whose check passes, one whose check
+    fails; scratch PVCs go either way, the Repository shows the last test."""
+    x = Ctx(h, "rtest")
+    try:
+        x.secret()
+        x.app("app", 1, "data", 24)
+        x.job("p1", "app", "Offline")
+        pj = x.wait_done("p1", 120)
+        expect(pj["status"]["phase"] == "Succeeded", f"push: {pj['status'].get('failure')}")
+        ok_check = ["sh", "-c", 'test -f "$PUSH_OPERATOR_RESTORED/data/hello.txt"']
+        bad_check = ["sh", "-c", 'test -f "$PUSH_OPERATOR_RESTORED/data/PG_VERSION" || { echo "no PG_VERSION" >&2; exit 3; }']
+        x.c.create(nsp(GROUP, "rtest", "pushpolicies"), policy_obj("rtest", "tests", {
+            "repositoryRef": {"name": "app"},
+            "schedules": [{"name": "yearly", "mode": "Offline", "cron": "0 0 1 1 *"}],
+            "restoreTests": [
+                {"name": "good", "cron": "* * * * *", "snapshot": {"latest": "Offline"},
+                 "check": {"image": "busybox", "command": ok_check}},
+                {"name": "bad", "cron": "* * * * *", "check": {"image": "busybox", "command": bad_check}},
+            ]}))
+
+        def finished(test):
+            js = [j for j in x.c.list(nsp(GROUP, "rtest", "restorejobs"), f"rediacc.io/restore-test={test}")
+                  if ((j.get("status") or {}).get("phase")) in ("Succeeded", "Failed")]
+            return js[0] if js else None
+        good = wait_for(lambda: finished("good"), 150, "a finished run of restore test good", 1)
+        bad = wait_for(lambda: finished("bad"), 90, "a finished run of restore test bad", 1)
+        expect(good["status"]["phase"] == "Succeeded", f"good: {good['status'].get('failure')}")
+        expect((good["status"].get("check") or {}).get("ok") is True, f"good check {good['status'].get('check')}")
+        expect(bad["status"]["phase"] == "Failed" and failure_reason(bad) == "UserCheckFailed",
+               f"bad: {bad['status'].get('phase')} {failure_reason(bad)}")
+        for j in (good, bad):
+            claims = [v["claim"] for v in j["status"]["volumes"]]
+            wait_for(lambda: not any(x.c.get(nsp(CORE, "rtest", "persistentvolumeclaims", c)) for c in claims),
+                     30, f"scratch PVCs {claims} deleted")
+        repo = x.c.get(nsp(GROUP, "rtest", "repositories", "app"))
+        last = (repo.get("status") or {}).get("lastRestoreTest") or {}
+        expect(last.get("test") in ("good", "bad") and last.get("durationSeconds") is not None, f"lastRestoreTest {last}")
+        text = h.http(f"http://127.0.0.1:{h.metrics_port}/metrics") or ""
+        expect('push_operator_restore_test_last_result{namespace="rtest",repository="app"}' in text,
+               "no push_operator_restore_test_last_result for rtest/app")
+        x.c.delete(nsp(GROUP, "rtest", "pushpolicies", "tests"))
+        return (f"good: Succeeded (check ok); bad: UserCheckFailed; "
+                f"scratch PVCs deleted; lastRestoreTest {last.get('test')} {last.get('result')}")
+    finally:
+        x.close()
+
+
 SCENARIOS = [
     ("invalid-manifests", sc_invalid_manifests),
     ("offline-deployment-statefulset", sc_offline),
@@ -1447,6 +1709,11 @@ SCENARIOS = [
     ("pod-security", sc_pod_security),
     ("alerts", sc_alerts),
     ("rbac-rule-removed", sc_rbac_rule_removed),
+    ("restore-new-volumes", sc_restore_new_volumes),
+    ("restore-in-place", sc_restore_in_place),
+    ("restore-killed", sc_restore_killed),
+    ("restore-live-read", sc_restore_live_read),
+    ("restore-tests", sc_restore_tests),
     # Before the scenarios that restart the operator (its counters start again at zero).
     ("metrics", sc_metrics),
     ("retention", sc_retention),

@@ -7,11 +7,13 @@ pub mod conditions;
 pub mod policy;
 pub mod pushjob;
 pub mod repository;
+pub mod restorejob;
 
 pub use conditions::*;
 pub use policy::*;
 pub use pushjob::*;
 pub use repository::*;
+pub use restorejob::*;
 
 use kube::CustomResourceExt;
 
@@ -24,13 +26,15 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "push-operator";
 /// Label naming the PushJob an object was created for.
 pub const JOB_LABEL: &str = "rediacc.io/push-job";
+/// Label naming the RestoreJob an object was created for.
+pub const RESTORE_LABEL: &str = "rediacc.io/restore-job";
 /// Annotation written on a workload *before* it is scaled down: `<job>=<replicas>`.
 pub const REPLICAS_ANNOTATION: &str = "rediacc.io/push-original-replicas";
 pub const FINALIZER: &str = "rediacc.io/push-cleanup";
 
 /// Every CRD, in a stable order.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![Repository::crd(), PushPolicy::crd(), PushJob::crd()]
+    vec![Repository::crd(), PushPolicy::crd(), PushJob::crd(), RestoreJob::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream (what `push-operator crds` prints and `crds/`

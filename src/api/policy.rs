@@ -51,6 +51,44 @@ pub struct PushPolicySpec {
     /// Scheduled prune of the Repository's store (deletes data no snapshot references).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,
+    /// Scheduled restore tests: each run restores into scratch PVCs (deleted afterwards,
+    /// whatever happens), checks the data, and records the result and the time it took in the
+    /// Repository's status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub restore_tests: Vec<RestoreTest>,
+}
+
+/// One scheduled restore test.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreTest {
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Five-field cron or a macro, as for schedules.
+    #[schemars(length(max = 128), regex(pattern = CRON_PATTERN))]
+    pub cron: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+    /// Which snapshot to test (the latest of any mode when empty).
+    #[serde(default)]
+    pub snapshot: crate::api::SnapshotSelector,
+    /// Storage class of the scratch PVCs (default: the source PVCs').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// The check after the restore worker's own (see RestoreJob `check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::api::UserCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<crate::api::CleanupSpec>,
+    /// Default P5: a test gives way to every push.
+    #[serde(default = "lowest_priority")]
+    pub priority: Priority,
+}
+
+fn lowest_priority() -> Priority {
+    Priority::P5
 }
 
 /// When and how to prune.

@@ -263,6 +263,28 @@ pub struct RepositoryStatus {
     pub stored_bytes: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_ratio: Option<f64>,
+    /// The last scheduled restore test (written by the RestoreJob controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore_test: Option<RestoreTestRecord>,
+}
+
+/// A finished restore test.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreTestRecord {
+    pub time: Time,
+    pub job: String,
+    /// The PushPolicy's test.
+    pub test: String,
+    pub result: JobResult,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The snapshots restored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<String>,
+    /// Admission to completion: the recovery time this test measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
 }
 
 /// How a finished PushJob ended.

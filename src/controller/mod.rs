@@ -6,6 +6,7 @@ pub mod policy;
 pub mod push_job;
 pub mod queue;
 pub mod repository;
+pub mod restore_job;
 
 use crate::metrics::Metrics;
 use kube::Client;
@@ -90,6 +91,8 @@ pub struct Context {
     pub admitted: Mutex<HashSet<String>>,
     /// The PushJob cache (every job, for the queue).
     pub jobs: kube::runtime::reflector::Store<crate::api::PushJob>,
+    /// The RestoreJob cache (they share the queue).
+    pub restores: kube::runtime::reflector::Store<crate::api::RestoreJob>,
     /// The status each PushPolicy (by uid) was last given by this process.
     pub policy_status: Mutex<std::collections::HashMap<String, crate::api::PushPolicyStatus>>,
     /// Actions refused for good (by job key), for the job's next reconcile to fail it.
@@ -111,9 +114,18 @@ impl Context {
             metrics,
             admitted: Mutex::new(HashSet::new()),
             jobs,
+            restores: kube::runtime::reflector::store().0,
             policy_status: Mutex::new(Default::default()),
             refusals: Mutex::new(Default::default()),
         }
+    }
+}
+
+impl Context {
+    /// The RestoreJob cache the queue reads (empty until given).
+    pub fn with_restores(mut self, restores: kube::runtime::reflector::Store<crate::api::RestoreJob>) -> Context {
+        self.restores = restores;
+        self
     }
 }
 
@@ -130,6 +142,8 @@ pub enum StatusManager {
     Repository,
     /// PushPolicy status.
     PushPolicy,
+    /// RestoreJob status; on a Repository, the restore records.
+    RestoreJob,
 }
 
 impl StatusManager {
@@ -139,6 +153,7 @@ impl StatusManager {
             StatusManager::Hooks => "push-operator-hooks",
             StatusManager::Repository => "push-operator-repository",
             StatusManager::PushPolicy => "push-operator-pushpolicy",
+            StatusManager::RestoreJob => "push-operator-restorejob",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! offline job therefore waits for a running online job of the same repository, and the other
 //! way round.
 
-use crate::api::{Phase, Priority};
+use crate::api::{Phase, Priority, RestorePhase};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashSet};
 
@@ -17,9 +17,49 @@ pub struct Entry {
     pub repository: String,
     pub priority: Priority,
     pub created: DateTime<Utc>,
-    pub phase: Phase,
+    pub stage: Stage,
     /// Admitted earlier (by this process) even if the phase does not show it yet.
     pub admitted: bool,
+}
+
+/// Where a job is, as the queue sees it (PushJobs and RestoreJobs alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Not yet checked (counted, not admitted).
+    Pending,
+    /// Waiting for a slot.
+    Queued,
+    /// Admitted and not finished.
+    Running,
+    Finished,
+}
+
+impl Stage {
+    pub fn is_waiting(self) -> bool {
+        matches!(self, Stage::Pending | Stage::Queued)
+    }
+}
+
+impl From<Phase> for Stage {
+    fn from(p: Phase) -> Stage {
+        match p {
+            Phase::Pending => Stage::Pending,
+            Phase::Queued => Stage::Queued,
+            p if p.is_terminal() => Stage::Finished,
+            _ => Stage::Running,
+        }
+    }
+}
+
+impl From<RestorePhase> for Stage {
+    fn from(p: RestorePhase) -> Stage {
+        match p {
+            RestorePhase::Pending => Stage::Pending,
+            RestorePhase::Queued => Stage::Queued,
+            p if p.is_terminal() => Stage::Finished,
+            _ => Stage::Running,
+        }
+    }
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -34,16 +74,15 @@ pub struct Plan {
 
 pub fn plan(entries: &[Entry], max_concurrent: usize) -> Plan {
     let running: Vec<&Entry> =
-        entries.iter().filter(|e| e.phase.is_running() || (e.admitted && !e.phase.is_terminal())).collect();
+        entries.iter().filter(|e| e.stage == Stage::Running || (e.admitted && e.stage != Stage::Finished)).collect();
     let mut busy: HashSet<&str> = running.iter().map(|e| e.repository.as_str()).collect();
     let mut slots = max_concurrent.saturating_sub(running.len());
-    let mut waiting: Vec<&Entry> =
-        entries.iter().filter(|e| matches!(e.phase, Phase::Pending | Phase::Queued) && !e.admitted).collect();
+    let mut waiting: Vec<&Entry> = entries.iter().filter(|e| e.stage.is_waiting() && !e.admitted).collect();
     waiting.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.created.cmp(&b.created)).then(a.key.cmp(&b.key)));
     let mut out = Plan::default();
     let mut pos = 0;
     for e in waiting {
-        if e.phase == Phase::Queued && slots > 0 && !busy.contains(e.repository.as_str()) {
+        if e.stage == Stage::Queued && slots > 0 && !busy.contains(e.repository.as_str()) {
             slots -= 1;
             busy.insert(&e.repository);
             out.admit.push(e.key.clone());
@@ -67,7 +106,7 @@ mod tests {
             repository: repo.into(),
             priority: p,
             created: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(secs),
-            phase,
+            stage: phase.into(),
             admitted: false,
         }
     }

@@ -180,8 +180,15 @@ pub async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Reque
         let mut mine = serde_json::to_value(&st)?;
         // The push records are the PushJob controller's fields (see push_job::push_records).
         if let Some(o) = mine.as_object_mut() {
-            for k in ["lastOnlinePush", "lastOfflinePush", "snapshotCount", "logicalBytes", "storedBytes", "dedupRatio"]
-            {
+            for k in [
+                "lastOnlinePush",
+                "lastOfflinePush",
+                "snapshotCount",
+                "logicalBytes",
+                "storedBytes",
+                "dedupRatio",
+                "lastRestoreTest",
+            ] {
                 o.remove(k);
             }
         }
@@ -194,14 +201,23 @@ pub async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Reque
 /// or a crash between the annotation and the status): scale them back.
 async fn sweep_orphaned_scale_downs(ctx: &Context, ns: &str) -> Result<()> {
     let jobs: Api<PushJob> = Api::namespaced(ctx.client.clone(), ns);
+    let restores: Api<RestoreJob> = Api::namespaced(ctx.client.clone(), ns);
+    // A job is live while it has not finished, or is deleted and still unwinding.
     let live = |job: &str| {
         let job = job.to_string();
-        let jobs = jobs.clone();
+        let (jobs, restores) = (jobs.clone(), restores.clone());
         async move {
-            match jobs.get_opt(&job).await? {
-                Some(j) => Ok::<bool, kube::Error>(!j.phase().is_terminal() || j.metadata.deletion_timestamp.is_some()),
-                None => Ok(false),
-            }
+            let (phase_done, deleting) = match job.strip_prefix("restore:") {
+                Some(name) => match restores.get_opt(name).await? {
+                    Some(j) => (j.phase().is_terminal(), j.metadata.deletion_timestamp.is_some()),
+                    None => return Ok::<bool, kube::Error>(false),
+                },
+                None => match jobs.get_opt(&job).await? {
+                    Some(j) => (j.phase().is_terminal(), j.metadata.deletion_timestamp.is_some()),
+                    None => return Ok(false),
+                },
+            };
+            Ok(!phase_done || deleting)
         }
     };
     let mut annotated: Vec<(WorkloadRef, String)> = Vec::new();

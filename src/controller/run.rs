@@ -2,8 +2,8 @@
 //! graceful shutdown on SIGTERM/SIGINT.
 
 use super::lease::LeaderElector;
-use super::{Config, Context, policy, push_job, repository};
-use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, PushJob, PushPolicy, Repository};
+use super::{Config, Context, policy, push_job, repository, restore_job};
+use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, PushJob, PushPolicy, Repository, RestoreJob};
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::http::StatusCode;
@@ -178,8 +178,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
         };
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let job_ctrl = Controller::new(jobs_api.clone(), watcher::Config::default()).owns(pods_api.clone(), ours);
-    let ctx = Arc::new(Context::with_metrics(client.clone(), opts.config.clone(), job_ctrl.store(), metrics.clone()));
+    let restores_api: Api<RestoreJob> = match &opts.config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let job_ctrl = Controller::new(jobs_api.clone(), watcher::Config::default()).owns(pods_api.clone(), ours.clone());
+    let restore_ctrl = Controller::new(restores_api, watcher::Config::default()).owns(pods_api.clone(), ours);
+    let ctx = Arc::new(
+        Context::with_metrics(client.clone(), opts.config.clone(), job_ctrl.store(), metrics.clone())
+            .with_restores(restore_ctrl.store()),
+    );
 
     let jobs = job_ctrl
         .graceful_shutdown_on(stopped(stop_rx.clone()))
@@ -187,6 +195,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "pushjob controller");
+            }
+        });
+    let restores = restore_ctrl
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(timed_restore, restore_job::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "restorejob controller");
             }
         });
     let repos = Controller::new(repos_api, watcher::Config::default())
@@ -214,7 +230,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // wait, then hand the lease back anyway, so a standby takes over at once instead of after
     // the lease expires. Reconciles are level-based; the next leader redoes what was cut short.
     let drained = async {
-        tokio::join!(jobs, repos, policies);
+        tokio::join!(jobs, restores, repos, policies);
     };
     let grace = async {
         stopped(stop_rx.clone()).await;
@@ -237,6 +253,14 @@ async fn timed_job(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Action, super
     ctx.metrics.reconciles.with_label_values(&["pushjob"]).inc();
     let r = push_job::reconcile(job, ctx.clone()).await;
     ctx.metrics.reconcile_duration.with_label_values(&["pushjob"]).observe(t.elapsed().as_secs_f64());
+    r
+}
+
+async fn timed_restore(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action, super::Error> {
+    let t = Instant::now();
+    ctx.metrics.reconciles.with_label_values(&["restorejob"]).inc();
+    let r = restore_job::reconcile(job, ctx.clone()).await;
+    ctx.metrics.reconcile_duration.with_label_values(&["restorejob"]).observe(t.elapsed().as_secs_f64());
     r
 }
 

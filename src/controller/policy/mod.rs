@@ -5,6 +5,7 @@
 //! applies.
 
 pub mod plan;
+pub mod restore_tests;
 pub mod schedule;
 
 use super::push_job::build::{WorkerConfig, store_access};
@@ -265,6 +266,7 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
         .collect();
 
     let created = policy.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0)).unwrap_or(now);
+    let present: Vec<String> = repositories.iter().filter(|(_, exists)| **exists).map(|(r, _)| r.clone()).collect();
     // The status this process wrote last is the truth (one leader writes it); the cached object
     // can lag it by a reconcile, which would repeat events and metrics.
     let uid = policy.metadata.uid.clone().unwrap_or_default();
@@ -339,6 +341,7 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
         apply_status(&api, &name, StatusManager::PushPolicy, serde_json::to_value(&p.status)?).await?;
     }
     ctx.policy_status.lock().await.insert(uid, p.status.clone());
+    let test_requeue = restore_tests_pass(&policy, &ctx, &ns, &present, created, now).await?;
     // History last: the status above already holds what these runs did.
     let bg = DeleteParams::background();
     for j in &p.delete_jobs {
@@ -355,7 +358,72 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Requeue::requeue(p.requeue))
+    Ok(Requeue::requeue(test_requeue.map_or(p.requeue, |t| t.min(p.requeue))))
+}
+
+/// Creates the restore test runs that are due and deletes old ones; returns when to look again.
+async fn restore_tests_pass(
+    policy: &PushPolicy,
+    ctx: &Context,
+    ns: &str,
+    repositories: &[String],
+    created: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Duration>> {
+    use restore_tests::{RESTORE_TEST_LABEL, TestRun};
+    if policy.spec.restore_tests.is_empty() {
+        return Ok(None);
+    }
+    let runs: Vec<TestRun> = ctx
+        .restores
+        .state()
+        .iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns) && owned_by(&j.metadata, policy))
+        .filter_map(|j| {
+            Some(TestRun {
+                name: j.name_any(),
+                test: j.labels().get(RESTORE_TEST_LABEL)?.clone(),
+                repository: j.spec.repository_ref.name.clone(),
+                scheduled: scheduled_of(&j.metadata)?,
+                finished: j.phase().is_terminal(),
+            })
+        })
+        .collect();
+    let name_repository = policy.spec.repository_selector.is_some();
+    let p = restore_tests::plan(
+        &policy.name_any(),
+        &policy.spec.restore_tests,
+        repositories,
+        name_repository,
+        policy.spec.suspend,
+        created,
+        now,
+        &runs,
+        policy.spec.starting_deadline_seconds.map(chrono::Duration::seconds),
+    );
+    for (test, why) in &p.invalid {
+        publish(ctx, policy, true, "InvalidSchedule", &format!("restore test {test}: {why}")).await;
+    }
+    let api: Api<RestoreJob> = Api::namespaced(ctx.client.clone(), ns);
+    for t in &p.create {
+        let Some(test) = policy.spec.restore_tests.iter().find(|x| x.name == t.test) else { continue };
+        match api.create(&PostParams::default(), &restore_tests::test_job(policy, test, t)).await {
+            Ok(_) => {
+                let msg = format!("restore test {}: RestoreJob {} of {}", t.test, t.name, t.repository);
+                publish(ctx, policy, false, "RestoreTestCreated", &msg).await;
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for name in &p.delete {
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(p.requeue)
 }
 
 pub fn error_policy(policy: Arc<PushPolicy>, err: &Error, ctx: Arc<Context>) -> Requeue {

@@ -23,6 +23,7 @@ fn spec(schedules: Vec<Schedule>) -> PushPolicySpec {
         successful_jobs_history_limit: 3,
         failed_jobs_history_limit: 1,
         maintenance: None,
+        restore_tests: vec![],
     }
 }
 

@@ -54,7 +54,7 @@ where
 }
 
 /// `spec.replicas` and our annotation of a workload, `None` when it does not exist.
-async fn workload_state(ctx: &Context, ns: &str, w: &WorkloadRef) -> Result<Option<(i32, Option<String>)>> {
+pub(crate) async fn workload_state(ctx: &Context, ns: &str, w: &WorkloadRef) -> Result<Option<(i32, Option<String>)>> {
     let (replicas, annotations) = match w.kind {
         WorkloadKind::Deployment => match workload_api::<Deployment>(ctx, ns).get_opt(&w.name).await? {
             None => return Ok(None),
@@ -70,7 +70,7 @@ async fn workload_state(ctx: &Context, ns: &str, w: &WorkloadRef) -> Result<Opti
 
 /// Who the application using `volumes` runs as: the first pod mounting one (by name), else the
 /// first Deployment or StatefulSet template that does (offline pushes have scaled the pods away).
-async fn app_identity(ctx: &Context, ns: &str, volumes: &[String]) -> Result<Option<security::AppIdentity>> {
+pub(crate) async fn app_identity(ctx: &Context, ns: &str, volumes: &[String]) -> Result<Option<security::AppIdentity>> {
     let lp = ListParams::default();
     let mut pods = Api::<Pod>::namespaced(ctx.client.clone(), ns).list(&lp).await?.items;
     pods.retain(|p| p.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY));
@@ -204,18 +204,7 @@ async fn observe(job: &PushJob, ctx: &Context) -> Result<Observed> {
 
     // VolumeAttachments holding the PVs of the volumes.
     if matches!(phase, Phase::WaitingForDetach | Phase::Quiescing) {
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut pvs = BTreeSet::new();
-        for v in &volumes {
-            if let Some(pv) = pvcs.get_opt(v).await?.and_then(|p| p.spec).and_then(|s| s.volume_name) {
-                pvs.insert(pv);
-            }
-        }
-        for a in volume_attachment_api(&ctx.client).list(&ListParams::default()).await? {
-            if a.spec.source.persistent_volume_name.as_ref().is_some_and(|pv| pvs.contains(pv)) {
-                obs.attachments.push(a.name_any());
-            }
-        }
+        obs.attachments = attachments(ctx, &ns, &volumes).await?;
     }
 
     let by_job = ListParams::default().labels(&format!("{JOB_LABEL}={name}"));
@@ -255,7 +244,25 @@ async fn observe(job: &PushJob, ctx: &Context) -> Result<Observed> {
     Ok(obs)
 }
 
-fn worker_obs(p: &Pod) -> Option<WorkerObs> {
+/// VolumeAttachments that hold the PVs of `volumes`.
+pub(crate) async fn attachments(ctx: &Context, ns: &str, volumes: &[String]) -> Result<Vec<String>> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let mut pvs = BTreeSet::new();
+    for v in volumes {
+        if let Some(pv) = pvcs.get_opt(v).await?.and_then(|p| p.spec).and_then(|s| s.volume_name) {
+            pvs.insert(pv);
+        }
+    }
+    let mut out = Vec::new();
+    for a in volume_attachment_api(&ctx.client).list(&ListParams::default()).await? {
+        if a.spec.source.persistent_volume_name.as_ref().is_some_and(|pv| pvs.contains(pv)) {
+            out.push(a.name_any());
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn worker_obs(p: &Pod) -> Option<WorkerObs> {
     if p.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -281,46 +288,72 @@ fn worker_obs(p: &Pod) -> Option<WorkerObs> {
 
 /// The queue's answer for one job (serialized: one admission decision at a time).
 async fn admission(job: &PushJob, ctx: &Context) -> (bool, Option<i32>) {
-    let me = key(job);
-    let mut admitted = ctx.admitted.lock().await;
-    let jobs = ctx.jobs.state();
-    // Forget admissions the cache now shows as running or finished.
-    admitted.retain(|k| jobs.iter().any(|j| key(j) == *k && matches!(j.phase(), Phase::Pending | Phase::Queued)));
-    if admitted.contains(&me) {
-        return (true, None);
+    queue_admission(ctx, push_entry(job, false)).await
+}
+
+fn push_entry(j: &PushJob, admitted: bool) -> queue::Entry {
+    queue::Entry {
+        key: key(j),
+        repository: format!("{}/{}", j.namespace().unwrap_or_default(), j.spec.repository_ref.name),
+        priority: j.spec.priority,
+        created: j.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0)).unwrap_or_else(chrono::Utc::now),
+        stage: j.phase().into(),
+        admitted,
     }
-    let mut entries: Vec<queue::Entry> = jobs
+}
+
+/// The queue key of a RestoreJob (PushJob keys are `namespace/name`).
+pub fn restore_key(j: &RestoreJob) -> String {
+    format!("restore:{}/{}", j.namespace().unwrap_or_default(), j.name_any())
+}
+
+fn restore_entry(j: &RestoreJob, admitted: bool) -> queue::Entry {
+    queue::Entry {
+        key: restore_key(j),
+        repository: format!("{}/{}", j.namespace().unwrap_or_default(), j.spec.repository_ref.name),
+        priority: j.spec.priority,
+        created: j.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0)).unwrap_or_else(chrono::Utc::now),
+        stage: j.phase().into(),
+        admitted,
+    }
+}
+
+/// The queue's answer for `me`, a PushJob or a RestoreJob: both share one queue (one running job
+/// per Repository, `max_concurrent_pushes` in all).
+pub async fn queue_admission(ctx: &Context, me: queue::Entry) -> (bool, Option<i32>) {
+    let mut admitted = ctx.admitted.lock().await;
+    let pushes = ctx.jobs.state();
+    let restores = ctx.restores.state();
+    let mut entries: Vec<queue::Entry> = pushes
         .iter()
         .filter(|j| j.metadata.deletion_timestamp.is_none())
-        .map(|j| queue::Entry {
-            key: key(j),
-            repository: format!("{}/{}", j.namespace().unwrap_or_default(), j.spec.repository_ref.name),
-            priority: j.spec.priority,
-            created: j.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0)).unwrap_or_else(chrono::Utc::now),
-            phase: if key(j) == me { job.phase() } else { j.phase() },
-            admitted: admitted.contains(&key(j)),
-        })
+        .map(|j| push_entry(j, false))
+        .chain(restores.iter().filter(|j| j.metadata.deletion_timestamp.is_none()).map(|j| restore_entry(j, false)))
         .collect();
-    if !entries.iter().any(|e| e.key == me) {
-        entries.push(queue::Entry {
-            key: me.clone(),
-            repository: format!("{}/{}", job.namespace().unwrap_or_default(), job.spec.repository_ref.name),
-            priority: job.spec.priority,
-            created: job.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0)).unwrap_or_else(chrono::Utc::now),
-            phase: job.phase(),
-            admitted: false,
-        });
+    // Forget admissions the caches now show as running or finished.
+    admitted.retain(|k| entries.iter().any(|e| e.key == *k && e.stage.is_waiting()));
+    if admitted.contains(&me.key) {
+        return (true, None);
+    }
+    for e in &mut entries {
+        e.admitted = admitted.contains(&e.key);
+        if e.key == me.key {
+            e.stage = me.stage;
+        }
+    }
+    if !entries.iter().any(|e| e.key == me.key) {
+        entries.push(me.clone());
     }
     let plan = queue::plan(&entries, ctx.config.max_concurrent_pushes);
     for p in Priority::ALL {
         ctx.metrics.queue_depth.with_label_values(&[p.as_str()]).set(plan.depth.get(&p).copied().unwrap_or(0));
     }
-    let running = entries.iter().filter(|e| e.phase.is_running() || e.admitted).count() + plan.admit.len();
+    let running = entries.iter().filter(|e| e.stage == queue::Stage::Running || e.admitted).count() + plan.admit.len();
     ctx.metrics.jobs_running.set(running as f64);
     for k in &plan.admit {
         admitted.insert(k.clone());
     }
-    (admitted.contains(&me), plan.positions.get(&me).copied())
+    (admitted.contains(&me.key), plan.positions.get(&me.key).copied())
 }
 
 /// Merge-patches a Deployment or StatefulSet, or (with `scale`) its scale subresource.

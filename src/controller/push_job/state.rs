@@ -175,7 +175,7 @@ pub fn clone_name(job: &str, volume: &str) -> String {
 }
 
 /// `<base>-<suffix>` kept within 63 characters (a hash keeps truncated names unique).
-fn object_name(base: &str, suffix: &str) -> String {
+pub fn object_name(base: &str, suffix: &str) -> String {
     let full = format!("{base}-{suffix}");
     if full.len() <= 63 {
         return full;
