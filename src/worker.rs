@@ -78,7 +78,18 @@ pub fn run(store: &Store, args: &WorkerArgs) -> WorkerReport {
                     files: s.files as i64,
                     bytes_total: s.bytes_total as i64,
                     bytes_new: s.bytes_new as i64,
+                    consistency: Some(crate::restore_worker::parse_consistency(
+                        outcome.snapshot.consistency.as_deref(),
+                    )),
+                    changed_during_read: outcome.snapshot.changed_during_read.iter().take(10).cloned().collect(),
                 });
+                if s.files_changed_during_read > 0 {
+                    report.warnings.push(format!(
+                        "{volume}: {} files changed while they were read ({}); the snapshot is marked inconsistent",
+                        s.files_changed_during_read,
+                        outcome.snapshot.changed_during_read.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                }
                 total.files += s.files as i64;
                 total.bytes_total += s.bytes_total as i64;
                 total.bytes_read += s.bytes_read as i64;
@@ -149,6 +160,7 @@ mod tests {
                 files: 1,
                 bytes_total: 1,
                 bytes_new: 1,
+                ..Default::default()
             }],
             stats: JobStats::default(),
             warnings: (0..500).map(|i| format!("some/long/path/number/{i}: permission denied")).collect(),

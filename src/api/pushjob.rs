@@ -130,7 +130,7 @@ pub struct CreatedObject {
     pub name: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeResult {
     /// The PVC.
@@ -143,6 +143,13 @@ pub struct VolumeResult {
     pub bytes_total: i64,
     #[serde(default)]
     pub bytes_new: i64,
+    /// What this volume's snapshot promises: less than the job's when the push saw files change
+    /// while it read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+    /// Files that changed while they were read (possibly torn), the first ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_during_read: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
@@ -207,6 +214,9 @@ pub struct PushJobStatus {
     pub phase_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<Consistency>,
+    /// The push saw files change while it read them: the consistency above was lowered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub torn: bool,
     /// The PVCs being pushed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,

@@ -2,6 +2,7 @@
 //! metrics/health endpoints.
 
 pub mod lease;
+pub mod offline;
 pub mod policy;
 pub mod push_job;
 pub mod queue;

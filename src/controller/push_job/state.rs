@@ -11,6 +11,7 @@
 
 use crate::api::conditions::{self, set_condition};
 use crate::api::*;
+use crate::controller::offline::{self, Detach, Quiesce, Standing, WorkloadAction};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -113,6 +114,16 @@ pub enum Action {
     Delete(CreatedObject),
     /// Run the Repository's hooks of this stage and record the outcome in the status.
     RunHooks(HookStage),
+}
+
+impl From<WorkloadAction> for Action {
+    fn from(a: WorkloadAction) -> Action {
+        match a {
+            WorkloadAction::Annotate { workload, value } => Action::Annotate { workload, value },
+            WorkloadAction::Scale { workload, replicas } => Action::Scale { workload, replicas },
+            WorkloadAction::RemoveAnnotation { workload } => Action::RemoveAnnotation { workload },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,36 +308,28 @@ impl Builder<'_> {
         let now = self.obs.now;
         let generation = self.job.metadata.generation;
         self.st.observed_generation = generation;
+        let failure =
+            self.st.failure.clone().unwrap_or(Failure { reason: "Failed".into(), message: "push failed".into() });
+        let message = self.st.message.clone().unwrap_or_default();
         let phase = self.phase();
+        let standing = match phase {
+            Phase::Succeeded => Standing::Succeeded("push complete"),
+            Phase::Failed => Standing::Failed(&failure),
+            p => Standing::Running(p.as_str(), &message),
+        };
         let c = &mut self.st.conditions;
-        match phase {
-            Phase::Succeeded => {
-                set_condition(c, conditions::COMPLETE, true, "Succeeded", "push complete", generation, now);
-                set_condition(c, conditions::READY, true, "Succeeded", "push complete", generation, now);
-                set_condition(c, conditions::RECONCILING, false, "Succeeded", "", generation, now);
-                set_condition(c, conditions::STALLED, false, "Succeeded", "", generation, now);
-                conditions::remove_condition(c, conditions::FAILED);
-            }
-            Phase::Failed => {
-                let f = self
-                    .st
-                    .failure
-                    .clone()
-                    .unwrap_or(Failure { reason: "Failed".into(), message: "push failed".into() });
-                set_condition(c, conditions::FAILED, true, &f.reason, &f.message, generation, now);
-                set_condition(c, conditions::STALLED, true, &f.reason, &f.message, generation, now);
-                set_condition(c, conditions::READY, false, &f.reason, &f.message, generation, now);
-                set_condition(c, conditions::RECONCILING, false, &f.reason, "", generation, now);
-                conditions::remove_condition(c, conditions::COMPLETE);
-            }
-            p => {
-                let msg = self.st.message.clone().unwrap_or_default();
-                set_condition(c, conditions::RECONCILING, true, p.as_str(), &msg, generation, now);
-                set_condition(c, conditions::READY, false, p.as_str(), &msg, generation, now);
-                set_condition(c, conditions::STALLED, false, p.as_str(), "", generation, now);
-            }
-        }
-        if self.st.consistency == Some(Consistency::Inconsistent) {
+        offline::set_job_conditions(c, standing, generation, now);
+        if self.st.torn {
+            set_condition(
+                c,
+                conditions::CONSISTENCY_WARNING,
+                true,
+                "ChangedDuringRead",
+                "files changed while the push read them: the snapshots are marked inconsistent (status.snapshots[].changedDuringRead names them); something wrote to the volumes",
+                generation,
+                now,
+            );
+        } else if self.st.consistency == Some(Consistency::Inconsistent) {
             set_condition(
                 c,
                 conditions::CONSISTENCY_WARNING,
@@ -368,8 +371,7 @@ pub fn next(job: &PushJob, obs: &Observed, settings: &Settings) -> Decision {
     // The job deadline counts from creation; unwinding is never cut short.
     if !unwinding && let (Some(d), Some(created)) = (deadline(job, settings), job.metadata.creation_timestamp.as_ref())
     {
-        let ends = chrono_of(&created.0) + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-        if obs.now >= ends {
+        let Some(left) = offline::deadline_left(chrono_of(&created.0), d, obs.now) else {
             b.fail(
                 "DeadlineExceeded",
                 format!(
@@ -380,8 +382,7 @@ pub fn next(job: &PushJob, obs: &Observed, settings: &Settings) -> Decision {
                 ),
             );
             return b.finish();
-        }
-        let left = (ends - obs.now).to_std().unwrap_or_default();
+        };
         b.requeue = Some(left);
     }
 
@@ -496,41 +497,21 @@ fn hooks(b: &mut Builder) {
 }
 
 fn quiescing(b: &mut Builder) {
-    if b.st.replicas.is_empty() && !b.obs.workloads.is_empty() {
-        // Step 1: record the counts in the job status, and touch nothing until that is stored.
-        b.st.replicas = b
-            .obs
-            .workloads
-            .iter()
-            .map(|w| ReplicaRecord {
-                kind: w.workload.kind,
-                name: w.workload.name.clone(),
-                replicas: w.replicas.unwrap_or(0),
-            })
-            .collect();
-        b.wait("replica counts recorded", Duration::ZERO);
-        return;
-    }
-    // Step 2: annotate each workload, then scale it to zero.
     let name = b.name().to_string();
-    let mut all_zero = true;
-    for rec in b.st.replicas.clone() {
-        let w = WorkloadRef { kind: rec.kind, name: rec.name.clone() };
-        let obs = b.obs.workloads.iter().find(|o| o.workload == w);
-        let Some(current) = obs.and_then(|o| o.replicas) else { continue }; // deleted meanwhile
-        let value = annotation_value(&name, rec.replicas);
-        if obs.and_then(|o| o.annotation.as_deref()) != Some(value.as_str()) {
-            b.actions.push(Action::Annotate { workload: w.clone(), value });
+    match offline::quiesce(&b.st.replicas, &b.obs.workloads, &name) {
+        Quiesce::Record(records) => {
+            // Step 1: record the counts in the job status, and touch nothing until that is stored.
+            b.st.replicas = records;
+            b.wait("replica counts recorded", Duration::ZERO);
         }
-        if current != 0 {
-            all_zero = false;
-            b.actions.push(Action::Scale { workload: w, replicas: 0 });
+        Quiesce::Act(actions) => {
+            // Step 2: annotate each workload, then scale it to zero.
+            b.actions.extend(actions.into_iter().map(Action::from));
+            b.wait("scaling the workloads to zero", Duration::from_secs(1));
         }
-    }
-    if all_zero && b.actions.is_empty() {
-        b.enter(Phase::WaitingForDetach, "waiting until the pods are gone and the volumes detached");
-    } else {
-        b.wait("scaling the workloads to zero", Duration::from_secs(1));
+        Quiesce::Stopped => {
+            b.enter(Phase::WaitingForDetach, "waiting until the pods are gone and the volumes detached")
+        }
     }
 }
 
@@ -539,24 +520,11 @@ fn phase_age(b: &Builder) -> Duration {
 }
 
 fn waiting_for_detach(b: &mut Builder, settings: &Settings) {
-    let (pods, atts) = (&b.obs.pods_mounting, &b.obs.attachments);
-    if pods.is_empty() && atts.is_empty() {
-        b.enter(Phase::Pushing, "copying the volumes");
-        return;
+    match offline::detach(&b.obs.pods_mounting, &b.obs.attachments, phase_age(b), settings.detach_timeout) {
+        Detach::Free => b.enter(Phase::Pushing, "copying the volumes"),
+        Detach::TimedOut(msg) => b.fail("DetachTimeout", msg),
+        Detach::Wait(msg) => b.wait(msg, Duration::from_secs(2)),
     }
-    if phase_age(b) >= settings.detach_timeout {
-        let msg = format!(
-            "after {}s, still mounted by pods [{}] / attached by [{}]",
-            settings.detach_timeout.as_secs(),
-            pods.join(", "),
-            atts.join(", ")
-        );
-        return b.fail("DetachTimeout", msg);
-    }
-    b.wait(
-        format!("waiting for {} pods and {} volume attachments to go", pods.len(), atts.len()),
-        Duration::from_secs(2),
-    );
 }
 
 fn snapshotting(b: &mut Builder, settings: &Settings) {
@@ -717,6 +685,24 @@ fn pushing(b: &mut Builder) {
                         format!("{} entries could not be read: {}", report.warnings.len(), report.warnings.join("; ")),
                     );
                 }
+                let torn: Vec<String> = report
+                    .volumes
+                    .iter()
+                    .filter(|v| v.consistency == Some(Consistency::Inconsistent) && !v.changed_during_read.is_empty())
+                    .map(|v| format!("{}: {}", v.volume, v.changed_during_read.join(", ")))
+                    .collect();
+                if !torn.is_empty() {
+                    b.st.consistency = Some(Consistency::Inconsistent);
+                    b.st.torn = true;
+                    b.event(
+                        true,
+                        "ConsistencyWarning",
+                        format!(
+                            "files changed while they were read, so the snapshots are marked inconsistent: {}",
+                            torn.join("; ")
+                        ),
+                    );
+                }
                 b.st.snapshots = report.volumes;
                 b.st.stats = Some(report.stats);
                 if b.post_hooks_owed() {
@@ -747,23 +733,11 @@ fn pushing(b: &mut Builder) {
 fn resuming(b: &mut Builder) {
     b.stop_worker();
     let name = b.name().to_string();
-    let mut pending = false;
-    for rec in b.st.replicas.clone() {
-        let w = WorkloadRef { kind: rec.kind, name: rec.name.clone() };
-        let Some(obs) = b.obs.workloads.iter().find(|o| o.workload == w) else { continue };
-        let Some(current) = obs.replicas else { continue }; // deleted: nothing to bring back
-        if current != rec.replicas {
-            pending = true;
-            b.actions.push(Action::Scale { workload: w.clone(), replicas: rec.replicas });
-        }
-        if obs.annotation.as_deref().and_then(parse_annotation).is_some_and(|(j, _)| j == name) {
-            b.actions.push(Action::RemoveAnnotation { workload: w });
-        }
-    }
-    if pending || !b.actions.is_empty() {
-        b.wait("scaling the workloads back", Duration::from_secs(1));
-    } else {
+    b.actions.extend(offline::resume(&b.st.replicas, &b.obs.workloads, &name).into_iter().map(Action::from));
+    if b.actions.is_empty() {
         b.enter(Phase::CleaningUp, "workloads back; cleaning up");
+    } else {
+        b.wait("scaling the workloads back", Duration::from_secs(1));
     }
 }
 

@@ -246,6 +246,7 @@ fn report_json() -> String {
             files: 3,
             bytes_total: 10,
             bytes_new: 5,
+            ..Default::default()
         }],
         stats: JobStats { files: 3, bytes_total: 10, ..Default::default() },
         warnings: vec![],
@@ -738,4 +739,31 @@ fn a_recorded_worker_never_seen_is_created_and_a_vanished_one_fails() {
     j.status = Some(d.status);
     let d = next(&j, &w.observe(), &s);
     assert_eq!(d.status.failure.as_ref().map(|f| f.reason.as_str()), Some("WorkerLost"));
+}
+
+#[test]
+fn an_offline_push_that_saw_files_change_is_marked_inconsistent_and_says_so() {
+    let mut j = job(Mode::Offline, Priority::P4);
+    let mut w = World::new(Some(repo(None)));
+    w.worker_outcome = WorkerObs::Succeeded {
+        message: serde_json::to_string(&WorkerReport {
+            volumes: vec![VolumeResult {
+                volume: "data".into(),
+                snapshot: "abc123".into(),
+                consistency: Some(Consistency::Inconsistent),
+                changed_during_read: vec!["db/wal.log".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .unwrap(),
+    };
+    let events = run(&mut j, &mut w, |_, _, _| {});
+    assert_eq!(j.phase(), Phase::Succeeded);
+    assert_nothing_lost(&w);
+    let st = j.status.as_ref().unwrap();
+    assert_eq!(st.consistency, Some(Consistency::Inconsistent));
+    assert_eq!(cond(&j, "ConsistencyWarning").as_deref(), Some("True/ChangedDuringRead"));
+    let e = events.iter().find(|e| e.reason == "ConsistencyWarning").expect("a warning");
+    assert!(e.warning && e.message.contains("db/wal.log"), "{}", e.message);
 }

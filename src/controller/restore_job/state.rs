@@ -13,9 +13,8 @@
 
 use crate::api::conditions::{self, set_condition};
 use crate::api::*;
-use crate::controller::push_job::state::{
-    Event, Refusal, WorkerObs, WorkloadObs, annotation_value, object_name, parse_annotation,
-};
+use crate::controller::offline::{self, Detach, Quiesce, Standing, WorkloadAction};
+use crate::controller::push_job::state::{Event, Refusal, WorkerObs, WorkloadObs, object_name};
 use crate::restore_worker::{RestoreWorkerReport, WorkerStep};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -78,6 +77,16 @@ pub enum Action {
         step: WorkerStep,
     },
     Delete(CreatedObject),
+}
+
+impl From<WorkloadAction> for Action {
+    fn from(a: WorkloadAction) -> Action {
+        match a {
+            WorkloadAction::Annotate { workload, value } => Action::Annotate { workload, value },
+            WorkloadAction::Scale { workload, replicas } => Action::Scale { workload, replicas },
+            WorkloadAction::RemoveAnnotation { workload } => Action::RemoveAnnotation { workload },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -295,35 +304,17 @@ impl Builder<'_> {
         let now = self.obs.now;
         let generation = self.job.metadata.generation;
         self.st.observed_generation = generation;
+        let failure =
+            self.st.failure.clone().unwrap_or(Failure { reason: "Failed".into(), message: "restore failed".into() });
+        let message = self.st.message.clone().unwrap_or_default();
         let phase = self.phase();
+        let standing = match phase {
+            RestorePhase::Succeeded => Standing::Succeeded("restore complete"),
+            RestorePhase::Failed => Standing::Failed(&failure),
+            p => Standing::Running(p.as_str(), &message),
+        };
         let c = &mut self.st.conditions;
-        match phase {
-            RestorePhase::Succeeded => {
-                set_condition(c, conditions::COMPLETE, true, "Succeeded", "restore complete", generation, now);
-                set_condition(c, conditions::READY, true, "Succeeded", "restore complete", generation, now);
-                set_condition(c, conditions::RECONCILING, false, "Succeeded", "", generation, now);
-                set_condition(c, conditions::STALLED, false, "Succeeded", "", generation, now);
-                conditions::remove_condition(c, conditions::FAILED);
-            }
-            RestorePhase::Failed => {
-                let f = self
-                    .st
-                    .failure
-                    .clone()
-                    .unwrap_or(Failure { reason: "Failed".into(), message: "restore failed".into() });
-                set_condition(c, conditions::FAILED, true, &f.reason, &f.message, generation, now);
-                set_condition(c, conditions::STALLED, true, &f.reason, &f.message, generation, now);
-                set_condition(c, conditions::READY, false, &f.reason, &f.message, generation, now);
-                set_condition(c, conditions::RECONCILING, false, &f.reason, "", generation, now);
-                conditions::remove_condition(c, conditions::COMPLETE);
-            }
-            p => {
-                let msg = self.st.message.clone().unwrap_or_default();
-                set_condition(c, conditions::RECONCILING, true, p.as_str(), &msg, generation, now);
-                set_condition(c, conditions::READY, false, p.as_str(), &msg, generation, now);
-                set_condition(c, conditions::STALLED, false, p.as_str(), "", generation, now);
-            }
-        }
+        offline::set_job_conditions(c, standing, generation, now);
         if let Some(w) = self.st.consistency.filter(|c| *c != Consistency::Consistent) {
             let reason = match w {
                 Consistency::CrashConsistent => "CrashConsistentSnapshot",
@@ -385,8 +376,7 @@ pub fn next(job: &RestoreJob, obs: &Observed, settings: &Settings) -> Decision {
     }
     if !unwinding && let (Some(d), Some(created)) = (deadline(job, settings), job.metadata.creation_timestamp.as_ref())
     {
-        let ends = chrono_of(&created.0) + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-        if obs.now >= ends {
+        let Some(left) = offline::deadline_left(chrono_of(&created.0), d, obs.now) else {
             b.fail(
                 "DeadlineExceeded",
                 format!(
@@ -397,8 +387,8 @@ pub fn next(job: &RestoreJob, obs: &Observed, settings: &Settings) -> Decision {
                 ),
             );
             return b.finish();
-        }
-        b.requeue = Some((ends - obs.now).to_std().unwrap_or_default());
+        };
+        b.requeue = Some(left);
     }
     if !unwinding && let Some(r) = &obs.refused {
         b.fail(r.reason, r.message.clone());
@@ -580,39 +570,19 @@ fn provisioning(b: &mut Builder) {
 }
 
 fn quiescing(b: &mut Builder) {
-    if b.st.replicas.is_empty() && !b.obs.workloads.is_empty() {
-        b.st.replicas = b
-            .obs
-            .workloads
-            .iter()
-            .map(|w| ReplicaRecord {
-                kind: w.workload.kind,
-                name: w.workload.name.clone(),
-                replicas: w.replicas.unwrap_or(0),
-            })
-            .collect();
-        b.wait("replica counts recorded", Duration::ZERO);
-        return;
-    }
-    let name = annotation_job(b.name());
-    let mut all_zero = true;
-    for rec in b.st.replicas.clone() {
-        let w = WorkloadRef { kind: rec.kind, name: rec.name.clone() };
-        let obs = b.obs.workloads.iter().find(|o| o.workload == w);
-        let Some(current) = obs.and_then(|o| o.replicas) else { continue };
-        let value = annotation_value(&name, rec.replicas);
-        if obs.and_then(|o| o.annotation.as_deref()) != Some(value.as_str()) {
-            b.actions.push(Action::Annotate { workload: w.clone(), value });
+    let job = annotation_job(b.name());
+    match offline::quiesce(&b.st.replicas, &b.obs.workloads, &job) {
+        Quiesce::Record(records) => {
+            b.st.replicas = records;
+            b.wait("replica counts recorded", Duration::ZERO);
         }
-        if current != 0 {
-            all_zero = false;
-            b.actions.push(Action::Scale { workload: w, replicas: 0 });
+        Quiesce::Act(actions) => {
+            b.actions.extend(actions.into_iter().map(Action::from));
+            b.wait("scaling the workloads to zero", Duration::from_secs(1));
         }
-    }
-    if all_zero && b.actions.is_empty() {
-        b.enter(RestorePhase::WaitingForDetach, "waiting until the pods are gone and the volumes detached");
-    } else {
-        b.wait("scaling the workloads to zero", Duration::from_secs(1));
+        Quiesce::Stopped => {
+            b.enter(RestorePhase::WaitingForDetach, "waiting until the pods are gone and the volumes detached")
+        }
     }
 }
 
@@ -621,24 +591,11 @@ fn phase_age(b: &Builder) -> Duration {
 }
 
 fn waiting_for_detach(b: &mut Builder, settings: &Settings) {
-    let (pods, atts) = (&b.obs.pods_mounting, &b.obs.attachments);
-    if pods.is_empty() && atts.is_empty() {
-        b.enter(RestorePhase::SafetyPush, "pushing the volumes' current state (the undo snapshot)");
-        return;
+    match offline::detach(&b.obs.pods_mounting, &b.obs.attachments, phase_age(b), settings.detach_timeout) {
+        Detach::Free => b.enter(RestorePhase::SafetyPush, "pushing the volumes' current state (the undo snapshot)"),
+        Detach::TimedOut(msg) => b.fail("DetachTimeout", msg),
+        Detach::Wait(msg) => b.wait(msg, Duration::from_secs(2)),
     }
-    if phase_age(b) >= settings.detach_timeout {
-        let msg = format!(
-            "after {}s, still mounted by pods [{}] / attached by [{}]",
-            settings.detach_timeout.as_secs(),
-            pods.join(", "),
-            atts.join(", ")
-        );
-        return b.fail("DetachTimeout", msg);
-    }
-    b.wait(
-        format!("waiting for {} pods and {} volume attachments to go", pods.len(), atts.len()),
-        Duration::from_secs(2),
-    );
 }
 
 fn safety_push(b: &mut Builder) {
@@ -765,18 +722,8 @@ fn undoing(b: &mut Builder) {
 
 fn resuming(b: &mut Builder) {
     b.stop_worker();
-    let name = annotation_job(b.name());
-    for rec in b.st.replicas.clone() {
-        let w = WorkloadRef { kind: rec.kind, name: rec.name.clone() };
-        let Some(obs) = b.obs.workloads.iter().find(|o| o.workload == w) else { continue };
-        let Some(current) = obs.replicas else { continue };
-        if current != rec.replicas {
-            b.actions.push(Action::Scale { workload: w.clone(), replicas: rec.replicas });
-        }
-        if obs.annotation.as_deref().and_then(parse_annotation).is_some_and(|(j, _)| j == name) {
-            b.actions.push(Action::RemoveAnnotation { workload: w });
-        }
-    }
+    let job = annotation_job(b.name());
+    b.actions.extend(offline::resume(&b.st.replicas, &b.obs.workloads, &job).into_iter().map(Action::from));
     if b.actions.is_empty() {
         b.enter(RestorePhase::CleaningUp, "workloads back; cleaning up");
     } else {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::controller::push_job::state::WorkloadObs;
+use crate::controller::push_job::state::{WorkloadObs, parse_annotation};
 use crate::restore_worker::{ResolvedVolume, RestoreFailure};
 use chrono::TimeZone;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -86,6 +86,7 @@ fn safety_report() -> String {
             files: 1,
             bytes_total: 1,
             bytes_new: 0,
+            ..Default::default()
         }],
         ..Default::default()
     })

@@ -1,0 +1,152 @@
+//! The offline steps PushJobs and RestoreJobs share, as pure decisions: record the replica
+//! counts, stop the workloads, wait until the volumes are free, bring the workloads back; and
+//! the kstatus conditions of a job. Each state machine maps the [`WorkloadAction`]s to its own
+//! actions.
+
+use crate::api::conditions::{self, set_condition};
+use crate::api::{Failure, ReplicaRecord, WorkloadRef};
+use crate::controller::push_job::state::{WorkloadObs, annotation_value, parse_annotation};
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use std::time::Duration;
+
+/// What a job does to a workload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkloadAction {
+    /// Write `<job>=<replicas>` into the workload's annotation (before scaling it).
+    Annotate {
+        workload: WorkloadRef,
+        value: String,
+    },
+    Scale {
+        workload: WorkloadRef,
+        replicas: i32,
+    },
+    RemoveAnnotation {
+        workload: WorkloadRef,
+    },
+}
+
+/// The next step of stopping the workloads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Quiesce {
+    /// Store these replica counts first; touch nothing until they are stored.
+    Record(Vec<ReplicaRecord>),
+    /// Annotate and scale these; look again.
+    Act(Vec<WorkloadAction>),
+    /// Every recorded workload is at zero (or gone).
+    Stopped,
+}
+
+/// Stopping the workloads: counts recorded first, then each annotated with `job` (the
+/// annotation's job part) and scaled to zero.
+pub fn quiesce(recorded: &[ReplicaRecord], workloads: &[WorkloadObs], job: &str) -> Quiesce {
+    if recorded.is_empty() && !workloads.is_empty() {
+        return Quiesce::Record(
+            workloads
+                .iter()
+                .map(|w| ReplicaRecord {
+                    kind: w.workload.kind,
+                    name: w.workload.name.clone(),
+                    replicas: w.replicas.unwrap_or(0),
+                })
+                .collect(),
+        );
+    }
+    let mut actions = Vec::new();
+    for rec in recorded {
+        let w = WorkloadRef { kind: rec.kind, name: rec.name.clone() };
+        let obs = workloads.iter().find(|o| o.workload == w);
+        let Some(current) = obs.and_then(|o| o.replicas) else { continue }; // deleted meanwhile
+        let value = annotation_value(job, rec.replicas);
+        if obs.and_then(|o| o.annotation.as_deref()) != Some(value.as_str()) {
+            actions.push(WorkloadAction::Annotate { workload: w.clone(), value });
+        }
+        if current != 0 {
+            actions.push(WorkloadAction::Scale { workload: w, replicas: 0 });
+        }
+    }
+    if actions.is_empty() { Quiesce::Stopped } else { Quiesce::Act(actions) }
+}
+
+/// Bringing the workloads back to their recorded counts and removing `job`'s annotation; empty
+/// when every workload is back.
+pub fn resume(recorded: &[ReplicaRecord], workloads: &[WorkloadObs], job: &str) -> Vec<WorkloadAction> {
+    let mut actions = Vec::new();
+    for rec in recorded {
+        let w = WorkloadRef { kind: rec.kind, name: rec.name.clone() };
+        let Some(obs) = workloads.iter().find(|o| o.workload == w) else { continue };
+        let Some(current) = obs.replicas else { continue }; // deleted: nothing to bring back
+        if current != rec.replicas {
+            actions.push(WorkloadAction::Scale { workload: w.clone(), replicas: rec.replicas });
+        }
+        if obs.annotation.as_deref().and_then(parse_annotation).is_some_and(|(j, _)| j == job) {
+            actions.push(WorkloadAction::RemoveAnnotation { workload: w });
+        }
+    }
+    actions
+}
+
+/// Waiting until no pod mounts the volumes and no VolumeAttachment holds them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Detach {
+    Free,
+    /// Still held; the message says by what.
+    Wait(String),
+    /// Held longer than the timeout: the failure message.
+    TimedOut(String),
+}
+
+pub fn detach(pods: &[String], attachments: &[String], waited: Duration, timeout: Duration) -> Detach {
+    if pods.is_empty() && attachments.is_empty() {
+        return Detach::Free;
+    }
+    if waited >= timeout {
+        return Detach::TimedOut(format!(
+            "after {}s, still mounted by pods [{}] / attached by [{}]",
+            timeout.as_secs(),
+            pods.join(", "),
+            attachments.join(", ")
+        ));
+    }
+    Detach::Wait(format!("waiting for {} pods and {} volume attachments to go", pods.len(), attachments.len()))
+}
+
+/// How a job stands, for its kstatus conditions.
+pub enum Standing<'a> {
+    Succeeded(&'a str),
+    Failed(&'a Failure),
+    /// In progress: the phase and the current message.
+    Running(&'a str, &'a str),
+}
+
+/// Sets Ready, Reconciling, Stalled, Complete and Failed as kstatus reads them.
+pub fn set_job_conditions(c: &mut Vec<Condition>, standing: Standing, generation: Option<i64>, now: DateTime<Utc>) {
+    match standing {
+        Standing::Succeeded(msg) => {
+            set_condition(c, conditions::COMPLETE, true, "Succeeded", msg, generation, now);
+            set_condition(c, conditions::READY, true, "Succeeded", msg, generation, now);
+            set_condition(c, conditions::RECONCILING, false, "Succeeded", "", generation, now);
+            set_condition(c, conditions::STALLED, false, "Succeeded", "", generation, now);
+            conditions::remove_condition(c, conditions::FAILED);
+        }
+        Standing::Failed(f) => {
+            set_condition(c, conditions::FAILED, true, &f.reason, &f.message, generation, now);
+            set_condition(c, conditions::STALLED, true, &f.reason, &f.message, generation, now);
+            set_condition(c, conditions::READY, false, &f.reason, &f.message, generation, now);
+            set_condition(c, conditions::RECONCILING, false, &f.reason, "", generation, now);
+            conditions::remove_condition(c, conditions::COMPLETE);
+        }
+        Standing::Running(phase, msg) => {
+            set_condition(c, conditions::RECONCILING, true, phase, msg, generation, now);
+            set_condition(c, conditions::READY, false, phase, msg, generation, now);
+            set_condition(c, conditions::STALLED, false, phase, "", generation, now);
+        }
+    }
+}
+
+/// The time left until the deadline `d` counted from `created`; `None` once it has passed.
+pub fn deadline_left(created: DateTime<Utc>, d: Duration, now: DateTime<Utc>) -> Option<Duration> {
+    let ends = created + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    (now < ends).then(|| (ends - now).to_std().unwrap_or_default())
+}
