@@ -1445,7 +1445,7 @@ def sc_alerts(h):
         return up and up[0]["value"][1] == "1"
     wait_for(scraped, 60, f"Prometheus scraping the operator at {target}")
     rules = [r["name"] for g in h.prom("/api/v1/rules")["groups"] for r in g["rules"]]
-    expect("PushOperatorPushFailed" in rules and len(rules) == 7, f"rules loaded: {rules}")
+    expect("PushOperatorPushFailed" in rules and len(rules) == 9, f"rules loaded: {rules}")
     time.sleep(2)  # a sample of the counters before the failure
     x = Ctx(h, "alerts")
     try:

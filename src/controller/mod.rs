@@ -175,6 +175,31 @@ where
     Ok(())
 }
 
+/// A finished job (`done` is its completion time) is deleted once `ttl` seconds have passed.
+pub async fn expire<K>(
+    api: &Api<K>,
+    name: &str,
+    ttl: Option<i64>,
+    done: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+) -> Result<kube::runtime::controller::Action>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::runtime::controller::Action as Requeue;
+    let (Some(ttl), Some(done)) = (ttl, done) else { return Ok(Requeue::await_change()) };
+    let expires = crate::api::chrono_of(&done.0) + chrono::Duration::seconds(ttl);
+    let now = chrono::Utc::now();
+    if now < expires {
+        return Ok(Requeue::requeue((expires - now).to_std().unwrap_or(std::time::Duration::from_secs(1))));
+    }
+    match api.delete(name, &kube::api::DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Requeue::await_change())
+}
+
 /// The API server rejects an Event whose note is over 1024 bytes (not characters).
 const EVENT_NOTE_MAX: usize = 1024;
 

@@ -4,8 +4,8 @@
 //! actions.
 
 use crate::api::conditions::{self, set_condition};
-use crate::api::{Failure, ReplicaRecord, WorkloadRef};
-use crate::controller::push_job::state::{WorkloadObs, annotation_value, parse_annotation};
+use crate::api::{Failure, Priority, ReplicaRecord, WorkloadRef};
+use crate::controller::push_job::state::{Refusal, Settings, WorkloadObs, annotation_value, parse_annotation};
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use std::time::Duration;
@@ -145,8 +145,44 @@ pub fn set_job_conditions(c: &mut Vec<Condition>, standing: Standing, generation
     }
 }
 
-/// The time left until the deadline `d` counted from `created`; `None` once it has passed.
-pub fn deadline_left(created: DateTime<Utc>, d: Duration, now: DateTime<Utc>) -> Option<Duration> {
-    let ends = created + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-    (now < ends).then(|| (ends - now).to_std().unwrap_or_default())
+/// A job's deadline: its own `deadlineSeconds`, else the default of its priority.
+pub fn deadline(seconds: Option<i64>, priority: Priority, settings: &Settings) -> Option<Duration> {
+    match seconds {
+        Some(s) => Some(Duration::from_secs(s.max(1) as u64)),
+        None => settings.default_deadlines[priority as usize],
+    }
+}
+
+/// Whether a job that is not unwinding may go on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    /// Yes; look again within this long at the latest (its deadline).
+    Go(Option<Duration>),
+    /// No: fail with this reason and message.
+    Stop(String, String),
+}
+
+/// The checks before every step of a job that is not unwinding: its deadline (counted from
+/// `created`), then an action the API server refused for good on the last pass.
+pub fn gate(
+    deadline: Option<Duration>,
+    priority: Priority,
+    created: Option<DateTime<Utc>>,
+    phase: &str,
+    now: DateTime<Utc>,
+    refused: Option<&Refusal>,
+) -> Gate {
+    let mut left = None;
+    if let (Some(d), Some(created)) = (deadline, created) {
+        let ends = created + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        if now >= ends {
+            let why = format!("the {} deadline of {}s passed in phase {phase}", priority.as_str(), d.as_secs());
+            return Gate::Stop("DeadlineExceeded".into(), why);
+        }
+        left = Some((ends - now).to_std().unwrap_or_default());
+    }
+    if let Some(r) = refused {
+        return Gate::Stop(r.reason.into(), r.message.clone());
+    }
+    Gate::Go(left)
 }

@@ -634,23 +634,9 @@ async fn apply(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
 
 /// A finished job: deleted once its TTL passed.
 async fn finished(job: &PushJob, ctx: &Context) -> Result<Requeue> {
-    let (Some(ttl), Some(done)) =
-        (job.spec.ttl_seconds_after_finished, job.status.as_ref().and_then(|s| s.completion_time.as_ref()))
-    else {
-        return Ok(Requeue::await_change());
-    };
-    let expires = chrono_of(&done.0) + chrono::Duration::seconds(ttl);
-    let now = chrono::Utc::now();
-    if now >= expires {
-        let api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-        match api.delete(&job.name_any(), &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-        return Ok(Requeue::await_change());
-    }
-    Ok(Requeue::requeue((expires - now).to_std().unwrap_or(Duration::from_secs(1))))
+    let api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let done = job.status.as_ref().and_then(|s| s.completion_time.as_ref());
+    super::expire(&api, &job.name_any(), job.spec.ttl_seconds_after_finished, done).await
 }
 
 /// Metrics and the Repository's last-push record for a job that just finished.

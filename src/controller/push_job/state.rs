@@ -11,7 +11,7 @@
 
 use crate::api::conditions::{self, set_condition};
 use crate::api::*;
-use crate::controller::offline::{self, Detach, Quiesce, Standing, WorkloadAction};
+use crate::controller::offline::{self, Detach, Gate, Quiesce, Standing, WorkloadAction};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -208,10 +208,7 @@ pub fn parse_annotation(v: &str) -> Option<(String, i32)> {
 }
 
 pub fn deadline(job: &PushJob, settings: &Settings) -> Option<Duration> {
-    match job.spec.deadline_seconds {
-        Some(s) => Some(Duration::from_secs(s.max(1) as u64)),
-        None => settings.default_deadlines[job.spec.priority as usize],
-    }
+    offline::deadline(job.spec.deadline_seconds, job.spec.priority, settings)
 }
 
 struct Builder<'a> {
@@ -368,28 +365,18 @@ pub fn next(job: &PushJob, obs: &Observed, settings: &Settings) -> Decision {
     }
     let unwinding = matches!(phase, Phase::Resuming | Phase::CleaningUp);
 
-    // The job deadline counts from creation; unwinding is never cut short.
-    if !unwinding && let (Some(d), Some(created)) = (deadline(job, settings), job.metadata.creation_timestamp.as_ref())
-    {
-        let Some(left) = offline::deadline_left(chrono_of(&created.0), d, obs.now) else {
-            b.fail(
-                "DeadlineExceeded",
-                format!(
-                    "the {} deadline of {}s passed in phase {}",
-                    job.spec.priority.as_str(),
-                    d.as_secs(),
-                    phase.as_str()
-                ),
-            );
-            return b.finish();
-        };
-        b.requeue = Some(left);
-    }
-
-    // An action of the last pass refused for good (RBAC, admission); unwinding retries instead.
-    if !unwinding && let Some(r) = &obs.refused {
-        b.fail(r.reason, r.message.clone());
-        return b.finish();
+    // The job deadline counts from creation; unwinding is never cut short, and retries what
+    // the API server refused instead of failing again.
+    if !unwinding {
+        let created = job.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0));
+        let d = deadline(job, settings);
+        match offline::gate(d, job.spec.priority, created, phase.as_str(), obs.now, obs.refused.as_ref()) {
+            Gate::Stop(reason, message) => {
+                b.fail(&reason, message);
+                return b.finish();
+            }
+            Gate::Go(left) => b.requeue = left,
+        }
     }
 
     match phase {

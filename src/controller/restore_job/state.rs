@@ -13,7 +13,7 @@
 
 use crate::api::conditions::{self, set_condition};
 use crate::api::*;
-use crate::controller::offline::{self, Detach, Quiesce, Standing, WorkloadAction};
+use crate::controller::offline::{self, Detach, Gate, Quiesce, Standing, WorkloadAction};
 use crate::controller::push_job::state::{Event, Refusal, WorkerObs, WorkloadObs, object_name};
 use crate::restore_worker::{RestoreWorkerReport, WorkerStep};
 use chrono::{DateTime, Utc};
@@ -131,10 +131,7 @@ pub fn valid_claim_name(name: &str) -> bool {
 }
 
 pub fn deadline(job: &RestoreJob, settings: &Settings) -> Option<Duration> {
-    match job.spec.deadline_seconds {
-        Some(s) => Some(Duration::from_secs(s.max(1) as u64)),
-        None => settings.default_deadlines[job.spec.priority as usize],
-    }
+    offline::deadline(job.spec.deadline_seconds, job.spec.priority, settings)
 }
 
 /// The least consistency of `a` and `b`.
@@ -374,25 +371,16 @@ pub fn next(job: &RestoreJob, obs: &Observed, settings: &Settings) -> Decision {
         b.fail("Deleted", format!("the RestoreJob was deleted in phase {}", phase.as_str()));
         return b.finish();
     }
-    if !unwinding && let (Some(d), Some(created)) = (deadline(job, settings), job.metadata.creation_timestamp.as_ref())
-    {
-        let Some(left) = offline::deadline_left(chrono_of(&created.0), d, obs.now) else {
-            b.fail(
-                "DeadlineExceeded",
-                format!(
-                    "the {} deadline of {}s passed in phase {}",
-                    job.spec.priority.as_str(),
-                    d.as_secs(),
-                    phase.as_str()
-                ),
-            );
-            return b.finish();
-        };
-        b.requeue = Some(left);
-    }
-    if !unwinding && let Some(r) = &obs.refused {
-        b.fail(r.reason, r.message.clone());
-        return b.finish();
+    if !unwinding {
+        let created = job.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0));
+        let d = deadline(job, settings);
+        match offline::gate(d, job.spec.priority, created, phase.as_str(), obs.now, obs.refused.as_ref()) {
+            Gate::Stop(reason, message) => {
+                b.fail(&reason, message);
+                return b.finish();
+            }
+            Gate::Go(left) => b.requeue = left,
+        }
     }
     match phase {
         RestorePhase::Pending => pending(&mut b),
