@@ -4,8 +4,15 @@
 //! write permanently after a number of successful ones, and can "lose the response" of a put:
 //! the object is written but the caller sees an error, as when a connection resets after the
 //! server stored the body.
+//!
+//! A call that was just failed is let through on its retry (per operation and key), so faults
+//! spread over many calls and a retry loop never meets the same fault twice in a row, however
+//! the concurrent callers interleave (a global "every n-th call" alone can line up with
+//! threads retrying in step and fail one caller again and again).
 
 use super::{Backend, BackendError, ObjectInfo, Result};
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Clone, Default)]
@@ -24,11 +31,23 @@ pub struct Faulty<B> {
     calls: AtomicU64,
     puts: AtomicU64,
     pub injected: AtomicU64,
+    /// Operations (`what key`) whose last call got a transient fault: the next one passes.
+    just_failed: Mutex<HashSet<String>>,
+    /// Puts whose last response was lost: the retry's response arrives.
+    just_lost: Mutex<HashSet<String>>,
 }
 
 impl<B: Backend> Faulty<B> {
     pub fn new(inner: B, plan: FaultPlan) -> Self {
-        Faulty { inner, plan, calls: AtomicU64::new(0), puts: AtomicU64::new(0), injected: AtomicU64::new(0) }
+        Faulty {
+            inner,
+            plan,
+            calls: AtomicU64::new(0),
+            puts: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+            just_failed: Mutex::new(HashSet::new()),
+            just_lost: Mutex::new(HashSet::new()),
+        }
     }
 
     pub fn injected(&self) -> u64 {
@@ -37,7 +56,13 @@ impl<B: Backend> Faulty<B> {
 
     fn gate(&self, what: &str, key: &str) -> Result<()> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let op = format!("{what} {key}");
+        let mut just_failed = self.just_failed.lock().unwrap();
+        if just_failed.remove(&op) {
+            return Ok(());
+        }
         if self.plan.transient_every > 0 && n.is_multiple_of(self.plan.transient_every) {
+            just_failed.insert(op);
             self.injected.fetch_add(1, Ordering::Relaxed);
             return Err(BackendError::Transient(format!("injected fault: {what} {key}: connection reset")));
         }
@@ -56,7 +81,12 @@ impl<B: Backend> Backend for Faulty<B> {
         }
         let written = self.inner.put_if_absent(key, data)?;
         let n = self.puts.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut just_lost = self.just_lost.lock().unwrap();
+        if just_lost.remove(key) {
+            return Ok(written);
+        }
         if self.plan.lost_response_every > 0 && n.is_multiple_of(self.plan.lost_response_every) {
+            just_lost.insert(key.to_string());
             self.injected.fetch_add(1, Ordering::Relaxed);
             return Err(BackendError::Transient(format!("injected fault: put {key}: response lost")));
         }
