@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod progress;
 pub mod restore_worker;
 pub mod store;
+pub mod wait;
 pub mod worker;
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary. Kubernetes

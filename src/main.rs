@@ -335,6 +335,18 @@ enum Command {
     Worker(WorkerCliArgs),
     /// One step of a RestoreJob (what its worker pods run).
     RestoreWorker(RestoreWorkerCli),
+    /// Wait until a PushJob or RestoreJob finishes: exit 0 when it succeeded, 1 at once when it
+    /// failed (with its reason and message) or at the timeout (for pre-upgrade hooks).
+    Wait {
+        /// pushjob/NAME or restorejob/NAME.
+        target: String,
+        /// The job's namespace (default: the kubeconfig's, or the pod's own).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// Give up after this long ("30m", "2h", "90s").
+        #[arg(long, default_value = "30m")]
+        timeout: String,
+    },
     /// Forget snapshots a retention policy does not keep (restic's rules; the data goes with
     /// the next prune).
     Forget(ForgetArgs),
@@ -1065,6 +1077,29 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(push_operator::controller::run::run(opts))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Wait { target, namespace, timeout } => {
+            use push_operator::wait;
+            let (kind, name) = wait::parse_target(&target).map_err(anyhow::Error::msg)?;
+            let timeout = parse_duration(&timeout).context("--timeout")?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let result = rt.block_on(async {
+                let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
+                let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+                Ok::<_, anyhow::Error>(
+                    wait::wait(client, &ns, kind, &name, timeout, std::time::Duration::from_secs(2)).await,
+                )
+            })?;
+            match result {
+                Ok(message) => {
+                    println!("{target}: succeeded: {message}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::RestoreWorker(a) => {
             use push_operator::restore_worker;

@@ -369,6 +369,14 @@ class Harness:
                                os.path.join(self.tmp, "kubectl-cache"), *args], input=stdin, capture_output=True,
                               text=True, timeout=timeout)
 
+    def wait_cli(self, target, ns, timeout="120s"):
+        """`push-operator wait` as a pre-upgrade hook runs it; returns (rc, stdout, stderr, seconds)."""
+        t = time.time()
+        r = subprocess.run([self.bin, "wait", target, "-n", ns, "--timeout", timeout],
+                           env={**os.environ, "KUBECONFIG": self.kubeconfig, "NO_COLOR": "1"},
+                           capture_output=True, text=True, timeout=300)
+        return r.returncode, r.stdout, r.stderr, time.time() - t
+
     def operator_tail(self, n=50):
         try:
             lines = open(os.path.join(self.logs, "operator.log"), errors="replace").read().splitlines()
@@ -1025,6 +1033,11 @@ def sc_worker_failure(h):
             wait_for(lambda: x.replicas("Deployment", n) == 1, 20, f"{n}: replicas back to 1")
             x.wait_running(n, 1)
             out.append(f"{n} after {time.time() - t0:.0f}s: {(st.get('failure') or {}).get('message', '')[:90]}")
+        # A hook waiting on a failed job fails at once, with the reason.
+        rc, _, err, secs = h.wait_cli("pushjob/broken-nobucket", "wf", timeout="10m")
+        expect(rc == 1 and "WorkerFailed" in err and secs < 300, f"push-operator wait on a failed job (10m timeout): rc {rc} "
+                                                                f"after {secs:.0f}s: {err[-300:]}")
+        out.append(f"wait exits {rc} at once: {err.strip()[:60]}")
         return "; ".join(out)
     finally:
         x.close()
@@ -1042,14 +1055,14 @@ def sc_pre_upgrade(h):
         r = h.kubectl("apply", "-f", "-", stdin=json.dumps(doc))
         expect(r.returncode == 0, f"kubectl apply: {r.stderr}")
         t0 = time.time()
-        r = h.kubectl("-n", "hook", "wait", "--for=condition=Complete", "pushjob/pre-upgrade-1", "--timeout=120s")
-        expect(r.returncode == 0, f"kubectl wait: rc {r.returncode} {r.stdout} {r.stderr}; status "
-                                  f"{json.dumps((x.get_job('pre-upgrade-1') or {}).get('status'))[:600]}")
+        rc, out, err, _ = h.wait_cli("pushjob/pre-upgrade-1", "hook")
+        expect(rc == 0 and "succeeded" in out, f"push-operator wait: rc {rc} {out} {err}; status "
+                                               f"{json.dumps((x.get_job('pre-upgrade-1') or {}).get('status'))[:600]}")
         r2 = h.kubectl("-n", "hook", "get", "pushjob", "pre-upgrade-1")
         r3 = h.kubectl("-n", "hook", "get", "deployments,replicasets,pods,pvc", "-o", "name")
         expect(r3.returncode == 0 and "deployment.apps/app" in r3.stdout and "pod/" in r3.stdout,
                f"kubectl get deployments,replicasets,pods,pvc: {r3.stdout} {r3.stderr}")
-        return f"kubectl wait ok in {time.time() - t0:.1f}s; {r2.stdout.splitlines()[-1] if r2.stdout else ''}"
+        return f"push-operator wait ok in {time.time() - t0:.1f}s; {r2.stdout.splitlines()[-1] if r2.stdout else ''}"
     finally:
         x.close()
 
