@@ -11,6 +11,7 @@
 //! Every restore leaves a record in the store's audit trail.
 
 use crate::api::{CleanupWhen, Consistency, Latest, Mode, RestoreStats};
+use crate::controller::push_job::state::WorkerFailure;
 use crate::store::Store;
 use crate::store::audit::{self, AuditRecord};
 use crate::store::id::Id;
@@ -79,6 +80,9 @@ pub enum RestoreFailure {
     StoreKeyWrong,
     /// There is no store at the Repository's bucket and prefix.
     StoreNotFound,
+    StoreAccessDenied,
+    StoreBucketMissing,
+    StoreUnreachable,
 }
 
 impl RestoreFailure {
@@ -90,6 +94,9 @@ impl RestoreFailure {
             RestoreFailure::StoreKeyMissing => "StoreKeyMissing",
             RestoreFailure::StoreKeyWrong => "StoreKeyWrong",
             RestoreFailure::StoreNotFound => "StoreNotFound",
+            RestoreFailure::StoreAccessDenied => "StoreAccessDenied",
+            RestoreFailure::StoreBucketMissing => "StoreBucketMissing",
+            RestoreFailure::StoreUnreachable => "StoreUnreachable",
         }
     }
 
@@ -111,6 +118,9 @@ impl RestoreFailure {
             RestoreFailure::StoreNotFound => {
                 "check the Repository's spec.storage (endpoint, bucket, prefix): no store is there"
             }
+            RestoreFailure::StoreAccessDenied => WorkerFailure::StoreAccessDenied.fix(),
+            RestoreFailure::StoreBucketMissing => WorkerFailure::StoreBucketMissing.fix(),
+            RestoreFailure::StoreUnreachable => WorkerFailure::StoreUnreachable.fix(),
         }
     }
 
@@ -119,10 +129,15 @@ impl RestoreFailure {
         if let Some(f) = e.downcast_ref::<ResolveError>() {
             return Some(f.0);
         }
-        Some(match e.downcast_ref::<OpenError>()? {
-            OpenError::KeyMissing(_) => RestoreFailure::StoreKeyMissing,
-            OpenError::WrongKey { .. } => RestoreFailure::StoreKeyWrong,
-            OpenError::Missing(_) => RestoreFailure::StoreNotFound,
+        if let Some(OpenError::Missing(_)) = e.downcast_ref::<OpenError>() {
+            return Some(RestoreFailure::StoreNotFound);
+        }
+        Some(match WorkerFailure::of(e)? {
+            WorkerFailure::StoreKeyMissing => RestoreFailure::StoreKeyMissing,
+            WorkerFailure::StoreKeyWrong => RestoreFailure::StoreKeyWrong,
+            WorkerFailure::StoreAccessDenied => RestoreFailure::StoreAccessDenied,
+            WorkerFailure::StoreBucketMissing => RestoreFailure::StoreBucketMissing,
+            WorkerFailure::StoreUnreachable => RestoreFailure::StoreUnreachable,
             _ => return None,
         })
     }

@@ -103,6 +103,7 @@ pub fn run(store: &Store, args: &WorkerArgs) -> WorkerReport {
             }
             Err(e) => {
                 report.error = Some(format!("volume {volume}: {e:#}"));
+                report.reason = crate::controller::push_job::state::WorkerFailure::of(&e);
                 break;
             }
         }

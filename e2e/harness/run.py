@@ -1020,6 +1020,7 @@ def sc_worker_failure(h):
         x.secret()
         out = []
         variants = [("nobucket", {"bucket": "no-such-bucket"}), ("noendpoint", {"endpoint": "http://127.0.0.1:9"})]
+        want = {"nobucket": "StoreBucketMissing", "noendpoint": "StoreUnreachable"}
         for n, kw in variants:
             x.app(n, 1, f"{n}-data", 8, **kw)
         t0 = time.time()
@@ -1029,13 +1030,13 @@ def sc_worker_failure(h):
             j = x.wait_done(f"broken-{n}", 180)
             st = j["status"]
             expect(st["phase"] == "Failed", f"{n}: phase {st['phase']}")
-            expect(failure_reason(j) == "WorkerFailed", f"{n}: reason {failure_reason(j)}: {st.get('failure')}")
+            expect(failure_reason(j) == want[n], f"{n}: reason {failure_reason(j)}, want {want[n]}: {st.get('failure')}")
             wait_for(lambda: x.replicas("Deployment", n) == 1, 20, f"{n}: replicas back to 1")
             x.wait_running(n, 1)
             out.append(f"{n} after {time.time() - t0:.0f}s: {(st.get('failure') or {}).get('message', '')[:90]}")
         # A hook waiting on a failed job fails at once, with the reason.
         rc, _, err, secs = h.wait_cli("pushjob/broken-nobucket", "wf", timeout="10m")
-        expect(rc == 1 and "WorkerFailed" in err and secs < 300, f"push-operator wait on a failed job (10m timeout): rc {rc} "
+        expect(rc == 1 and "StoreBucketMissing" in err and secs < 300, f"push-operator wait on a failed job (10m timeout): rc {rc} "
                                                                 f"after {secs:.0f}s: {err[-300:]}")
         out.append(f"wait exits {rc} at once: {err.strip()[:60]}")
         return "; ".join(out)

@@ -17,6 +17,7 @@
 use super::Store;
 use super::backend::{Backend, BackendError};
 use super::id::Id;
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -151,7 +152,8 @@ impl Lock {
         store
             .backend()
             .put_if_absent(&key, &serde_json::to_vec(&info)?)
-            .map_err(|e| anyhow::anyhow!("cannot write the lock object {key}: {e}"))?;
+            .map_err(anyhow::Error::new)
+            .with_context(|| format!("cannot write the lock object {key}"))?;
         let shared = Arc::new(Shared {
             backend: store.backend().clone(),
             info: Mutex::new((info, key)),

@@ -603,13 +603,19 @@ fn fill(f: &mut File, buf: &mut Vec<u8>, target: usize) -> io::Result<bool> {
 
 /// What kind of source `source` is, or an error that says how to fix the path. Reads nothing
 /// but its metadata (and opens it once), so a caller can check before creating anything.
+/// The source of a push cannot be read (missing, permissions, I/O): the user's side, not the
+/// store's.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
 pub fn check_source(source: &Path) -> anyhow::Result<(SourceKind, fs::Metadata)> {
     let meta = fs::metadata(source).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => anyhow::anyhow!(
+        io::ErrorKind::NotFound => SourceError(format!(
             "source {} does not exist: give an existing directory, file or block device",
             source.display()
-        ),
-        _ => anyhow::anyhow!("cannot read source {}: {e}", source.display()),
+        )),
+        _ => SourceError(format!("cannot read source {}: {e}", source.display())),
     })?;
     let ft = meta.file_type();
     let kind = if ft.is_dir() {
@@ -622,9 +628,9 @@ pub fn check_source(source: &Path) -> anyhow::Result<(SourceKind, fs::Metadata)>
         bail!("source {} is not a directory, a regular file or a block device", source.display());
     };
     if kind == SourceKind::Dir {
-        fs::read_dir(source).with_context(|| format!("cannot read source {}", source.display()))?;
+        fs::read_dir(source).map_err(|e| SourceError(format!("cannot read source {}: {e}", source.display())))?;
     } else {
-        File::open(source).with_context(|| format!("cannot read source {}", source.display()))?;
+        File::open(source).map_err(|e| SourceError(format!("cannot read source {}: {e}", source.display())))?;
     }
     Ok((kind, meta))
 }
@@ -748,7 +754,7 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
                     let tree = match pusher.archive_dir(source, Path::new(""), parent_root.as_ref()) {
                         Ok(id) => id,
                         Err(EntryError::Source(e)) => {
-                            bail!("cannot read source {}: {e}", source.display())
+                            return Err(SourceError(format!("cannot read source {}: {e}", source.display())).into());
                         }
                         Err(EntryError::Fatal(e)) => return Err(e),
                     };
@@ -762,7 +768,7 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
                     match pusher.archive_file(source, rel, &mut node, pnode, kind == SourceKind::Device) {
                         Ok(()) => {}
                         Err(EntryError::Source(e)) => {
-                            bail!("cannot read source {}: {e}", source.display())
+                            return Err(SourceError(format!("cannot read source {}: {e}", source.display())).into());
                         }
                         Err(EntryError::Fatal(e)) => return Err(e),
                     }

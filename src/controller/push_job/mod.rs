@@ -279,6 +279,7 @@ pub(crate) fn worker_obs(p: &Pod) -> Option<WorkerObs> {
         Some("Succeeded") => WorkerObs::Succeeded { message },
         Some("Failed") => WorkerObs::Failed {
             message: if message.is_empty() { status.message.unwrap_or_default() } else { message },
+            oom_killed: term.as_ref().and_then(|t| t.reason.as_deref()) == Some("OOMKilled"),
             exit_code: term.map(|t| t.exit_code),
         },
         Some("Running") => WorkerObs::Running,

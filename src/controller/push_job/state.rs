@@ -77,7 +77,7 @@ pub enum WorkerObs {
     Pending,
     Running,
     Succeeded { message: String },
-    Failed { message: String, exit_code: Option<i32> },
+    Failed { message: String, exit_code: Option<i32>, oom_killed: bool },
 }
 
 /// Something to do to the cluster. Every action is idempotent.
@@ -584,6 +584,14 @@ pub enum WorkerFailure {
     StoreNotEncrypted,
     /// There is no store yet and the Repository says nothing about encryption.
     EncryptionNotConfigured,
+    /// The store refused the credentials (HTTP 401/403).
+    StoreAccessDenied,
+    /// The Repository's bucket does not exist.
+    StoreBucketMissing,
+    /// The store did not answer (endpoint down, network, 5xx) through every retry.
+    StoreUnreachable,
+    /// A volume could not be read at all.
+    SourceUnreadable,
 }
 
 impl WorkerFailure {
@@ -593,6 +601,10 @@ impl WorkerFailure {
             WorkerFailure::StoreKeyWrong => "StoreKeyWrong",
             WorkerFailure::StoreNotEncrypted => "StoreNotEncrypted",
             WorkerFailure::EncryptionNotConfigured => "EncryptionNotConfigured",
+            WorkerFailure::StoreAccessDenied => "StoreAccessDenied",
+            WorkerFailure::StoreBucketMissing => "StoreBucketMissing",
+            WorkerFailure::StoreUnreachable => "StoreUnreachable",
+            WorkerFailure::SourceUnreadable => "SourceUnreadable",
         }
     }
 
@@ -611,19 +623,50 @@ impl WorkerFailure {
             WorkerFailure::EncryptionNotConfigured => {
                 "set spec.storage.encryption.secretRef to a Secret with PUSH_OPERATOR_PASSWORD, or spec.storage.encryption.mode: None to store plaintext"
             }
+            WorkerFailure::StoreAccessDenied => {
+                "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the Secret of spec.storage.credentialsSecretRef, and the bucket policy"
+            }
+            WorkerFailure::StoreBucketMissing => {
+                "create the bucket, or fix spec.storage.bucket and spec.storage.endpoint"
+            }
+            WorkerFailure::StoreUnreachable => {
+                "check spec.storage.endpoint, the network path from the namespace (NetworkPolicies, DNS) and the store's health; the next push retries"
+            }
+            WorkerFailure::SourceUnreadable => {
+                "the volume could not be read: check the PVC's filesystem and, under Pod Security restricted, that the application's uid can read it"
+            }
         }
     }
 
     /// The failure a store error stands for, if it is one of these.
     pub fn of(e: &anyhow::Error) -> Option<WorkerFailure> {
         use crate::store::OpenError;
-        Some(match e.downcast_ref::<OpenError>()? {
-            OpenError::KeyMissing(_) => WorkerFailure::StoreKeyMissing,
-            OpenError::WrongKey { .. } => WorkerFailure::StoreKeyWrong,
-            OpenError::NotEncrypted(_) => WorkerFailure::StoreNotEncrypted,
-            OpenError::NewStoreNeedsKey(_) => WorkerFailure::EncryptionNotConfigured,
-            _ => return None,
-        })
+        use crate::store::backend::BackendError;
+        let backend = |b: &BackendError| match b {
+            BackendError::Denied(_) => Some(WorkerFailure::StoreAccessDenied),
+            BackendError::NoBucket(_) => Some(WorkerFailure::StoreBucketMissing),
+            BackendError::Transient(_) => Some(WorkerFailure::StoreUnreachable),
+            BackendError::NotFound(_) | BackendError::Permanent(_) => None,
+        };
+        for cause in e.chain() {
+            if let Some(o) = cause.downcast_ref::<OpenError>() {
+                return match o {
+                    OpenError::KeyMissing(_) => Some(WorkerFailure::StoreKeyMissing),
+                    OpenError::WrongKey { .. } => Some(WorkerFailure::StoreKeyWrong),
+                    OpenError::NotEncrypted(_) => Some(WorkerFailure::StoreNotEncrypted),
+                    OpenError::NewStoreNeedsKey(_) => Some(WorkerFailure::EncryptionNotConfigured),
+                    OpenError::Backend(b) => backend(b),
+                    _ => None,
+                };
+            }
+            if let Some(b) = cause.downcast_ref::<BackendError>() {
+                return backend(b);
+            }
+            if cause.downcast_ref::<crate::store::push::SourceError>().is_some() {
+                return Some(WorkerFailure::SourceUnreadable);
+            }
+        }
+        None
     }
 }
 
@@ -703,7 +746,16 @@ fn pushing(b: &mut Builder) {
             }
             Err(e) => b.fail("WorkerReportInvalid", format!("the worker's report does not parse: {e}")),
         },
-        Some(WorkerObs::Failed { message, exit_code }) => {
+        Some(WorkerObs::Failed { oom_killed: true, exit_code, .. }) => {
+            let code = exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default();
+            b.fail(
+                "WorkerOOMKilled",
+                format!(
+                    "the worker was killed for using more memory than its limit{code}: raise the Repository's spec.workerResources.limits.memory (or the chart's worker memory limit)"
+                ),
+            )
+        }
+        Some(WorkerObs::Failed { message, exit_code, .. }) => {
             let report = serde_json::from_str::<WorkerReport>(&message).ok();
             let code = exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default();
             match report.as_ref().and_then(|r| Some((r.reason?, r.error.clone().unwrap_or_default()))) {

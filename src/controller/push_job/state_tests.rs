@@ -484,7 +484,7 @@ fn a_failure_at_any_step_never_leaves_a_workload_down() {
                     match how {
                         "worker" => {
                             world.worker_outcome =
-                                WorkerObs::Failed { message: r#"{"volumes":[],"stats":{"files":0,"bytes_total":0,"bytes_read":0,"bytes_new":0,"bytes_uploaded":0,"chunks_new":0,"chunks_reused":0,"duration_seconds":0.0},"error":"store unreachable"}"#.into(), exit_code: Some(1) }
+                                WorkerObs::Failed { message: r#"{"volumes":[],"stats":{"files":0,"bytes_total":0,"bytes_read":0,"bytes_new":0,"bytes_uploaded":0,"chunks_new":0,"chunks_reused":0,"duration_seconds":0.0},"error":"store unreachable"}"#.into(), exit_code: Some(1), oom_killed: false }
                         }
                         _ => world.now = t0() + chrono::Duration::hours(7),
                     }
@@ -503,6 +503,7 @@ fn worker_failure_reports_the_workers_error() {
     w.worker_outcome = WorkerObs::Failed {
         message: r#"{"volumes":[],"stats":{"files":0,"bytes_total":0,"bytes_read":0,"bytes_new":0,"bytes_uploaded":0,"chunks_new":0,"chunks_reused":0,"duration_seconds":0.0},"error":"cannot reach the S3 endpoint"}"#.into(),
         exit_code: Some(1),
+        oom_killed: false,
     };
     let events = run(&mut j, &mut w, |_, _, _| {});
     assert_eq!(j.phase(), Phase::Failed);
@@ -527,7 +528,11 @@ fn a_store_key_failure_is_its_own_reason() {
         let mut w = World::new(Some(repo(None)));
         let report =
             WorkerReport { error: Some("the store said no".into()), reason: Some(reason), ..Default::default() };
-        w.worker_outcome = WorkerObs::Failed { message: serde_json::to_string(&report).unwrap(), exit_code: Some(1) };
+        w.worker_outcome = WorkerObs::Failed {
+            message: serde_json::to_string(&report).unwrap(),
+            exit_code: Some(1),
+            oom_killed: false,
+        };
         let events = run(&mut j, &mut w, |_, _, _| {});
         assert_eq!(j.phase(), Phase::Failed);
         let f = j.status.as_ref().unwrap().failure.clone().unwrap();
@@ -536,6 +541,66 @@ fn a_store_key_failure_is_its_own_reason() {
         assert!(f.message.contains("spec.storage.encryption"), "the fix names the field: {}", f.message);
         assert!(events.iter().any(|e| e.warning && e.reason == reason.as_str()));
         assert_nothing_lost(&w);
+    }
+}
+
+/// Every kind of failure the worker names is the job's reason, with its fix, and nothing is
+/// left scaled down.
+#[test]
+fn each_store_and_source_failure_is_its_own_reason_with_its_fix() {
+    for (reason, field) in [
+        (WorkerFailure::StoreAccessDenied, "credentialsSecretRef"),
+        (WorkerFailure::StoreBucketMissing, "spec.storage.bucket"),
+        (WorkerFailure::StoreUnreachable, "spec.storage.endpoint"),
+        (WorkerFailure::SourceUnreadable, "restricted"),
+    ] {
+        let mut j = job(Mode::Offline, Priority::P4);
+        let mut w = World::new(Some(repo(None)));
+        let report = WorkerReport { error: Some("detail".into()), reason: Some(reason), ..Default::default() };
+        w.worker_outcome = WorkerObs::Failed {
+            message: serde_json::to_string(&report).unwrap(),
+            exit_code: Some(1),
+            oom_killed: false,
+        };
+        run(&mut j, &mut w, |_, _, _| {});
+        let f = j.status.as_ref().unwrap().failure.clone().unwrap();
+        assert_eq!(f.reason, reason.as_str());
+        assert!(f.message.contains(field), "{reason:?}: {}", f.message);
+        assert_nothing_lost(&w);
+    }
+}
+
+#[test]
+fn a_worker_killed_for_memory_says_so_and_what_to_raise() {
+    let mut j = job(Mode::Offline, Priority::P4);
+    let mut w = World::new(Some(repo(None)));
+    w.worker_outcome = WorkerObs::Failed { message: String::new(), exit_code: Some(137), oom_killed: true };
+    run(&mut j, &mut w, |_, _, _| {});
+    let f = j.status.as_ref().unwrap().failure.clone().unwrap();
+    assert_eq!(f.reason, "WorkerOOMKilled");
+    assert!(f.message.contains("workerResources"), "{}", f.message);
+    assert_nothing_lost(&w);
+}
+
+#[test]
+fn store_errors_are_classified_through_their_context() {
+    use crate::store::OpenError;
+    use crate::store::backend::BackendError;
+    use anyhow::Context;
+    let wrap = |e: anyhow::Error| Err::<(), _>(e).context("volume data").context("push").unwrap_err();
+    let cases: Vec<(anyhow::Error, Option<WorkerFailure>)> = vec![
+        (BackendError::Denied("403".into()).into(), Some(WorkerFailure::StoreAccessDenied)),
+        (BackendError::NoBucket("404".into()).into(), Some(WorkerFailure::StoreBucketMissing)),
+        (BackendError::Transient("reset".into()).into(), Some(WorkerFailure::StoreUnreachable)),
+        (OpenError::Backend(BackendError::NoBucket("x".into())).into(), Some(WorkerFailure::StoreBucketMissing)),
+        (OpenError::KeyMissing("s3://b".into()).into(), Some(WorkerFailure::StoreKeyMissing)),
+        (crate::store::push::SourceError("cannot read".into()).into(), Some(WorkerFailure::SourceUnreadable)),
+        (BackendError::Permanent("bad request".into()).into(), None),
+        (anyhow::anyhow!("something else"), None),
+    ];
+    for (e, want) in cases {
+        let shown = format!("{e:#}");
+        assert_eq!(WorkerFailure::of(&wrap(e)), want, "{shown}");
     }
 }
 

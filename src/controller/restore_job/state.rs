@@ -281,7 +281,13 @@ impl Builder<'_> {
                 None
             }
             Some(WorkerObs::Succeeded { message }) => Some(Ok(message)),
-            Some(WorkerObs::Failed { message, exit_code }) => {
+            Some(WorkerObs::Failed { oom_killed: true, .. }) => Some(Err((
+                "WorkerOOMKilled".into(),
+                format!(
+                    "{name} was killed for using more memory than its limit: raise the Repository's spec.workerResources.limits.memory"
+                ),
+            ))),
+            Some(WorkerObs::Failed { message, exit_code, .. }) => {
                 let report = serde_json::from_str::<RestoreWorkerReport>(&message).ok();
                 let code = exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default();
                 Some(Err(match report {

@@ -186,7 +186,7 @@ fn ok(message: String) -> WorkerObs {
 }
 
 fn failed(message: &str) -> WorkerObs {
-    WorkerObs::Failed { message: message.into(), exit_code: Some(1) }
+    WorkerObs::Failed { message: message.into(), exit_code: Some(1), oom_killed: false }
 }
 
 fn to_in_place_restoring(w: &mut World, consistency: Consistency) {

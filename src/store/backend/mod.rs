@@ -21,9 +21,15 @@ pub enum BackendError {
     /// Worth retrying: 5xx, timeouts, connection resets, throttling.
     #[error("{0}")]
     Transient(String),
-    /// Retrying cannot help: wrong credentials, missing bucket, invalid request.
+    /// Retrying cannot help: an invalid request, a store that refuses writes.
     #[error("{0}")]
     Permanent(String),
+    /// The store refused the credentials (HTTP 401/403).
+    #[error("{0}")]
+    Denied(String),
+    /// The bucket does not exist.
+    #[error("{0}")]
+    NoBucket(String),
 }
 
 impl BackendError {

@@ -50,12 +50,12 @@ where
             let code = se.err().code().unwrap_or("").to_string();
             let message = se.err().message().unwrap_or("").to_string();
             match (status, code.as_str()) {
-                (_, "NoSuchBucket") => BackendError::Permanent(format!(
+                (_, "NoSuchBucket") => BackendError::NoBucket(format!(
                     "the bucket does not exist: create it or fix the store address ({what} {key})"
                 )),
                 (404, _) | (_, "NoSuchKey") | (_, "NotFound") => BackendError::NotFound(key.to_string()),
                 (403, _) | (_, "AccessDenied") | (_, "InvalidAccessKeyId") | (_, "SignatureDoesNotMatch") => {
-                    BackendError::Permanent(format!(
+                    BackendError::Denied(format!(
                         "access denied ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy ({what} {key})"
                     ))
                 }
@@ -131,12 +131,16 @@ impl S3Backend {
             let ep = &self.endpoint_desc;
             match status {
                 Some(404) => {
-                    anyhow::bail!("bucket {b:?} does not exist at {ep}: create it first or fix the store address")
+                    return Err(BackendError::NoBucket(format!(
+                        "bucket {b:?} does not exist at {ep}: create it first or fix the store address"
+                    ))
+                    .into());
                 }
                 Some(403) | Some(401) => {
-                    anyhow::bail!(
+                    return Err(BackendError::Denied(format!(
                         "access to bucket {b:?} at {ep} denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                    )
+                    ))
+                    .into());
                 }
                 _ => match classify("open bucket", b, e) {
                     BackendError::Transient(msg) if attempt < policy.attempts => {
@@ -144,7 +148,10 @@ impl S3Backend {
                         std::thread::sleep(policy.delay(attempt));
                         attempt += 1;
                     }
-                    other => anyhow::bail!("{other} (after {attempt} attempts)"),
+                    BackendError::Transient(msg) => {
+                        return Err(BackendError::Transient(format!("{msg} (after {attempt} attempts)")).into());
+                    }
+                    other => return Err(other.into()),
                 },
             }
         }
