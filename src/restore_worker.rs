@@ -143,11 +143,6 @@ impl RestoreFailure {
     }
 }
 
-/// The fix for a reason named in a report (the operator appends it to the job's message).
-pub fn fix(reason: &RestoreFailure) -> &'static str {
-    reason.fix()
-}
-
 /// A failure with its reason, as the steps return it.
 #[derive(Debug, thiserror::Error)]
 #[error("{1}")]
