@@ -1,5 +1,7 @@
 #!/bin/sh
-# End-to-end tests of push-operator on a real control plane (see harness/README.md).
-# Usage: e2e/run.sh [--only NAME[,NAME...]] [--keep]
+# End-to-end tests of push-operator on a real cluster (see harness/README.md).
+# Usage: e2e/run.sh [NAME...] [--node real|sim|all] [--keep]
+#   e2e/run.sh                    every scenario
+#   e2e/run.sh pg-offline hooks   those two (each on the node it names)
 cd "$(dirname "$0")/.." || exit 1
 exec python3 e2e/harness/run.py "$@"

@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
-"""End-to-end runner: the real control plane (e2e/cluster/up), SeaweedFS, the simulated node and
-CSI driver (node.py), the chart installed by the real helm, push-operator with the chart's
-ServiceAccount, then the scenarios. Prints one line per scenario and `N passed, M failed`.
+"""End-to-end runner: the real control plane (e2e/cluster/up), SeaweedFS, a node, the chart
+installed by the real helm, then the scenarios. Prints one line per scenario and `N passed, M failed`.
 
-Usage: run.py [--keep] [--only NAME[,NAME...]]
+Two nodes, two suites:
+  --node real  (default) the real node of `e2e/cluster/up --node`: containerd, the kubelet, the CSI
+               driver and sidecars; the operator runs as the chart's Deployment, in its image.
+  --node sim   STOP-GAP: node.py, the simulated kubelet and CSI driver, and the operator as a local
+               process with the chart's ServiceAccount; only for the scenarios that still steer
+               worker pods through node.py's knobs (start delays, injected environment). They move
+               to the real node as the test hooks become operator settings (issue #14 item 4).
+Each scenario names the node it runs on; `--node all` runs both suites, one cluster each.
+
+Usage: run.py [NAME...] [--keep] [--node real|sim|all] [--only NAME[,NAME...]]
 """
 import argparse
 import atexit
 import base64
+import calendar
 import collections
 import json
 import os
@@ -41,6 +50,8 @@ CORE, APPS = "/api/v1", "/apis/apps/v1"
 SNAPG = "/apis/snapshot.storage.k8s.io/v1"
 JOB_LABEL = "rediacc.io/push-job"
 RELEASE, OPERATOR_NS = "push-operator", "push-operator-system"
+# The app pods' process: waits, and exits at once on SIGTERM (a scale-down is quick).
+APP_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
 SHORT = {"pods": "po", "persistentvolumeclaims": "pvc", "persistentvolumes": "pv", "deployments": "deploy",
          "replicasets": "rs", "statefulsets": "sts", "volumesnapshots": "vs", "volumeattachments": "va"}
 
@@ -87,8 +98,17 @@ def wait_for(pred, timeout, what, interval=0.25):
 
 
 class Harness:
-    def __init__(self, keep):
-        self.tmp = tempfile.mkdtemp(prefix="push-e2e-")
+    def __init__(self, keep, node="real"):
+        self.node = node
+        self.real = node == "real"
+        # What scenarios use of the node: storage class, CSI driver, node names, app image.
+        if self.real:
+            self.sc, self.driver, self.nodes = "hostpath", "hostpath.csi.e2e.local", ["e2e-node"]
+            self.app_image = "localhost/debian:bookworm"
+        else:
+            self.sc, self.driver, self.nodes = "sim", "sim.csi.local", ["node-a", "node-b"]
+            self.app_image = "busybox"
+        self.tmp = tempfile.mkdtemp(prefix=f"push-e2e-{node}-")
         self.logs = os.path.join(self.tmp, "logs")
         os.makedirs(self.logs)
         self.keep = keep
@@ -124,6 +144,11 @@ class Harness:
             p.wait()
 
     def stop_all(self):
+        if self.real and getattr(self, "cluster_dir", None) and getattr(self, "kubectl_bin", None):
+            # The operator pod's log, before the node goes.
+            r = self.kubectl("logs", "-n", OPERATOR_NS, f"deploy/{RELEASE}", timeout=20)
+            with open(os.path.join(self.logs, "operator.log"), "a") as f:
+                f.write(r.stdout + r.stderr)
         for name in ["operator", "node", "prometheus", "weed"] + list(self.procs):
             self.stop(name, wait=5)
         if getattr(self, "cluster_dir", None):
@@ -140,8 +165,9 @@ class Harness:
         shutil.copy2(binsrc, self.bin)
         self.start_cluster()
         self.start_s3()
-        self.install_storage()
-        self.start_node()
+        if not self.real:
+            self.install_storage()
+            self.start_node()
         self.install_chart()
         self.start_prometheus()
         wait_for(self.s3_ready, 60, "SeaweedFS")
@@ -151,17 +177,21 @@ class Harness:
     def start_cluster(self):
         """The real control plane (e2e/cluster/up); the harness talks to it as kubernetes-admin."""
         self.cluster_dir = os.path.join(self.tmp, "cluster")
-        # STOP-GAP while node.py plays the kubelet: kube-rs offers v5.channel.k8s.io, which the
-        # API server would translate to SPDY for the kubelet; node.py speaks only WebSocket v4, so
-        # the API server passes the WebSocket through. The real kubelet (node issue) needs no flag.
-        r = subprocess.run([os.path.join(REPO, "e2e/cluster/up"), "--dir", self.cluster_dir,
-                            "--watch-pid", str(os.getpid()),
-                            "--apiserver-arg=--feature-gates=TranslateStreamCloseWebsocketRequests=false"],
-                           capture_output=True, text=True)
+        argv = [os.path.join(REPO, "e2e/cluster/up"), "--dir", self.cluster_dir, "--watch-pid", str(os.getpid())]
+        if self.real:
+            argv += ["--node", "--operator-binary", self.bin]
+        else:
+            # STOP-GAP for node.py: kube-rs offers v5.channel.k8s.io, which the API server would
+            # translate to SPDY for the kubelet; node.py speaks only WebSocket v4, so the API server
+            # passes the WebSocket through. The real kubelet needs no flag.
+            argv.append("--apiserver-arg=--feature-gates=TranslateStreamCloseWebsocketRequests=false")
+        r = subprocess.run(argv, capture_output=True, text=True)
         if r.returncode != 0:
             raise Failure(f"e2e/cluster/up failed: {r.stderr[-3000:]}")
         env = dict(ln.split("=", 1) for ln in open(os.path.join(self.cluster_dir, "env")).read().splitlines() if ln)
         self.kube_bin, self.api, self.cacert = env["BIN"], env["API_URL"], env["CA"]
+        # Pods reach the machine (the S3 store) at its address; the simulated node runs on loopback.
+        self.host_ip = env.get("NODE_IP") or "127.0.0.1"
         self.kubectl_bin = os.path.join(self.kube_bin, "kubectl")
         self.kubeconfig = env["KUBECONFIG"]
         pki = os.path.join(self.cluster_dir, "pki")
@@ -175,13 +205,13 @@ class Harness:
             json.dump({"identities": [{"name": "t", "credentials": [{"accessKey": AK, "secretKey": SK}],
                                        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, f)
         s3port = free_port()
-        wargs = ["weed", "mini", f"-dir={s3dir}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        wargs = ["weed", "mini", f"-dir={s3dir}/data", f"-ip={self.host_ip}", f"-ip.bind={self.host_ip}",
                  f"-s3.config={s3dir}/s3.json", "-admin.ui=false", "-webdav=false", f"-s3.port={s3port}",
                  f"-bucket={BUCKET}"]
         for flag in ["master.port", "volume.port", "filer.port", "admin.port", "s3.port.iceberg", "s3.metricsPort"]:
             wargs.append(f"-{flag}={free_port(pair=True)}")
         self.start("weed", wargs)
-        self.s3 = f"http://127.0.0.1:{s3port}"
+        self.s3 = f"http://{self.host_ip}:{s3port}"
 
     def install_storage(self):
         """The VolumeSnapshot CRDs of external-snapshotter, the simulated CSI driver's CSIDriver
@@ -228,19 +258,32 @@ class Harness:
                                                 for c in n["status"].get("conditions") or []) for n in nodes)
         wait_for(ready, 30, "the simulated nodes Ready")
 
-    def install_chart(self):
-        """`helm install` of charts/push-operator into push-operator-system (Pod Security
-        `restricted`), with no operator replica: the operator runs as a local process with a token of
-        the chart's ServiceAccount, so the chart's RBAC authorizes every request it makes."""
-        self.c.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": OPERATOR_NS, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-        r = subprocess.run([os.path.join(self.kube_bin, "helm"), "--kubeconfig", self.kubeconfig, "install",
-                            RELEASE, os.path.join(REPO, "charts", "push-operator"), "--namespace", OPERATOR_NS,
-                            "--set", "replicas=0", "--wait", "--timeout", "2m"],
+    def helm(self, *args):
+        r = subprocess.run([os.path.join(self.kube_bin, "helm"), "--kubeconfig", self.kubeconfig, *args],
                            capture_output=True, text=True, env=self.helm_env())
         if r.returncode != 0:
-            raise Failure(f"helm install failed: {r.stderr[-2000:]}")
-        self.helm_notes = r.stdout
+            raise Failure(f"helm {args[0]} failed: {r.stderr[-2000:]}")
+        return r.stdout
+
+    def chart_values(self, max_pushes):
+        """On the real node: the operator as the chart's Deployment (leader election on), in the image
+        e2e/cluster/images made; workers request little CPU so that several fit on the 2-core node."""
+        return ["--set", "image.repository=localhost/push-operator", "--set", "image.tag=dev",
+                "--set", f"controller.maxConcurrentPushes={max_pushes}", "--set", "controller.detachTimeout=2m",
+                "--set-string", "controller.logLevel=info\\,kube=warn", "--set", "worker.cpuRequest=50m",
+                "--set", "worker.memoryRequest=64Mi"]
+
+    def install_chart(self):
+        """`helm install` of charts/push-operator into push-operator-system (Pod Security
+        `restricted`). On the real node the operator runs as the chart's pod. On the simulated one
+        there is no operator replica: the operator runs as a local process with a token of the chart's
+        ServiceAccount, so the chart's RBAC authorizes every request it makes."""
+        self.c.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": OPERATOR_NS, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+        values = self.chart_values(4) if self.real else ["--set", "replicas=0"]
+        self.op_max = 4
+        self.helm_notes = self.helm("install", RELEASE, os.path.join(REPO, "charts", "push-operator"),
+                                    "--namespace", OPERATOR_NS, *values, "--wait", "--timeout", "3m")
         dep = self.c.get(f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/{RELEASE}")
         if dep is None:
             raise Failure(f"helm install made no Deployment {OPERATOR_NS}/{RELEASE}")
@@ -310,6 +353,14 @@ class Harness:
         self.s3_probe = r.stdout + r.stderr
         return r.returncode == 0 or "does not exist" not in self.s3_probe.lower()
 
+    def volume_dir(self, pvc):
+        """The directory of a bound PVC's data: the CSI driver's volume directory on the real node
+        (its volume handle), node.py's per-claim directory on the simulated one."""
+        if not self.real:
+            return os.path.join(self.data, "pvcs", pvc["metadata"]["namespace"], pvc["metadata"]["name"])
+        pv = self.c.get(f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
+        return os.path.join(self.cluster_dir, "node", "csi", "data", "volumes", pv["spec"]["csi"]["volumeHandle"])
+
     def sim_config(self, cfg):
         tmp = self.simcfg + ".tmp"
         with open(tmp, "w") as f:
@@ -334,7 +385,45 @@ class Harness:
             out.append(f"{flag}={over.pop(flag)}" if flag in over else a)
         return out + [f"{k}={v}" for k, v in over.items()] + list(extra)
 
+    def operator_pods(self):
+        return [p for p in self.c.list(nsp(CORE, OPERATOR_NS, "pods"),
+                                       f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=controller")
+                if not p["metadata"].get("deletionTimestamp")]
+
+    def operator_pod_ready(self):
+        pods = self.operator_pods()
+        if len(pods) != 1:
+            return None
+        p = pods[0]
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
+        return p if ready and p["status"].get("podIP") else None
+
+    def start_operator_pod(self, max_pushes):
+        """The operator Deployment with max_pushes (a helm upgrade when it changes), then its one
+        Ready pod (after a kill, the one the Deployment made again)."""
+        if max_pushes != self.op_max:
+            self.helm("upgrade", RELEASE, os.path.join(REPO, "charts", "push-operator"), "--namespace", OPERATOR_NS,
+                      *self.chart_values(max_pushes), "--wait", "--timeout", "3m")
+            self.op_max = max_pushes
+        pod = wait_for(self.operator_pod_ready, 120, "one Ready operator pod")
+        self.op_n += 1
+        self.metrics_target = f"{pod['status']['podIP']}:8080"
+        self.metrics_url = f"http://{self.metrics_target}"
+        wait_for(lambda: self.http(f"{self.metrics_url}/healthz"), 20, "operator /healthz")
+        self.set_prom_target()
+
+    def set_prom_target(self):
+        if getattr(self, "prom_targets", None):
+            tmp = self.prom_targets + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump([{"targets": [self.metrics_target]}], f)
+            os.replace(tmp, self.prom_targets)
+
     def start_operator(self, max_pushes=4, extra=()):
+        if self.real:
+            if extra:
+                raise Failure(f"operator flags {extra} need the simulated node's local operator")
+            return self.start_operator_pod(max_pushes)
         self.stop("operator", signal.SIGTERM)
         self.metrics_port = free_port()
         self.op_n += 1
@@ -347,15 +436,25 @@ class Harness:
                              stdout=open(os.path.join(self.logs, "operator.log"), "ab"), stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         self.procs["operator"] = p
-        wait_for(lambda: self.http(f"http://127.0.0.1:{self.metrics_port}/healthz"), 20, "operator /healthz")
-        if getattr(self, "prom_targets", None):
-            tmp = self.prom_targets + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump([{"targets": [f"127.0.0.1:{self.metrics_port}"]}], f)
-            os.replace(tmp, self.prom_targets)
+        self.metrics_target = f"127.0.0.1:{self.metrics_port}"
+        self.metrics_url = f"http://{self.metrics_target}"
+        wait_for(lambda: self.http(f"{self.metrics_url}/healthz"), 20, "operator /healthz")
+        self.set_prom_target()
 
     def kill_operator(self):
-        self.stop("operator", signal.SIGKILL)
+        """SIGKILL: on the real node `kubectl delete pod --force --grace-period=0` of the operator pod."""
+        if not self.real:
+            return self.stop("operator", signal.SIGKILL)
+        names = [p["metadata"]["name"] for p in self.operator_pods()]
+        if names:
+            r = self.kubectl("delete", "pod", "-n", OPERATOR_NS, "--force", "--grace-period=0", "--wait=false", *names)
+            if r.returncode != 0:
+                raise Failure(f"kubectl delete pod --force {names}: {r.stderr}")
+
+    def operator_alive(self):
+        if self.real:
+            return bool(self.operator_pods())
+        return "operator" in self.procs and self.procs["operator"].poll() is None
 
     def http(self, url):
         try:
@@ -378,6 +477,9 @@ class Harness:
         return r.returncode, r.stdout, r.stderr, time.time() - t
 
     def operator_tail(self, n=50):
+        if self.real and getattr(self, "kubectl_bin", None):
+            r = self.kubectl("logs", "-n", OPERATOR_NS, f"deploy/{RELEASE}", f"--tail={n}", timeout=20)
+            return r.stdout + r.stderr
         try:
             lines = open(os.path.join(self.logs, "operator.log"), errors="replace").read().splitlines()
         except OSError:
@@ -418,13 +520,14 @@ class Ctx:
         self.c.create(nsp(CORE, self.ns, "persistentvolumeclaims"), {
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": name, "namespace": self.ns, "labels": labels or {}},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "sim",
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": self.h.sc,
                      "resources": {"requests": {"storage": "1Gi"}}}})
 
     def wait_bound(self, name):
-        wait_for(lambda: (self.c.get(nsp(CORE, self.ns, "persistentvolumeclaims", name)) or {})
-                 .get("status", {}).get("phase") == "Bound", 30, f"PVC {name} bound")
-        return os.path.join(self.h.data, "pvcs", self.ns, name)
+        """The PVC bound; returns the directory that holds its data on the machine."""
+        pvc = wait_for(lambda: (lambda p: p if (p or {}).get("status", {}).get("phase") == "Bound" else None)(
+            self.c.get(nsp(CORE, self.ns, "persistentvolumeclaims", name))), 30, f"PVC {name} bound")
+        return self.h.volume_dir(pvc)
 
     def fill(self, name, seed):
         d = self.wait_bound(name)
@@ -442,9 +545,10 @@ class Ctx:
             os.symlink("sub/notes.md", os.path.join(d, "link"))
         return d
 
-    def template(self, app, claims, node=None, security=None):
+    def template(self, app, claims, node=None, security=None, image=None):
         """security: (pod securityContext, container securityContext)."""
-        spec = {"containers": [{"name": "app", "image": "busybox",
+        spec = {"terminationGracePeriodSeconds": 5,
+                "containers": [{"name": "app", "image": image or self.h.app_image, "command": APP_COMMAND,
                                 "volumeMounts": [{"name": f"v{i}", "mountPath": f"/data{i}"}
                                                  for i in range(len(claims))]}],
                 "volumes": [{"name": f"v{i}", "persistentVolumeClaim": {"claimName": c}}
@@ -455,11 +559,11 @@ class Ctx:
             spec["securityContext"], spec["containers"][0]["securityContext"] = security
         return {"metadata": {"labels": {"app": app}}, "spec": spec}
 
-    def deployment(self, name, replicas, claims, node=None, security=None):
+    def deployment(self, name, replicas, claims, node=None, security=None, image=None):
         self.c.create(nsp(APPS, self.ns, "deployments"), {
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": self.ns},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                     "template": self.template(name, claims, node, security)}})
+                     "template": self.template(name, claims, node, security, image)}})
 
     def statefulset(self, name, replicas, claims):
         self.c.create(nsp(APPS, self.ns, "statefulsets"), {
@@ -474,12 +578,12 @@ class Ctx:
     def wait_running(self, app, n, timeout=30):
         wait_for(lambda: len(self.running_pods(app)) == n, timeout, f"{n} running pods of {app}")
 
-    def app(self, name, replicas, pvc, seed, node=None, security=None, **repo):
+    def app(self, name, replicas, pvc, seed, node=None, security=None, image=None, **repo):
         """A PVC filled with seeded data, a Deployment using it and a Repository of the same
         name, running; returns the PVC's data directory."""
         self.pvc(pvc)
         d = self.fill(pvc, seed)
-        self.deployment(name, replicas, [pvc], node=node, security=security)
+        self.deployment(name, replicas, [pvc], node=node, security=security, image=image)
         self.repository(name, [pvc], **repo)
         self.wait_running(name, replicas)
         return d
@@ -714,7 +818,7 @@ def snapshot_class(h, name):
     try:
         h.c.create("/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses", {
             "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
-            "metadata": {"name": name}, "driver": "sim.csi.local", "deletionPolicy": "Delete"})
+            "metadata": {"name": name}, "driver": h.driver, "deletionPolicy": "Delete"})
     except ApiError as e:
         if e.status != 409:
             raise
@@ -762,7 +866,8 @@ def sc_online_live(h):
     x = Ctx(h, "live")
     try:
         x.secret()
-        d = x.app("app", 1, "data", 4, node="node-b")
+        node = h.nodes[-1]
+        d = x.app("app", 1, "data", 4, node=node)
         pods = []
         x.watch(nsp(CORE, "live", "pods"), pods)
         time.sleep(0.5)
@@ -775,42 +880,41 @@ def sc_online_live(h):
         expect(cw and cw["status"] == "True", f"ConsistencyWarning condition: {cw}")
         nodes = {(o.get("spec") or {}).get("nodeName") for _, t, o in pods if o["metadata"]["name"] == "live1-push"}
         expect(nodes, "no worker pod seen")
-        expect("node-b" in nodes, f"worker nodeName {nodes}, want node-b (the app pod's node)")
+        expect(node in nodes, f"worker nodeName {nodes}, want {node} (the app pod's node)")
         evs = h.c.list("/apis/events.k8s.io/v1/namespaces/live/events")
         warn = [e for e in evs if e.get("reason") == "ConsistencyWarning" and e.get("type") == "Warning"
                 and (e.get("regarding") or {}).get("name") == "live1"]
         expect(warn, f"no Warning event ConsistencyWarning; events: {[(e.get('type'), e.get('reason')) for e in evs]}")
         x.restore_equals(st["snapshots"][0]["snapshot"], d)
-        return "ConsistencyWarning condition + Warning event, worker on node-b"
+        return f"ConsistencyWarning condition + Warning event, worker on {node}"
     finally:
         x.close()
 
 
 def sc_hooks(h):
-    """Repository hooks exec in the application's pods (through the real pods/exec API; node.py
-    plays the kubelet and runs each command as a real process): the pre hook runs before any VolumeSnapshot exists and the post
-    hook once it does; a hook writing 64 KiB to stderr is not stalled; a failing pre hook fails
-    the job with its exit code and stderr, takes no snapshot and still runs the post hook (a
-    partial freeze is thawed); a hook past its timeout with onError: Continue is a Warning."""
+    """Repository hooks exec in the application's pods through the real pods/exec API and the
+    kubelet: the pre hook runs before any VolumeSnapshot exists and the post hook once it does
+    (the hooks write the time into the container, the harness watches the snapshots); a hook
+    writing 64 KiB to stderr is not stalled; a failing pre hook fails the job with its exit code
+    and stderr, takes no snapshot and still runs the post hook (a partial freeze is thawed); a hook
+    past its timeout with onError: Continue is a Warning."""
     x = Ctx(h, "hk")
     try:
-        snapshot_class(h, "sim-snap")
+        snapshot_class(h, "hook-snap")
         x.secret()
-        d = os.path.join(h.tmp, "hooks")
-        os.makedirs(d)
-        kc = (f"{h.kubectl_bin} --kubeconfig {h.kubeconfig} --cache-dir {os.path.join(h.tmp, 'kubectl-cache')} -n hk "
-              "get volumesnapshots -o name")
 
         def sh(script):
             return ["sh", "-c", script]
-        online = {"volumeSnapshotClassName": "sim-snap"}
+        online = {"volumeSnapshotClassName": "hook-snap"}
+        snaps = []
+        x.watch(nsp(SNAPG, "hk", "volumesnapshots"), snaps)
         data = x.app("db", 1, "db-data", 7, online=online, hooks={
-            "pre": [{"command": sh(f"{kc} > {d}/pre-snaps && echo freeze >> {d}/order && "
+            "pre": [{"command": sh("date +%s.%N > /tmp/pre-at && echo freeze >> /tmp/order && "
                                    "head -c 65536 /dev/zero | tr '\\0' x >&2"), "timeoutSeconds": 60}],
-            "post": [{"command": sh(f"{kc} > {d}/post-snaps && echo thaw >> {d}/order"), "timeoutSeconds": 60}]})
+            "post": [{"command": sh("date +%s.%N > /tmp/post-at && echo thaw >> /tmp/order"), "timeoutSeconds": 60}]})
         x.app("bad", 1, "bad-data", 8, online=online, hooks={
             "pre": [{"command": sh("echo 'cannot freeze: database busy' >&2; exit 3")}],
-            "post": [{"command": sh(f"echo thaw >> {d}/bad-order")}]})
+            "post": [{"command": sh("echo thaw >> /tmp/bad-order")}]})
         x.app("slow", 1, "slow-data", 9, online=online, hooks={
             "pre": [{"command": ["sleep", "4"], "timeoutSeconds": 1, "onError": "Continue"}]})
         for name in ("db", "bad", "slow"):
@@ -819,12 +923,21 @@ def sc_hooks(h):
         expect(st["phase"] == "Succeeded", f"db-hook {st['phase']}: {st.get('message')} {st.get('failure')}")
         expect((st.get("preHook") or {}).get("ok") and (st.get("postHook") or {}).get("ok"),
                f"hook outcomes {st.get('preHook')} {st.get('postHook')}")
-        order = open(os.path.join(d, "order")).read().split()
+
+        def in_pod(app, path):
+            pod = x.running_pods(app)[0]["metadata"]["name"]
+            r = h.kubectl("exec", "-n", "hk", pod, "--", "cat", path)
+            expect(r.returncode == 0, f"kubectl exec {pod} cat {path}: {r.stderr}")
+            return r.stdout
+        order = in_pod("db", "/tmp/order").split()
         expect(order == ["freeze", "thaw"], f"hook order {order}")
-        pre = open(os.path.join(d, "pre-snaps")).read().split()
-        post = open(os.path.join(d, "post-snaps")).read().split()
-        expect(pre == [], f"VolumeSnapshots before the pre hook finished: {pre}")
-        expect(any("db-hook" in s for s in post), f"no VolumeSnapshot of db-hook when the post hook ran: {post}")
+        pre_at, post_at = float(in_pod("db", "/tmp/pre-at")), float(in_pod("db", "/tmp/post-at"))
+        added = [(t, o) for t, typ, o in snaps if typ == "ADDED" and "db-hook" in o["metadata"]["name"]]
+        expect(added, "no VolumeSnapshot of db-hook was seen")
+        t_added, snap = added[0]
+        expect(pre_at < t_added, f"the pre hook ended at {pre_at:.3f}, after the VolumeSnapshot appeared at {t_added:.3f}")
+        created = calendar.timegm(time.strptime(snap["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ"))
+        expect(post_at >= created, f"the post hook ran at {post_at:.3f}, before the VolumeSnapshot was created ({created})")
         x.restore_equals(st["snapshots"][0]["snapshot"], data)
 
         st = x.wait_done("bad-hook", 150)["status"]
@@ -832,7 +945,9 @@ def sc_hooks(h):
         expect(st["phase"] == "Failed" and fail.get("reason") == "HookFailed", f"bad-hook {st['phase']} {fail}")
         msg = fail.get("message", "")
         expect("exit code 3" in msg and "cannot freeze: database busy" in msg, f"failure message: {msg}")
-        expect(open(os.path.join(d, "bad-order")).read().split() == ["thaw"], "the post hook did not run once")
+        expect(in_pod("bad", "/tmp/bad-order").split() == ["thaw"], "the post hook did not run once")
+        expect(not [o for _, typ, o in snaps if typ == "ADDED" and "bad-hook" in o["metadata"]["name"]],
+               "the failed pre hook's job took a VolumeSnapshot")
         x.wait_cleaned("bad-hook")
         expect(x.replicas("Deployment", "bad") == 1, "the failed online job changed the replicas")
 
@@ -847,7 +962,7 @@ def sc_hooks(h):
         expect(("Warning", "HookFailedIgnored") in by.get("slow-hook", []), f"slow-hook events {by.get('slow-hook')}")
         expect(("Warning", "HookFailed") in by.get("bad-hook", []), f"bad-hook events {by.get('bad-hook')}")
         expect(("Normal", "HookSucceeded") in by.get("db-hook", []), f"db-hook events {by.get('db-hook')}")
-        return (f"order {order}, {len(post)} snapshot(s) at the post hook; bad: {msg[:60]}...; "
+        return (f"order {order}, pre {t_added - pre_at:.2f}s before the snapshot; bad: {msg[:60]}...; "
                 f"slow: {pre.get('message')}")
     finally:
         x.close()
@@ -1069,7 +1184,7 @@ def sc_pre_upgrade(h):
 
 
 def sc_metrics(h):
-    text = h.http(f"http://127.0.0.1:{h.metrics_port}/metrics") or ""
+    text = h.http(f"{h.metrics_url}/metrics") or ""
     lines = [ln for ln in text.splitlines() if ln.startswith("push_operator_")]
     ok = [ln for ln in lines if ln.startswith("push_operator_jobs_total") and 'result="succeeded"' in ln]
     bad = [ln for ln in lines if ln.startswith("push_operator_jobs_total") and 'result="failed"' in ln]
@@ -1206,7 +1321,7 @@ def sc_policy_schedule(h):
         audit = store_json(h, "audit", prefix="pol")
         expect({"push", "forget", "prune"} <= {r["action"] for r in audit},
                f"audit actions {[r['action'] for r in audit]}")
-        text = h.http(f"http://127.0.0.1:{h.metrics_port}/metrics") or ""
+        text = h.http(f"{h.metrics_url}/metrics") or ""
         for series in ('push_operator_policy_runs_total{namespace="pol",policy="every-minute",result="succeeded",'
                        'schedule="minutely"}', 'push_operator_store_bytes{namespace="pol",repository="app"}'):
             expect(series in text, f"{series} not in /metrics: "
@@ -1354,7 +1469,10 @@ def sc_pod_security(h):
     try:
         x.secret()
         d = x.app("app", 1, "data", 32, security=RESTRICTED_APP)
-        x.app("anon", 1, "anon-data", 33, security=RESTRICTED_ANONYMOUS)
+        # runAsNonRoot without a user: the kubelet runs it only from an image whose USER is not
+        # root (the operator's image is one).
+        x.app("anon", 1, "anon-data", 33, security=RESTRICTED_ANONYMOUS,
+              image="localhost/push-operator:dev" if h.real else None)
         pods = []
         x.watch(nsp(CORE, x.ns, "pods"), pods)
         time.sleep(0.5)
@@ -1452,7 +1570,7 @@ def sc_rbac_rule_removed(h):
 def sc_alerts(h):
     """A real Prometheus scrapes the operator with the chart's rules loaded: a failing push fires
     PushOperatorPushFailed; the dashboard's queries run."""
-    target = f"127.0.0.1:{h.metrics_port}"
+    target = h.metrics_target
 
     def scraped():
         up = h.prom("/api/v1/query?query=" + urllib.parse.quote(f'up{{instance="{target}"}}'))["result"]
@@ -1533,7 +1651,7 @@ def sc_restore_new_volumes(h):
         try:
             y.secret()
             y.repository("app", ["data"], prefix="rnv")
-            y.restore("dr", "app", {"newVolumes": {"storageClassName": "sim"}},
+            y.restore("dr", "app", {"newVolumes": {"storageClassName": h.sc}},
                       snapshot={"latest": "Offline", "fromNamespace": "rnv"})
             j = y.wait_restore("dr")
             expect(j["status"]["phase"] == "Succeeded", f"dr: {j['status'].get('failure')}")
@@ -1630,7 +1748,7 @@ def sc_restore_live_read(h):
     x = Ctx(h, "rlive")
     try:
         x.secret()
-        d = x.app("app", 1, "data", 23, node="node-a")
+        d = x.app("app", 1, "data", 23, node=h.nodes[0])
         x.job("off", "app", "Offline")
         off = x.wait_done("off", 120)
         expect(off["status"]["phase"] == "Succeeded", f"offline push: {off['status'].get('failure')}")
@@ -1677,8 +1795,8 @@ def sc_restore_tests(h):
             "schedules": [{"name": "yearly", "mode": "Offline", "cron": "0 0 1 1 *"}],
             "restoreTests": [
                 {"name": "good", "cron": "* * * * *", "snapshot": {"latest": "Offline"},
-                 "check": {"image": "busybox", "command": ok_check}},
-                {"name": "bad", "cron": "* * * * *", "check": {"image": "busybox", "command": bad_check}},
+                 "check": {"image": h.app_image, "command": ok_check}},
+                {"name": "bad", "cron": "* * * * *", "check": {"image": h.app_image, "command": bad_check}},
             ]}))
 
         def finished(test):
@@ -1698,7 +1816,7 @@ def sc_restore_tests(h):
         repo = x.c.get(nsp(GROUP, "rtest", "repositories", "app"))
         last = (repo.get("status") or {}).get("lastRestoreTest") or {}
         expect(last.get("test") in ("good", "bad") and last.get("durationSeconds") is not None, f"lastRestoreTest {last}")
-        text = h.http(f"http://127.0.0.1:{h.metrics_port}/metrics") or ""
+        text = h.http(f"{h.metrics_url}/metrics") or ""
         expect('push_operator_restore_test_last_result{namespace="rtest",repository="app"}' in text,
                "no push_operator_restore_test_last_result for rtest/app")
         x.c.delete(nsp(GROUP, "rtest", "pushpolicies", "tests"))
@@ -1708,40 +1826,227 @@ def sc_restore_tests(h):
         x.close()
 
 
+# ---------------------------------------------------------------- PostgreSQL on the real node
+PG_IMAGE = "localhost/postgres:dev"
+PG_PASSWORD = "e2e-postgres-password"
+
+
+class Pg:
+    """PostgreSQL (localhost/postgres:dev) in namespace x.ns: a StatefulSet `name` with the volume
+    data-<name>-0 and a Service, and a pgbench load Deployment that is not one of its workloads."""
+
+    def __init__(self, x, name):
+        self.x, self.h, self.name = x, x.h, name
+        x.c.create(nsp(CORE, x.ns, "services"), {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": x.ns},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 5432}]}})
+        self.ip = x.c.get(nsp(CORE, x.ns, "services", name))["spec"]["clusterIP"]
+        x.c.create(nsp(APPS, x.ns, "statefulsets"), {
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name, "namespace": x.ns},
+            "spec": {"replicas": 1, "serviceName": name, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": self.pod_spec("data")},
+                     "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                         "accessModes": ["ReadWriteOnce"], "storageClassName": self.h.sc,
+                         "resources": {"requests": {"storage": "1Gi"}}}}]}})
+        self.pod = f"{name}-0"
+        self.claim = f"data-{name}-0"
+        self.wait_ready(self.pod)
+
+    @staticmethod
+    def pod_spec(volume, claim=None):
+        spec = {"terminationGracePeriodSeconds": 30, "containers": [{
+            "name": "postgres", "image": PG_IMAGE, "env": [{"name": "POSTGRES_PASSWORD", "value": PG_PASSWORD}],
+            "ports": [{"containerPort": 5432}],
+            "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres", "-h", "127.0.0.1"]},
+                               "periodSeconds": 1},
+            "volumeMounts": [{"name": volume, "mountPath": "/var/lib/postgresql/data"}]}]}
+        if claim:
+            spec["volumes"] = [{"name": volume, "persistentVolumeClaim": {"claimName": claim}}]
+        return spec
+
+    def wait_ready(self, pod, timeout=120):
+        def ready():
+            p = self.x.c.get(nsp(CORE, self.x.ns, "pods", pod)) or {}
+            return not p.get("metadata", {}).get("deletionTimestamp") and any(
+                c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
+        wait_for(ready, timeout, f"PostgreSQL pod {pod} Ready")
+
+    def sql(self, query, pod=None):
+        r = self.h.kubectl("exec", "-n", self.x.ns, pod or self.pod, "--", "psql", "-U", "postgres", "-At",
+                           "-v", "ON_ERROR_STOP=1", "-c", query)
+        if r.returncode != 0:
+            raise Failure(f"psql in {pod or self.pod}: {query}: {r.stderr[-500:]}")
+        return r.stdout.strip()
+
+    def start_load(self):
+        """pgbench -i, then a Deployment running pgbench against the Service in a loop (it
+        reconnects after the database comes back)."""
+        r = self.h.kubectl("exec", "-n", self.x.ns, self.pod, "--", "pgbench", "-i", "-s", "1", "-q", "-U",
+                           "postgres", "postgres", timeout=300)
+        if r.returncode != 0:
+            raise Failure(f"pgbench -i: {r.stderr[-500:]}")
+        script = (f"export PGPASSWORD={PG_PASSWORD}; while :; do pgbench -h {self.ip} -U postgres -c 2 -T 3600 -n "
+                  "postgres >/dev/null 2>&1; sleep 0.5; done")
+        self.x.c.create(nsp(APPS, self.x.ns, "deployments"), {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"{self.name}-load", "namespace": self.x.ns},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": f"{self.name}-load"}},
+                     "template": {"metadata": {"labels": {"app": f"{self.name}-load"}}, "spec": {
+                         "terminationGracePeriodSeconds": 1,
+                         "containers": [{"name": "pgbench", "image": PG_IMAGE, "command": ["bash", "-c", script]}]}}}})
+        self.wait_rows(500)
+
+    def rows(self, pod=None):
+        return int(self.sql("SELECT count(*) FROM pgbench_history", pod))
+
+    def wait_rows(self, more_than, timeout=90):
+        return wait_for(lambda: (lambda n: n if n > more_than else None)(self.rows()), timeout,
+                        f"pgbench writing (more than {more_than} rows of history)", 1)
+
+    def start_copy(self, name, claim):
+        """A PostgreSQL pod on a restored claim; Ready means it recovered and accepts connections."""
+        self.x.c.create(nsp(CORE, self.x.ns, "pods"), {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": self.x.ns},
+            "spec": self.pod_spec("data", claim)})
+        self.wait_ready(name)
+
+    def amcheck(self, pod):
+        """pg_amcheck of every relation with its indexes (the amcheck extension installed first)."""
+        r = self.h.kubectl("exec", "-n", self.x.ns, pod, "--", "pg_amcheck", "-U", "postgres", "--all",
+                           "--install-missing", "--heapallindexed", "--progress", timeout=300)
+        if r.returncode != 0:
+            raise Failure(f"pg_amcheck in {pod} failed ({r.returncode}): {r.stdout[-600:]} {r.stderr[-600:]}")
+        return r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "ok"
+
+    def logs(self, pod):
+        return self.h.kubectl("logs", "-n", self.x.ns, pod).stdout
+
+
+def sc_pg_offline(h):
+    """An offline push of PostgreSQL under pgbench load: the pod really terminates, the volume
+    really detaches before the worker starts, the push runs, the replica comes back and pgbench
+    resumes. A restore of that snapshot into a new volume starts, passes pg_amcheck and holds exactly
+    the history the database had at the stop (every row of the live database up to the last restored
+    one, and no other)."""
+    x = Ctx(h, "pgo")
+    try:
+        x.secret()
+        pg = Pg(x, "pg")
+        pg.start_load()
+        x.repository("pg", [pg.claim])
+        sts, pods, vas = [], [], []
+        x.watch(nsp(APPS, x.ns, "statefulsets"), sts)
+        x.watch(nsp(CORE, x.ns, "pods"), pods)
+        x.watch("/apis/storage.k8s.io/v1/volumeattachments", vas)
+        time.sleep(1)
+        x.job("pre-upgrade", "pg", "Offline")
+        j = x.wait_done("pre-upgrade", 300)
+        st = j["status"]
+        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('failure')}")
+        expect(st.get("consistency") == "consistent", f"consistency {st.get('consistency')}")
+        hist = history(sts, "pg")
+        expect(hist == [1, 0, 1], f"pg replicas history {hist}, want [1, 0, 1]")
+        wadd = [t for t, typ, o in pods if typ == "ADDED" and o["metadata"]["name"] == "pre-upgrade-push"]
+        expect(wadd, "no worker pod pre-upgrade-push was seen")
+        gone = [t for t, typ, o in pods if typ == "DELETED" and o["metadata"]["name"] == pg.pod]
+        expect(gone and gone[0] < wadd[0], f"{pg.pod} was not gone before the worker was created")
+        pv = x.c.get(nsp(CORE, x.ns, "persistentvolumeclaims", pg.claim))["spec"]["volumeName"]
+        detached = [t for t, typ, o in vas if typ == "DELETED" and o["spec"]["source"].get("persistentVolumeName") == pv]
+        expect(detached and detached[0] < wadd[0], f"the VolumeAttachment of {pv} was not gone before the worker")
+        pg.wait_ready(pg.pod)
+        resumed = pg.wait_rows(pg.rows(), 120)
+        # The snapshot, restored into a new volume, is the database as it was at the stop.
+        x.restore("copy", "pg", {"newVolumes": {"nameTemplate": "{volume}-copy"}},
+                  snapshot={"ids": [st["snapshots"][0]["snapshot"]]})
+        rj = x.wait_restore("copy", 300)
+        expect(rj["status"]["phase"] == "Succeeded", f"restore: {rj['status'].get('failure')}")
+        pg.start_copy("pg-copy", f"{pg.claim}-copy")
+        check = pg.amcheck("pg-copy")
+        n = pg.rows("pg-copy")
+        last = pg.sql("SELECT max(mtime) FROM pgbench_history", "pg-copy")
+        live_upto = int(pg.sql(f"SELECT count(*) FROM pgbench_history WHERE mtime <= '{last}'"))
+        live = pg.rows()
+        expect(n > 500 and live_upto == n, f"restored {n} rows up to {last}; the live database has {live_upto} up to then")
+        expect(live > n, f"pgbench did not resume: {live} rows live, {n} at the stop")
+        return (f"replicas {hist}, detached before the worker; restored {n} rows = the live history up to the stop "
+                f"({live} now, {resumed} at resume); pg_amcheck: {check}")
+    finally:
+        x.close()
+
+
+def sc_pg_online(h):
+    """An online push of PostgreSQL under load through a real VolumeSnapshot (crash-consistent, the
+    file system frozen while the CSI driver copies it): the database never stops; the restored copy
+    starts by replaying its WAL and passes pg_amcheck. A CHECKPOINT pre hook runs through the real
+    exec API before the snapshot."""
+    x = Ctx(h, "pgon")
+    try:
+        x.secret()
+        pg = Pg(x, "pg")
+        pg.start_load()
+        checkpoint = {"command": ["psql", "-U", "postgres", "-c", "CHECKPOINT"], "timeoutSeconds": 60}
+        x.repository("pg", [pg.claim], online={"volumeSnapshotClassName": "hostpath"}, hooks={"pre": [checkpoint]})
+        sts = []
+        x.watch(nsp(APPS, x.ns, "statefulsets"), sts)
+        before = pg.rows()
+        x.job("live", "pg", "Online")
+        j = x.wait_done("live", 300)
+        st = j["status"]
+        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('failure')}")
+        expect(st.get("consistency") == "crash-consistent", f"consistency {st.get('consistency')}")
+        expect((st.get("preHook") or {}).get("ok"), f"CHECKPOINT hook: {st.get('preHook')}")
+        expect(history(sts, "pg") in ([], [1]), f"the online push scaled pg: {history(sts, 'pg')}")
+        expect(pg.rows() > before, "the load stopped during the online push")
+        x.restore("copy", "pg", {"newVolumes": {"nameTemplate": "{volume}-copy"}},
+                  snapshot={"ids": [st["snapshots"][0]["snapshot"]]}, cleanup={"paths": ["postmaster.pid"]})
+        rj = x.wait_restore("copy", 300)
+        expect(rj["status"]["phase"] == "Succeeded", f"restore: {rj['status'].get('failure')}")
+        pg.start_copy("pg-copy", f"{pg.claim}-copy")
+        log = pg.logs("pg-copy")
+        expect("database system was interrupted" in log or "not properly shut down" in log,
+               f"the copy did not start from a crash image: {log[-600:]}")
+        check = pg.amcheck("pg-copy")
+        n = pg.rows("pg-copy")
+        expect(n >= before, f"the copy has {n} rows, fewer than the {before} before the push")
+        return f"crash-consistent, never scaled; the copy recovered from its WAL with {n} rows; pg_amcheck: {check}"
+    finally:
+        x.close()
+
+
+# (name, function, node): the node the scenario runs on. "sim" is the STOP-GAP of the scenarios that
+# still steer workers through node.py's knobs (see the module docstring).
 SCENARIOS = [
-    ("invalid-manifests", sc_invalid_manifests),
-    ("offline-deployment-statefulset", sc_offline),
-    ("queue-order", sc_queue_order),
-    ("operator-kill", sc_operator_kill),
-    ("online-with-class", sc_online_class),
-    ("online-live", sc_online_live),
-    ("hooks", sc_hooks),
-    ("p1-deadline", sc_p1_deadline),
-    ("delete-mid-flow", sc_delete_mid_flow),
-    ("worker-failure", sc_worker_failure),
-    ("pre-upgrade", sc_pre_upgrade),
-    ("pod-security", sc_pod_security),
-    ("alerts", sc_alerts),
-    ("rbac-rule-removed", sc_rbac_rule_removed),
-    ("restore-new-volumes", sc_restore_new_volumes),
-    ("restore-in-place", sc_restore_in_place),
-    ("restore-killed", sc_restore_killed),
-    ("restore-live-read", sc_restore_live_read),
-    ("restore-tests", sc_restore_tests),
+    ("invalid-manifests", sc_invalid_manifests, "real"),
+    ("pg-offline", sc_pg_offline, "real"),
+    ("pg-online", sc_pg_online, "real"),
+    ("offline-deployment-statefulset", sc_offline, "real"),
+    ("queue-order", sc_queue_order, "sim"),
+    ("operator-kill", sc_operator_kill, "sim"),
+    ("online-with-class", sc_online_class, "real"),
+    ("online-live", sc_online_live, "real"),
+    ("hooks", sc_hooks, "real"),
+    ("p1-deadline", sc_p1_deadline, "sim"),
+    ("delete-mid-flow", sc_delete_mid_flow, "sim"),
+    ("worker-failure", sc_worker_failure, "real"),
+    ("pre-upgrade", sc_pre_upgrade, "real"),
+    ("pod-security", sc_pod_security, "real"),
+    ("alerts", sc_alerts, "real"),
+    ("rbac-rule-removed", sc_rbac_rule_removed, "real"),
+    ("restore-new-volumes", sc_restore_new_volumes, "real"),
+    ("restore-in-place", sc_restore_in_place, "real"),
+    ("restore-killed", sc_restore_killed, "sim"),
+    ("restore-live-read", sc_restore_live_read, "real"),
+    ("restore-tests", sc_restore_tests, "real"),
     # Before the scenarios that restart the operator (its counters start again at zero).
-    ("metrics", sc_metrics),
-    ("retention", sc_retention),
-    ("prune-during-push", sc_prune_during_push),
-    ("policy-schedule", sc_policy_schedule),
+    ("metrics", sc_metrics, "real"),
+    ("retention", sc_retention, "real"),
+    ("prune-during-push", sc_prune_during_push, "sim"),
+    ("policy-schedule", sc_policy_schedule, "sim"),
 ]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir even on success")
-    ap.add_argument("--only", help="comma-separated scenario names")
-    a = ap.parse_args()
-    h = Harness(a.keep)
+def run_suite(node, scenarios, keep):
+    """Sets up a cluster with `node` and runs the scenarios on it; returns (passed, failed)."""
+    h = Harness(keep, node)
     atexit.register(h.stop_all)
 
     def on_signal(sig, _):
@@ -1752,17 +2057,15 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     t0 = time.time()
     passed, failed = 0, 0
+    print(f"== {node} node: {len(scenarios)} scenario(s)", flush=True)
     try:
         h.setup()
     except Exception as e:  # noqa: BLE001
-        print(f"SET-UP FAILED: {e}\n{traceback.format_exc()}")
+        print(f"SET-UP FAILED ({node} node): {e}\n{traceback.format_exc()}")
         print(f"logs in {h.tmp}\n--- last 50 lines of the operator log ---\n{h.operator_tail()}")
-        print("0 passed, 1 failed")
-        return 1
-    only = set(a.only.split(",")) if a.only else None
-    for name, fn in SCENARIOS:
-        if only and name not in only:
-            continue
+        h.stop_all()
+        return 0, 1
+    for name, fn, _ in scenarios:
         t = time.time()
         try:
             detail = fn(h)
@@ -1772,17 +2075,45 @@ def main():
             failed += 1
             msg = str(e) if isinstance(e, Failure) else f"{e!r}\n{traceback.format_exc()}"
             print(f"FAIL {name} ({time.time() - t:.1f}s): {msg}", flush=True)
-            if "operator" not in h.procs or h.procs["operator"].poll() is not None:
+            if failed == 1:
+                print(f"--- last 50 lines of the operator log ---\n{h.operator_tail()}", flush=True)
+            if not h.operator_alive():
                 try:
                     h.start_operator()
                 except Exception:  # noqa: BLE001
                     pass
     h.stop_all()
-    print(f"total {time.time() - t0:.1f}s", flush=True)
+    print(f"{node} node: {passed} passed, {failed} failed in {time.time() - t0:.1f}s", flush=True)
     if failed:
-        print(f"logs in {h.tmp}\n--- last 50 lines of the operator log ---\n{h.operator_tail()}")
-    elif not a.keep:
+        print(f"logs in {h.tmp}")
+    elif not keep:
         shutil.rmtree(h.tmp, ignore_errors=True)
+    return passed, failed
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keep", action="store_true", help="keep the temp dirs even on success")
+    ap.add_argument("names", nargs="*", help="scenarios to run (default: all)")
+    ap.add_argument("--only", help="comma-separated scenario names (the same as naming them)")
+    ap.add_argument("--node", choices=["real", "sim", "all"], default="all",
+                    help="run the scenarios of this node (default: all, one cluster per node)")
+    a = ap.parse_args()
+    only = set(a.names) | (set(a.only.split(",")) if a.only else set()) or None
+    known = {n for n, _, _ in SCENARIOS}
+    if only and only - known:
+        print(f"unknown scenario(s): {', '.join(sorted(only - known))}; known: {', '.join(n for n, _, _ in SCENARIOS)}")
+        return 2
+    t0 = time.time()
+    passed = failed = 0
+    for node in ("real", "sim"):
+        if a.node not in (node, "all"):
+            continue
+        chosen = [sc for sc in SCENARIOS if sc[2] == node and (not only or sc[0] in only)]
+        if chosen:
+            p, f = run_suite(node, chosen, a.keep)
+            passed, failed = passed + p, failed + f
+    print(f"total {time.time() - t0:.1f}s", flush=True)
     print(f"{passed} passed, {failed} failed", flush=True)
     return 1 if failed else 0
 
