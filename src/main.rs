@@ -830,6 +830,21 @@ fn init_logging(level: &str, json: bool) {
     }
 }
 
+/// A worker is PID 1 of its container, and PID 1 ignores SIGTERM unless it handles it: the pod of
+/// a deleted job would keep running until the kubelet's SIGKILL at the end of the grace period.
+/// So a worker ends at once on SIGTERM, as that SIGKILL would end it: a push publishes nothing
+/// (its snapshot is the last write), an interrupted restore is undone by the operator.
+fn exit_on_sigterm() {
+    extern "C" fn on_term(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(143) }
+    }
+    // SAFETY: installs a handler that only calls an async-signal-safe function.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
@@ -1107,6 +1122,8 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::RestoreWorker(a) => {
             use push_operator::restore_worker;
+            exit_on_sigterm();
+            push_operator::test_hooks::start_delay();
             let report = match a.store.open() {
                 Ok(store) => restore_worker::run(&store, &a.args),
                 Err(e) => restore_worker::failure_report(&e),
@@ -1126,6 +1143,8 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Worker(a) => {
             use push_operator::worker;
+            exit_on_sigterm();
+            push_operator::test_hooks::start_delay();
             let args = worker::WorkerArgs {
                 namespace: a.namespace,
                 repository: a.repository,
