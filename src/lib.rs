@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod progress;
 pub mod restore_worker;
 pub mod store;
+pub mod test_hooks;
 pub mod wait;
 pub mod worker;
 

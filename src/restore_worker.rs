@@ -427,8 +427,8 @@ fn run_restore(store: &Store, args: &RestoreWorkerArgs) -> anyhow::Result<Restor
     audit_rec.repository = Some(format!("{}/{}", args.namespace, args.repository));
     let result = (|| -> anyhow::Result<()> {
         for (n, (volume, id)) in args.snapshots.iter().enumerate() {
-            // Test hook (`PUSH_OPERATOR_CRASH_AT=restore:N`): killed after N volumes.
-            crate::store::push::crashpoint("restore", n as u64);
+            // Test hook (`PUSH_OPERATOR_CRASH_AT=restore:N`, or `undo:N`): killed after N volumes.
+            crate::test_hooks::crashpoint(if args.step == WorkerStep::Undo { "undo" } else { "restore" }, n as u64);
             let Some((_, path)) = args.volumes.iter().find(|(v, _)| v == volume) else {
                 anyhow::bail!("no --volume for {volume}");
             };

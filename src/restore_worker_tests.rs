@@ -272,3 +272,42 @@ fn resolve_then_restore_in_place_mirrors_checks_and_audits() {
     let r = run(&store, &cli(&["--step", "resolve", "--want", "data", "--id", "0123456789abcdef"]));
     assert_eq!(r.reason, Some(RestoreFailure::SnapshotNotFound));
 }
+
+#[test]
+fn a_restore_jobs_test_worker_env_reaches_its_worker_pods() {
+    use crate::api::*;
+    use crate::controller::push_job::build::WorkerConfig;
+    use crate::controller::push_job::security::WorkerIdentity;
+    use crate::controller::restore_job::build::worker_pod;
+    let repo: Repository = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rediacc.io/v1alpha1", "kind": "Repository",
+        "metadata": {"name": "shop", "namespace": "ns"},
+        "spec": {"volumes": ["a", "b"], "storage": {"bucket": "b", "prefix": "p"}}
+    }))
+    .unwrap();
+    let job: RestoreJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rediacc.io/v1alpha1", "kind": "RestoreJob",
+        "metadata": {"name": "r1", "namespace": "ns", "uid": "u",
+                     "annotations": {crate::test_hooks::WORKER_ENV_ANNOTATION: "PUSH_OPERATOR_CRASH_AT=restore:1"}},
+        "spec": {"repositoryRef": {"name": "shop"}, "target": {"inPlace": {}}},
+        "status": {"volumes": [{"volume": "a", "claim": "a", "snapshot": "aaaa"}, {"volume": "b", "claim": "b", "snapshot": "bbbb"}]}
+    }))
+    .unwrap();
+    let claims = vec![("a".to_string(), "a".to_string()), ("b".to_string(), "b".to_string())];
+    for step in [WorkerStep::SafetyPush, WorkerStep::Restore, WorkerStep::Undo] {
+        let pod = worker_pod(
+            &job,
+            &repo,
+            "p",
+            step,
+            &claims,
+            &Default::default(),
+            &WorkerIdentity::Root,
+            &WorkerConfig::default(),
+        );
+        let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+        let crash: Vec<_> = env.iter().filter(|e| e.name == "PUSH_OPERATOR_CRASH_AT").collect();
+        assert_eq!(crash.len(), 1, "{step:?}: {env:?}");
+        assert_eq!(crash[0].value.as_deref(), Some("restore:1"));
+    }
+}

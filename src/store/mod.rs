@@ -27,6 +27,7 @@ pub mod push;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod testdata;
 pub mod tree;
 pub mod verify;

@@ -366,7 +366,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
             .backend()
             .put_if_absent(&key(&plan.id, "plan"), &store.seal_object(ObjectKind::PrunePlan, &plan_bytes))?;
     }
-    super::push::crashpoint("prune", 1);
+    crate::test_hooks::crashpoint("prune", 1);
 
     // Repack: the referenced blobs of mostly-unused packs move to new packs (stored bytes
     // copied as they are, hash checked on the way).
@@ -448,7 +448,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
             .push(format!("{retained} superseded index object(s) kept until their Object Lock retention ends"));
     }
     report.index_objects_after = store.backend().list("index/")?.len();
-    super::push::crashpoint("prune", 2);
+    crate::test_hooks::crashpoint("prune", 2);
     if marked.is_empty() {
         return Ok(());
     }
@@ -616,7 +616,7 @@ fn finish(store: &Store, plan: &Plan, report: &mut PruneReport) -> anyhow::Resul
     }
     for (i, (pack, size)) in delete.iter().enumerate() {
         if i == 1 {
-            super::push::crashpoint("prune", 3);
+            crate::test_hooks::crashpoint("prune", 3);
         }
         if let Some(until) = store.retained_until(&pack_key(pack))? {
             // Not deletable yet (its retention was extended meanwhile): an ordinary pack again,

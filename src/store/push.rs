@@ -143,43 +143,6 @@ pub struct PushOutcome {
     pub store_bytes: u64,
 }
 
-/// Test hook: `PUSH_OPERATOR_CRASH_AT=pack:N|index:N|snapshot` kills the process with SIGKILL
-/// at that point, so crash tests hit exact places. Unset in normal use.
-pub(crate) fn crashpoint(point: &str, n: u64) {
-    static SPEC: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
-    let spec = SPEC.get_or_init(|| {
-        let v = std::env::var("PUSH_OPERATOR_CRASH_AT").ok()?;
-        let (p, k) = v.split_once(':').unwrap_or((v.as_str(), "0"));
-        Some((p.to_string(), k.parse().unwrap_or(0)))
-    });
-    if let Some((p, k)) = spec
-        && p == point
-        && *k == n
-    {
-        eprintln!("PUSH_OPERATOR_CRASH_AT={point}:{n}: killing this process");
-        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-    }
-}
-
-/// Test hook: with `PUSH_OPERATOR_PAUSE_BEFORE_SNAPSHOT=PATH` a push creates `PATH.waiting`
-/// once everything but the snapshot is stored, then waits until `PATH` exists (at most ten
-/// minutes), so tests can act at that exact moment (a prune, say). Unset in normal use.
-fn pausepoint() {
-    let Some(path) = std::env::var_os("PUSH_OPERATOR_PAUSE_BEFORE_SNAPSHOT") else { return };
-    let gate = PathBuf::from(path);
-    let mut waiting = gate.clone().into_os_string();
-    waiting.push(".waiting");
-    let _ = fs::write(&waiting, b"");
-    eprintln!("PUSH_OPERATOR_PAUSE_BEFORE_SNAPSHOT: waiting for {}", gate.display());
-    let until = Instant::now() + std::time::Duration::from_secs(600);
-    while !gate.exists() && Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
@@ -330,7 +293,7 @@ impl Pusher<'_> {
                     }
                     add(&self.counters.pack_bytes, pack.bytes.len() as u64);
                     let n = self.counters.packs_uploaded.fetch_add(1, Ordering::SeqCst) + 1;
-                    crashpoint("pack", n);
+                    crate::test_hooks::crashpoint("pack", n);
                     let full = {
                         let mut buf = self.index_buf.lock().unwrap();
                         buf.packs.push((pack.id, pack.entries));
@@ -354,7 +317,7 @@ impl Pusher<'_> {
         let (_, written) = self.store.write_index(file).context("cannot write index")?;
         add(&self.counters.bytes_uploaded, written);
         let n = self.counters.index_written.fetch_add(1, Ordering::SeqCst) + 1;
-        crashpoint("index", n);
+        crate::test_hooks::crashpoint("index", n);
         Ok(())
     }
 
@@ -801,8 +764,8 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
     let (tree, root_node) = walked?;
     let rest = std::mem::take(&mut *pusher.index_buf.lock().unwrap());
     pusher.write_index(&rest)?;
-    crashpoint("snapshot", 0);
-    pausepoint();
+    crate::test_hooks::crashpoint("snapshot", 0);
+    crate::test_hooks::pausepoint();
     lock.check()?;
     let mut warnings = std::mem::take(&mut *pusher.warnings.lock().unwrap());
     warnings.sort();

@@ -270,7 +270,7 @@ pub fn worker_pod(
                 image: Some(cfg.image.clone()),
                 image_pull_policy: cfg.image_pull_policy.clone(),
                 args: Some(args),
-                env: Some(envs),
+                env: Some([envs, crate::test_hooks::worker_env(job.metadata.annotations.as_ref())].concat()),
                 resources: Some(resources),
                 volume_mounts: Some(mounts),
                 volume_devices: if devices.is_empty() { None } else { Some(devices) },

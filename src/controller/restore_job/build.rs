@@ -146,6 +146,10 @@ pub fn worker_pod(
 ) -> Pod {
     let mut pod = push_build::worker_pod(&undo_push(job), repo, name, claims, block, None, identity, cfg);
     pod.metadata = meta(job, name, true);
+    let hooks = crate::test_hooks::worker_env(job.metadata.annotations.as_ref());
+    if let Some(env) = pod.spec.as_mut().and_then(|s| s.containers[0].env.as_mut()) {
+        env.extend(hooks);
+    }
     if step == WorkerStep::SafetyPush {
         return pod;
     }

@@ -5,6 +5,7 @@
 //! retries with backoff in front of any backend; one conformance suite
 //! (`tests/backend_conformance.rs`) runs against each.
 
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod fault;
 pub mod fs;
 pub mod retry;
