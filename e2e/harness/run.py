@@ -1,17 +1,14 @@
 #!/usr/bin/env python3
-"""End-to-end runner: the real control plane (e2e/cluster/up), SeaweedFS, a node, the chart
-installed by the real helm, then the scenarios. Prints one line per scenario and `N passed, M failed`.
+"""End-to-end runner: a real cluster (e2e/cluster/up --node: the control plane, the kubelet,
+containerd, the CSI driver and sidecars, the node's images), SeaweedFS, Prometheus, the chart
+installed by the real helm (the operator runs as its pod), then the scenarios. Prints one line per
+scenario and `N passed, M failed`.
 
-Two nodes, two suites:
-  --node real  (default) the real node of `e2e/cluster/up --node`: containerd, the kubelet, the CSI
-               driver and sidecars; the operator runs as the chart's Deployment, in its image.
-  --node sim   STOP-GAP: node.py, the simulated kubelet and CSI driver, and the operator as a local
-               process with the chart's ServiceAccount; only for the scenarios that still steer
-               worker pods through node.py's knobs (start delays, injected environment). They move
-               to the real node as the test hooks become operator settings (issue #14 item 4).
-Each scenario names the node it runs on; `--node all` runs both suites, one cluster each.
+Worker pods are steered, where a scenario needs it (a slow start, a crash or pause point), through
+the test hooks of the test build (src/test_hooks.rs): the `rediacc.io/test-worker-env` annotation
+of a job.
 
-Usage: run.py [NAME...] [--keep] [--node real|sim|all] [--only NAME[,NAME...]]
+Usage: run.py [NAME...] [--keep] [--only NAME[,NAME...]]
 """
 import argparse
 import atexit
@@ -21,7 +18,6 @@ import collections
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -98,24 +94,16 @@ def wait_for(pred, timeout, what, interval=0.25):
 
 
 class Harness:
-    def __init__(self, keep, node="real"):
-        self.node = node
-        self.real = node == "real"
+    def __init__(self, keep):
         # What scenarios use of the node: storage class, CSI driver, node names, app image.
-        if self.real:
-            self.sc, self.driver, self.nodes = "hostpath", "hostpath.csi.e2e.local", ["e2e-node"]
-            self.app_image = "localhost/debian:bookworm"
-        else:
-            self.sc, self.driver, self.nodes = "sim", "sim.csi.local", ["node-a", "node-b"]
-            self.app_image = "busybox"
-        self.tmp = tempfile.mkdtemp(prefix=f"push-e2e-{node}-")
+        self.sc, self.driver, self.nodes = "hostpath", "hostpath.csi.e2e.local", ["e2e-node"]
+        self.app_image = "localhost/debian:bookworm"
+        self.tmp = tempfile.mkdtemp(prefix="push-e2e-")
         self.logs = os.path.join(self.tmp, "logs")
         os.makedirs(self.logs)
         self.keep = keep
         self.procs = {}
-        self.operator = None
         self.op_n = 0
-        self.metrics_port = None
 
     # ------------------------------------------------------------ processes
     def start(self, name, argv, env=None, cwd=None):
@@ -144,12 +132,12 @@ class Harness:
             p.wait()
 
     def stop_all(self):
-        if self.real and getattr(self, "cluster_dir", None) and getattr(self, "kubectl_bin", None):
+        if getattr(self, "cluster_dir", None) and getattr(self, "kubectl_bin", None):
             # The operator pod's log, before the node goes.
             r = self.kubectl("logs", "-n", OPERATOR_NS, f"deploy/{RELEASE}", timeout=20)
             with open(os.path.join(self.logs, "operator.log"), "a") as f:
                 f.write(r.stdout + r.stderr)
-        for name in ["operator", "node", "prometheus", "weed"] + list(self.procs):
+        for name in ["prometheus", "weed"] + list(self.procs):
             self.stop(name, wait=5)
         if getattr(self, "cluster_dir", None):
             subprocess.run([os.path.join(REPO, "e2e/cluster/down"), "--dir", self.cluster_dir],
@@ -165,33 +153,23 @@ class Harness:
         shutil.copy2(binsrc, self.bin)
         self.start_cluster()
         self.start_s3()
-        if not self.real:
-            self.install_storage()
-            self.start_node()
         self.install_chart()
         self.start_prometheus()
         wait_for(self.s3_ready, 60, "SeaweedFS")
-        self.start_operator()
+        self.start_operator_pod(self.op_max)
         print(f"set-up done in {time.time() - t0:.1f}s (logs: {self.tmp})", flush=True)
 
     def start_cluster(self):
-        """The real control plane (e2e/cluster/up); the harness talks to it as kubernetes-admin."""
+        """The cluster with its node (e2e/cluster/up --node); the harness talks to it as kubernetes-admin."""
         self.cluster_dir = os.path.join(self.tmp, "cluster")
-        argv = [os.path.join(REPO, "e2e/cluster/up"), "--dir", self.cluster_dir, "--watch-pid", str(os.getpid())]
-        if self.real:
-            argv += ["--node", "--operator-binary", self.bin]
-        else:
-            # STOP-GAP for node.py: kube-rs offers v5.channel.k8s.io, which the API server would
-            # translate to SPDY for the kubelet; node.py speaks only WebSocket v4, so the API server
-            # passes the WebSocket through. The real kubelet needs no flag.
-            argv.append("--apiserver-arg=--feature-gates=TranslateStreamCloseWebsocketRequests=false")
-        r = subprocess.run(argv, capture_output=True, text=True)
+        r = subprocess.run([os.path.join(REPO, "e2e/cluster/up"), "--dir", self.cluster_dir, "--watch-pid",
+                            str(os.getpid()), "--node", "--operator-binary", self.bin], capture_output=True, text=True)
         if r.returncode != 0:
             raise Failure(f"e2e/cluster/up failed: {r.stderr[-3000:]}")
         env = dict(ln.split("=", 1) for ln in open(os.path.join(self.cluster_dir, "env")).read().splitlines() if ln)
         self.kube_bin, self.api, self.cacert = env["BIN"], env["API_URL"], env["CA"]
-        # Pods reach the machine (the S3 store) at its address; the simulated node runs on loopback.
-        self.host_ip = env.get("NODE_IP") or "127.0.0.1"
+        # Pods reach the machine (the S3 store) at its address.
+        self.host_ip = env["NODE_IP"]
         self.kubectl_bin = os.path.join(self.kube_bin, "kubectl")
         self.kubeconfig = env["KUBECONFIG"]
         pki = os.path.join(self.cluster_dir, "pki")
@@ -213,51 +191,6 @@ class Harness:
         self.start("weed", wargs)
         self.s3 = f"http://{self.host_ip}:{s3port}"
 
-    def install_storage(self):
-        """The VolumeSnapshot CRDs of external-snapshotter, the simulated CSI driver's CSIDriver
-        object and StorageClass `sim`."""
-        crds = os.path.join(self.kube_bin, "crds")
-        r = self.kubectl("apply", "--server-side", "-f", crds)
-        if r.returncode != 0:
-            raise Failure(f"the VolumeSnapshot CRDs were rejected: {r.stderr}")
-        self.c.create("/apis/storage.k8s.io/v1/csidrivers", {
-            "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": "sim.csi.local"},
-            "spec": {"attachRequired": True, "podInfoOnMount": False}})
-        self.c.create("/apis/storage.k8s.io/v1/storageclasses", {
-            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "sim"},
-            "provisioner": "sim.csi.local", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"})
-        r = self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
-                         "volumesnapshots.snapshot.storage.k8s.io", "volumesnapshotcontents.snapshot.storage.k8s.io",
-                         "volumesnapshotclasses.snapshot.storage.k8s.io")
-        if r.returncode != 0:
-            raise Failure(f"VolumeSnapshot CRDs not established: {r.stderr}")
-
-    def start_node(self):
-        """node.py: the simulated kubelet and CSI driver (stop-gap until the real node)."""
-        pki = os.path.join(self.cluster_dir, "pki")
-        sh = ("set -e; openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout kubelet.key "
-              "-out kubelet.csr -subj /CN=sim-kubelet 2>/dev/null; "
-              "printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > kubelet.ext; "
-              "openssl x509 -req -in kubelet.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 "
-              "-extfile kubelet.ext -out kubelet.crt 2>/dev/null")
-        subprocess.run(["sh", "-c", sh], cwd=pki, check=True)
-        self.data = os.path.join(self.tmp, "data")
-        os.makedirs(self.data)
-        self.simcfg = os.path.join(self.tmp, "sim-config.json")
-        self.sim_config({})
-        self.start("node", [sys.executable, os.path.join(HERE, "node.py"), "--server", self.api,
-                            "--cacert", self.cacert, "--cert", self.admin_cert[0], "--key", self.admin_cert[1],
-                            "--serving-cert", os.path.join(pki, "kubelet.crt"),
-                            "--serving-key", os.path.join(pki, "kubelet.key"), "--kubelet-port", str(free_port()),
-                            "--data", self.data, "--binary", self.bin, "--config", self.simcfg,
-                            "--logdir", self.logs])
-
-        def ready():
-            nodes = self.c.list("/api/v1/nodes")
-            return len(nodes) == 2 and all(any(c["type"] == "Ready" and c["status"] == "True"
-                                                for c in n["status"].get("conditions") or []) for n in nodes)
-        wait_for(ready, 30, "the simulated nodes Ready")
-
     def helm(self, *args):
         r = subprocess.run([os.path.join(self.kube_bin, "helm"), "--kubeconfig", self.kubeconfig, *args],
                            capture_output=True, text=True, env=self.helm_env())
@@ -275,30 +208,15 @@ class Harness:
 
     def install_chart(self):
         """`helm install` of charts/push-operator into push-operator-system (Pod Security
-        `restricted`). On the real node the operator runs as the chart's pod. On the simulated one
-        there is no operator replica: the operator runs as a local process with a token of the chart's
-        ServiceAccount, so the chart's RBAC authorizes every request it makes."""
+        `restricted`): the operator runs as the chart's pod, with the chart's ServiceAccount and RBAC."""
         self.c.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
             "name": OPERATOR_NS, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-        values = self.chart_values(4) if self.real else ["--set", "replicas=0"]
         self.op_max = 4
         self.helm_notes = self.helm("install", RELEASE, os.path.join(REPO, "charts", "push-operator"),
-                                    "--namespace", OPERATOR_NS, *values, "--wait", "--timeout", "3m")
-        dep = self.c.get(f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/{RELEASE}")
-        if dep is None:
+                                    "--namespace", OPERATOR_NS, *self.chart_values(self.op_max), "--wait",
+                                    "--timeout", "3m")
+        if self.c.get(f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/{RELEASE}") is None:
             raise Failure(f"helm install made no Deployment {OPERATOR_NS}/{RELEASE}")
-        self.chart_args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-        sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
-        tok = self.c.create(f"/api/v1/namespaces/{OPERATOR_NS}/serviceaccounts/{sa}/token", {
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 86400}})["status"]["token"]
-        self.operator_kubeconfig = os.path.join(self.tmp, "operator.kubeconfig")
-        with open(self.operator_kubeconfig, "w") as f:
-            f.write(f'apiVersion: v1\nkind: Config\nclusters: [{{name: e2e, cluster: {{server: "{self.api}", '
-                    f'certificate-authority: "{self.cacert}"}}}}]\n'
-                    f"contexts: [{{name: operator, context: {{cluster: e2e, user: {sa}, namespace: {OPERATOR_NS}}}}}]\n"
-                    f"current-context: operator\nusers: [{{name: {sa}, user: {{token: {tok}}}}}]\n")
-        os.chmod(self.operator_kubeconfig, 0o600)
 
     def start_prometheus(self):
         """A real Prometheus (Debian's package) with the chart's alert rules, scraping the operator
@@ -354,36 +272,9 @@ class Harness:
         return r.returncode == 0 or "does not exist" not in self.s3_probe.lower()
 
     def volume_dir(self, pvc):
-        """The directory of a bound PVC's data: the CSI driver's volume directory on the real node
-        (its volume handle), node.py's per-claim directory on the simulated one."""
-        if not self.real:
-            return os.path.join(self.data, "pvcs", pvc["metadata"]["namespace"], pvc["metadata"]["name"])
+        """The directory of a bound PVC's data: the CSI driver's mount of the volume (its handle)."""
         pv = self.c.get(f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
         return os.path.join(self.cluster_dir, "node", "csi", "data", "volumes", pv["spec"]["csi"]["volumeHandle"])
-
-    def sim_config(self, cfg):
-        tmp = self.simcfg + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(cfg, f)
-        os.replace(tmp, self.simcfg)
-
-    def set_knobs(self, key, **knobs):
-        try:
-            cfg = json.load(open(self.simcfg))
-        except (OSError, ValueError):
-            cfg = {}
-        cfg.setdefault("overrides", {}).setdefault(key, {}).update(knobs)
-        self.sim_config(cfg)
-
-    def operator_args(self, max_pushes, extra):
-        """The chart's container args, with the metrics port, concurrency and detach timeout of the run."""
-        over = {"--listen": f"127.0.0.1:{self.metrics_port}", "--max-concurrent-pushes": str(max_pushes),
-                "--detach-timeout": "2m", "--lease-namespace": OPERATOR_NS}
-        out = []
-        for a in self.chart_args:
-            flag = a.split("=", 1)[0]
-            out.append(f"{flag}={over.pop(flag)}" if flag in over else a)
-        return out + [f"{k}={v}" for k, v in over.items()] + list(extra)
 
     def operator_pods(self):
         return [p for p in self.c.list(nsp(CORE, OPERATOR_NS, "pods"),
@@ -398,14 +289,15 @@ class Harness:
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
         return p if ready and p["status"].get("podIP") else None
 
-    def start_operator_pod(self, max_pushes):
+    def start_operator_pod(self, max_pushes, not_in=()):
         """The operator Deployment with max_pushes (a helm upgrade when it changes), then its one
         Ready pod (after a kill, the one the Deployment made again)."""
         if max_pushes != self.op_max:
             self.helm("upgrade", RELEASE, os.path.join(REPO, "charts", "push-operator"), "--namespace", OPERATOR_NS,
                       *self.chart_values(max_pushes), "--wait", "--timeout", "3m")
             self.op_max = max_pushes
-        pod = wait_for(self.operator_pod_ready, 120, "one Ready operator pod")
+        pod = wait_for(lambda: (lambda p: p if p and p["metadata"]["name"] not in not_in else None)(
+            self.operator_pod_ready()), 120, "one Ready operator pod")
         self.op_n += 1
         self.metrics_target = f"{pod['status']['podIP']}:8080"
         self.metrics_url = f"http://{self.metrics_target}"
@@ -419,32 +311,20 @@ class Harness:
                 json.dump([{"targets": [self.metrics_target]}], f)
             os.replace(tmp, self.prom_targets)
 
-    def start_operator(self, max_pushes=4, extra=()):
-        if self.real:
-            if extra:
-                raise Failure(f"operator flags {extra} need the simulated node's local operator")
-            return self.start_operator_pod(max_pushes)
-        self.stop("operator", signal.SIGTERM)
-        self.metrics_port = free_port()
-        self.op_n += 1
-        env = dict(os.environ, KUBECONFIG=self.operator_kubeconfig, PUSH_OPERATOR_LOG="info,kube=warn", NO_COLOR="1")
-        # The operator log is one file across restarts.
-        log = open(os.path.join(self.logs, "operator.log"), "ab")
-        log.write(f"===== operator start #{self.op_n} (max {max_pushes}) {time.strftime('%H:%M:%S')}\n".encode())
-        log.close()
-        p = subprocess.Popen([self.bin, *self.operator_args(max_pushes, extra)],
-                             stdout=open(os.path.join(self.logs, "operator.log"), "ab"), stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        self.procs["operator"] = p
-        self.metrics_target = f"127.0.0.1:{self.metrics_port}"
-        self.metrics_url = f"http://{self.metrics_target}"
-        wait_for(lambda: self.http(f"{self.metrics_url}/healthz"), 20, "operator /healthz")
-        self.set_prom_target()
+    def restart_operator(self):
+        """A graceful restart: SIGTERM (the lease is handed over), then the next operator."""
+        names = [p["metadata"]["name"] for p in self.operator_pods()]
+        r = self.kubectl("delete", "pod", "-n", OPERATOR_NS, "--wait=false", *names)
+        if r.returncode != 0:
+            raise Failure(f"kubectl delete pod {names}: {r.stderr}")
+        self.start_operator_pod(self.op_max, not_in=names)
+
+    def start_operator(self, max_pushes=4):
+        """The operator with max_pushes, Ready (after a kill: the pod the Deployment made again)."""
+        self.start_operator_pod(max_pushes)
 
     def kill_operator(self):
-        """SIGKILL: on the real node `kubectl delete pod --force --grace-period=0` of the operator pod."""
-        if not self.real:
-            return self.stop("operator", signal.SIGKILL)
+        """SIGKILL: `kubectl delete pod --force --grace-period=0` of the operator pod."""
         names = [p["metadata"]["name"] for p in self.operator_pods()]
         if names:
             r = self.kubectl("delete", "pod", "-n", OPERATOR_NS, "--force", "--grace-period=0", "--wait=false", *names)
@@ -452,9 +332,7 @@ class Harness:
                 raise Failure(f"kubectl delete pod --force {names}: {r.stderr}")
 
     def operator_alive(self):
-        if self.real:
-            return bool(self.operator_pods())
-        return "operator" in self.procs and self.procs["operator"].poll() is None
+        return bool(self.operator_pods())
 
     def http(self, url):
         try:
@@ -477,14 +355,10 @@ class Harness:
         return r.returncode, r.stdout, r.stderr, time.time() - t
 
     def operator_tail(self, n=50):
-        if self.real and getattr(self, "kubectl_bin", None):
-            r = self.kubectl("logs", "-n", OPERATOR_NS, f"deploy/{RELEASE}", f"--tail={n}", timeout=20)
-            return r.stdout + r.stderr
-        try:
-            lines = open(os.path.join(self.logs, "operator.log"), errors="replace").read().splitlines()
-        except OSError:
+        if not getattr(self, "kubectl_bin", None):
             return ""
-        return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(lines[-n:]))
+        r = self.kubectl("logs", "-n", OPERATOR_NS, f"deploy/{RELEASE}", f"--tail={n}", timeout=20)
+        return r.stdout + r.stderr
 
 
 # ---------------------------------------------------------------- scenario helpers
@@ -529,6 +403,15 @@ class Ctx:
             self.c.get(nsp(CORE, self.ns, "persistentvolumeclaims", name))), 30, f"PVC {name} bound")
         return self.h.volume_dir(pvc)
 
+    def fill_big(self, name, mib, seed):
+        """Adds big.bin, mib MiB of seeded random bytes (incompressible), to the PVC's data."""
+        d = self.wait_bound(name)
+        rnd = random.Random(seed)
+        with open(os.path.join(d, "big.bin"), "wb") as f:
+            for _ in range(mib):
+                f.write(rnd.randbytes(1 << 20))
+        return d
+
     def fill(self, name, seed):
         d = self.wait_bound(name)
         rnd = random.Random(seed)
@@ -545,10 +428,14 @@ class Ctx:
             os.symlink("sub/notes.md", os.path.join(d, "link"))
         return d
 
-    def template(self, app, claims, node=None, security=None, image=None):
-        """security: (pod securityContext, container securityContext)."""
-        spec = {"terminationGracePeriodSeconds": 5,
-                "containers": [{"name": "app", "image": image or self.h.app_image, "command": APP_COMMAND,
+    def template(self, app, claims, node=None, security=None, image=None, stop_seconds=0):
+        """security: (pod securityContext, container securityContext); stop_seconds: how long the
+        app takes to stop after SIGTERM (its grace period is longer)."""
+        command = APP_COMMAND
+        if stop_seconds:
+            command = ["sh", "-c", f"trap 'sleep {stop_seconds}; exit 0' TERM; while :; do sleep 1 & wait; done"]
+        spec = {"terminationGracePeriodSeconds": 5 + stop_seconds * 2,
+                "containers": [{"name": "app", "image": image or self.h.app_image, "command": command,
                                 "volumeMounts": [{"name": f"v{i}", "mountPath": f"/data{i}"}
                                                  for i in range(len(claims))]}],
                 "volumes": [{"name": f"v{i}", "persistentVolumeClaim": {"claimName": c}}
@@ -559,11 +446,11 @@ class Ctx:
             spec["securityContext"], spec["containers"][0]["securityContext"] = security
         return {"metadata": {"labels": {"app": app}}, "spec": spec}
 
-    def deployment(self, name, replicas, claims, node=None, security=None, image=None):
+    def deployment(self, name, replicas, claims, node=None, security=None, image=None, stop_seconds=0):
         self.c.create(nsp(APPS, self.ns, "deployments"), {
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": self.ns},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                     "template": self.template(name, claims, node, security, image)}})
+                     "template": self.template(name, claims, node, security, image, stop_seconds)}})
 
     def statefulset(self, name, replicas, claims):
         self.c.create(nsp(APPS, self.ns, "statefulsets"), {
@@ -578,18 +465,18 @@ class Ctx:
     def wait_running(self, app, n, timeout=30):
         wait_for(lambda: len(self.running_pods(app)) == n, timeout, f"{n} running pods of {app}")
 
-    def app(self, name, replicas, pvc, seed, node=None, security=None, image=None, **repo):
+    def app(self, name, replicas, pvc, seed, node=None, security=None, image=None, stop_seconds=0, **repo):
         """A PVC filled with seeded data, a Deployment using it and a Repository of the same
         name, running; returns the PVC's data directory."""
         self.pvc(pvc)
         d = self.fill(pvc, seed)
-        self.deployment(name, replicas, [pvc], node=node, security=security, image=image)
+        self.deployment(name, replicas, [pvc], node=node, security=security, image=image, stop_seconds=stop_seconds)
         self.repository(name, [pvc], **repo)
         self.wait_running(name, replicas)
         return d
 
     def repository(self, name, volumes, prefix=None, bucket=BUCKET, endpoint=None, online=None, workloads=None,
-                   hooks=None):
+                   hooks=None, worker_resources=None):
         spec = {"volumes": volumes,
                 "storage": {"endpoint": endpoint or self.h.s3, "bucket": bucket, "prefix": prefix or self.ns,
                             "region": "us-east-1", "credentialsSecretRef": {"name": "s3"},
@@ -600,18 +487,31 @@ class Ctx:
             spec["workloads"] = workloads
         if hooks:
             spec["hooks"] = hooks
+        if worker_resources:
+            spec["workerResources"] = worker_resources
         self.c.create(nsp(GROUP, self.ns, "repositories"), {
             "apiVersion": "rediacc.io/v1alpha1", "kind": "Repository",
             "metadata": {"name": name, "namespace": self.ns}, "spec": spec})
 
-    def job(self, name, repo, mode, priority=None, **spec):
+    def job(self, name, repo, mode, priority=None, env=None, **spec):
+        """A PushJob; env: environment for its worker pod (the test hooks: a start delay, crash and
+        pause points), through the annotation a test build of the operator reads."""
         s = {"repositoryRef": {"name": repo}, "mode": mode}
         if priority:
             s["priority"] = priority
         s.update(spec)
         return self.c.create(nsp(GROUP, self.ns, "pushjobs"), {
             "apiVersion": "rediacc.io/v1alpha1", "kind": "PushJob",
-            "metadata": {"name": name, "namespace": self.ns}, "spec": s})
+            "metadata": {"name": name, "namespace": self.ns, "annotations": worker_env(env)}, "spec": s})
+
+    def push_ok(self, name, repo, mode, consistency, timeout=120):
+        """Creates PushJob name, waits for it, and expects it Succeeded with that consistency;
+        returns its status."""
+        self.job(name, repo, mode)
+        st = self.wait_done(name, timeout)["status"]
+        expect(st["phase"] == "Succeeded", f"{name}: phase {st['phase']}: {st.get('message')} {st.get('failure')}")
+        expect(st.get("consistency") == consistency, f"{name}: status.consistency {st.get('consistency')}")
+        return st
 
     def get_job(self, name):
         return self.c.get(nsp(GROUP, self.ns, "pushjobs", name))
@@ -630,12 +530,12 @@ class Ctx:
             raise Failure(f"PushJob {name} did not finish in {timeout}s; status: "
                           f"{json.dumps(j.get('status'))[:1500]}")
 
-    def restore(self, name, repo, target, **spec):
+    def restore(self, name, repo, target, env=None, **spec):
         s = {"repositoryRef": {"name": repo}, "target": target}
         s.update(spec)
         return self.c.create(nsp(GROUP, self.ns, "restorejobs"), {
             "apiVersion": "rediacc.io/v1alpha1", "kind": "RestoreJob",
-            "metadata": {"name": name, "namespace": self.ns}, "spec": s})
+            "metadata": {"name": name, "namespace": self.ns, "annotations": worker_env(env)}, "spec": s})
 
     def get_restore(self, name):
         return self.c.get(nsp(GROUP, self.ns, "restorejobs", name))
@@ -697,6 +597,11 @@ class Ctx:
             "pvcs": [p["metadata"]["name"] for p in self.c.list(nsp(CORE, self.ns, "persistentvolumeclaims"), sel)],
             "snapshots": [p["metadata"]["name"] for p in self.c.list(nsp(SNAPG, self.ns, "volumesnapshots"), sel)],
         }
+
+
+def worker_env(env):
+    """The annotations that give a job's worker pods this environment (test builds only)."""
+    return {"rediacc.io/test-worker-env": "\n".join(f"{k}={v}" for k, v in env.items())} if env else {}
 
 
 def cond(job, typ):
@@ -813,7 +718,7 @@ def sc_offline(h):
 
 
 def snapshot_class(h, name):
-    """A VolumeSnapshotClass served by the simulated CSI driver (kept if it exists; no GET by name,
+    """A VolumeSnapshotClass served by the node's CSI driver (kept if it exists; no GET by name,
     which the RBAC check would count as the operator's)."""
     try:
         h.c.create("/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses", {
@@ -827,19 +732,15 @@ def snapshot_class(h, name):
 def sc_online_class(h):
     x = Ctx(h, "onc")
     try:
-        snapshot_class(h, "sim-snap")
+        snapshot_class(h, "snap")
         x.secret()
-        d = x.app("app", 2, "data", 3, online={"volumeSnapshotClassName": "sim-snap"})
+        d = x.app("app", 2, "data", 3, online={"volumeSnapshotClassName": "snap"})
         wl, snapev, pvcev = [], [], []
         x.watch(nsp(APPS, "onc", "deployments"), wl)
         x.watch(nsp(SNAPG, "onc", "volumesnapshots"), snapev)
         x.watch(nsp(CORE, "onc", "persistentvolumeclaims"), pvcev)
         time.sleep(0.5)
-        x.job("snap1", "app", "Online")
-        j = x.wait_done("snap1", 120)
-        st = j["status"]
-        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('message')} {st.get('failure')}")
-        expect(st.get("consistency") == "crash-consistent", f"status.consistency {st.get('consistency')}")
+        st = x.push_ok("snap1", "app", "Online", "crash-consistent")
         hw = history(wl, "app")
         expect(hw == [2], f"the workload was scaled: {hw}")
         expect(any(o["metadata"]["name"].endswith("-snap") for _, t, o in snapev if t == "ADDED"),
@@ -979,14 +880,14 @@ def sc_queue_order(h):
         for n in names:
             x.fill(f"{n}-data", 10)
             x.repository(n, [f"{n}-data"])
-        h.set_knobs("q/long-", worker_start_delay=6)
         jobs_ev = []
         x.watch(nsp(GROUP, "q", "pushjobs"), jobs_ev)
-        x.job("long", "long", "Offline", priority="P4")
+        x.job("long", "long", "Offline", priority="P4", env={"PUSH_OPERATOR_TEST_START_DELAY": 8})
         wait_for(lambda: x.phase("long") == "Pushing", 30, "long job Pushing")
         prios = dict(zip(["a", "b", "c", "d", "e"], ["P3", "P1", "P5", "P1", "P2"]))
         for n in ["a", "b", "c", "d", "e"]:
-            x.job(n, n, "Offline", priority=prios[n])
+            # Real pushes take seconds each: the P1 jobs get room to wait for their turn.
+            x.job(n, n, "Offline", priority=prios[n], deadlineSeconds=600)
             time.sleep(1.1)  # creationTimestamp has one-second resolution
         expect(x.phase("long") == "Pushing", f"the long job finished too early ({x.phase('long')}); order untested")
         queued = [x.get_job(n) for n in prios]
@@ -1013,83 +914,10 @@ def sc_queue_order(h):
         h.start_operator()
 
 
-def sc_p1_deadline(h):
-    x = Ctx(h, "p1")
-    try:
-        x.secret()
-        x.app("app", 2, "data", 5)
-        h.set_knobs("p1/", worker_start_delay=60)
-        t0 = time.time()
-        x.job("urgent", "app", "Offline", priority="P1")
-        j = x.wait_done("urgent", 90)
-        took = time.time() - t0
-        st = j["status"]
-        expect(st["phase"] == "Failed", f"phase {st['phase']}")
-        expect(failure_reason(j) == "DeadlineExceeded", f"reason {failure_reason(j)}: {st.get('failure')}")
-        expect(x.replicas("Deployment", "app") == 2, f"replicas {x.replicas('Deployment', 'app')}, want 2")
-        x.wait_running("app", 2)
-        x.wait_cleaned("urgent")
-        return f"Failed/DeadlineExceeded after {took:.0f}s, replicas back to 2"
-    finally:
-        x.close()
-
-
-def sc_operator_kill(h):
-    x = Ctx(h, "kill")
-    out = []
-    try:
-        x.secret()
-        d = x.app("app", 2, "data", 6)
-        for i, (target, knobs) in enumerate([("Quiescing", {}),
-                                             ("WaitingForDetach", {"grace": 8}),
-                                             ("Pushing", {"worker_start_delay": 6})]):
-            h.sim_config({"overrides": {**{k: v for k, v in (json.load(open(h.simcfg)).get("overrides") or {}).items()
-                                           if not k.startswith("kill/")}, "kill/": knobs}})
-            name = f"k{i}-{target.lower()}"
-            ev = []
-            phases_seen = threading.Event()
-
-            def sink(t, o, name=name, target=target, ev=ev):
-                ph = (o.get("status") or {}).get("phase")
-                ev.append(ph)
-                if o["metadata"]["name"] == name and ph == target and not phases_seen.is_set():
-                    phases_seen.set()
-                    h.kill_operator()
-            stop = threading.Event()
-            h.c.watch(nsp(GROUP, "kill", "pushjobs") + f"?fieldSelector=metadata.name%3D{name}", sink, stop)
-            time.sleep(0.3)
-            x.job(name, "app", "Offline")
-            if not phases_seen.wait(60):
-                stop.set()
-                raise Failure(f"{name}: never saw phase {target} (phases {ev})")
-            stop.set()
-            h.kill_operator()
-            killed_in = x.phase(name)
-            time.sleep(1)
-            h.start_operator()
-            j = x.wait_done(name, 150)
-            st = j["status"]
-            wait_for(lambda: x.replicas("Deployment", "app") == 2, 30, f"{name}: replicas back to 2")
-            x.wait_running("app", 2)
-            expect(st["phase"] == "Succeeded", f"{name}: killed in {killed_in}, ended {st['phase']}: "
-                                               f"{st.get('failure')}")
-            x.restore_equals(st["snapshots"][0]["snapshot"], d)
-            dep = x.c.get(nsp(APPS, "kill", "deployments", "app"))
-            ann = (dep["metadata"].get("annotations") or {}).get("rediacc.io/push-original-replicas")
-            expect(ann is None, f"{name}: replica annotation left: {ann}")
-            out.append(f"{target}(at {killed_in})->{st['phase']}")
-        return ", ".join(out)
-    finally:
-        h.sim_config({})
-        x.close()
-        if "operator" not in h.procs:
-            h.start_operator()
-
-
 def sc_delete_mid_flow(h):
     x = Ctx(h, "del")
     try:
-        snapshot_class(h, "sim-snap-del")
+        snapshot_class(h, "snap-del")
         x.secret()
         x.pvc("data")
         x.fill("data", 7)
@@ -1099,13 +927,13 @@ def sc_delete_mid_flow(h):
         x.statefulset("db", 1, ["data"])
         x.deployment("web", 1, ["odata"])
         x.repository("app", ["data"])
-        x.repository("web", ["odata"], online={"volumeSnapshotClassName": "sim-snap-del"})
+        x.repository("web", ["odata"], online={"volumeSnapshotClassName": "snap-del"})
         x.wait_running("app", 2)
         x.wait_running("db", 1)
         x.wait_running("web", 1)
-        h.set_knobs("del/", worker_start_delay=30)
-        x.job("doomed", "app", "Offline")
-        x.job("doomed-online", "web", "Online")
+        slow = {"PUSH_OPERATOR_TEST_START_DELAY": 30}
+        x.job("doomed", "app", "Offline", env=slow)
+        x.job("doomed-online", "web", "Online", env=slow)
         for j in ("doomed", "doomed-online"):
             wait_for(lambda: x.phase(j) == "Pushing", 60, f"{j} Pushing")
             wait_for(lambda: x.labelled(j)["pods"], 20, f"{j} worker pod")
@@ -1262,7 +1090,7 @@ def sc_policy_schedule(h):
         name = lambda b: f"every-minute-minutely-{b // 60}"  # noqa: E731
         # Boundary 1: a graceful restart 1.5 s before it (the lease is handed over).
         sleep_until(b1 - 1.5)
-        h.start_operator()
+        h.restart_operator()
         j1 = x.wait_done(name(b1), 90)
         expect(j1["status"]["phase"] == "Succeeded", f"{name(b1)}: {j1['status'].get('failure')}")
         expect(j1["metadata"]["annotations"]["rediacc.io/scheduled-time"]
@@ -1390,12 +1218,14 @@ def sc_prune_during_push(h):
         j1 = x.wait_done("p1", 120)
         expect(j1["status"]["phase"] == "Succeeded", f"p1: {j1['status'].get('failure')}")
         s1 = j1["status"]["snapshots"][0]["snapshot"]
-        gate = os.path.join(h.tmp, "prn-gate")
-        h.set_knobs("prn/p2", env={"PUSH_OPERATOR_PAUSE_BEFORE_SNAPSHOT": gate})
         with open(os.path.join(d, "hello.txt"), "a") as f:
             f.write("one more line\n")
-        x.job("p2", "app", "Online")
-        wait_for(lambda: os.path.exists(gate + ".waiting"), 90, "push p2 paused before its snapshot")
+        # The gate is a file in the worker pod's /tmp.
+        x.job("p2", "app", "Online", env={"PUSH_OPERATOR_PAUSE_BEFORE_SNAPSHOT": "/tmp/gate"})
+
+        def in_worker(*cmd):
+            return h.kubectl("exec", "-n", "prn", "p2-push", "--", *cmd).returncode == 0
+        wait_for(lambda: in_worker("test", "-e", "/tmp/gate.waiting"), 90, "push p2 paused before its snapshot", 0.5)
         # p2 reused every chunk of s1; now s1 is forgotten and a prune runs.
         store_json(h, "forget", s1, prefix="prn")
         r = store_json(h, "prune", prefix="prn")
@@ -1403,7 +1233,7 @@ def sc_prune_during_push(h):
                f"the prune should mark and wait for the running push: {r}")
         rc, _, err = store_cli(h, "verify", "--read-data", prefix="prn")
         expect(rc == 0, f"verify during the pending prune: {err[-600:]}")
-        open(gate, "w").close()
+        expect(in_worker("touch", "/tmp/gate"), "cannot open the gate in p2-push")
         j2 = x.wait_done("p2", 120)
         expect(j2["status"]["phase"] == "Succeeded", f"p2: {j2['status'].get('failure')}")
         s2 = j2["status"]["snapshots"][0]["snapshot"]
@@ -1419,9 +1249,6 @@ def sc_prune_during_push(h):
         return (f"first prune marked {r['bytes_pending']} bytes and waited; second kept "
                 f"{r2['packs_kept_for_new_snapshots']} packs, deleted {r2['packs_deleted']}")
     finally:
-        cfg = json.load(open(h.simcfg))
-        (cfg.get("overrides") or {}).pop("prn/p2", None)
-        h.sim_config(cfg)
         x.close()
 
 
@@ -1472,7 +1299,7 @@ def sc_pod_security(h):
         # runAsNonRoot without a user: the kubelet runs it only from an image whose USER is not
         # root (the operator's image is one).
         x.app("anon", 1, "anon-data", 33, security=RESTRICTED_ANONYMOUS,
-              image="localhost/push-operator:dev" if h.real else None)
+              image="localhost/push-operator:dev")
         pods = []
         x.watch(nsp(CORE, x.ns, "pods"), pods)
         time.sleep(0.5)
@@ -1727,8 +1554,7 @@ def sc_restore_killed(h):
                 f.write("the state to keep\n")
         ca, cb = x.keep_copy(da), x.keep_copy(db)
         # The restore worker is killed (SIGKILL) after writing the first volume.
-        h.set_knobs("rkill/r1-restore", env={"PUSH_OPERATOR_CRASH_AT": "restore:1"})
-        x.restore("r1", "app", {"inPlace": {}})
+        x.restore("r1", "app", {"inPlace": {}}, env={"PUSH_OPERATOR_CRASH_AT": "restore:1"})
         j = x.wait_restore("r1")
         st = j["status"]
         expect(st["phase"] == "Failed", f"phase {st['phase']}")
@@ -1938,11 +1764,7 @@ def sc_pg_offline(h):
         x.watch(nsp(CORE, x.ns, "pods"), pods)
         x.watch("/apis/storage.k8s.io/v1/volumeattachments", vas)
         time.sleep(1)
-        x.job("pre-upgrade", "pg", "Offline")
-        j = x.wait_done("pre-upgrade", 300)
-        st = j["status"]
-        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('failure')}")
-        expect(st.get("consistency") == "consistent", f"consistency {st.get('consistency')}")
+        st = x.push_ok("pre-upgrade", "pg", "Offline", "consistent", 300)
         hist = history(sts, "pg")
         expect(hist == [1, 0, 1], f"pg replicas history {hist}, want [1, 0, 1]")
         wadd = [t for t, typ, o in pods if typ == "ADDED" and o["metadata"]["name"] == "pre-upgrade-push"]
@@ -1988,11 +1810,7 @@ def sc_pg_online(h):
         sts = []
         x.watch(nsp(APPS, x.ns, "statefulsets"), sts)
         before = pg.rows()
-        x.job("live", "pg", "Online")
-        j = x.wait_done("live", 300)
-        st = j["status"]
-        expect(st["phase"] == "Succeeded", f"phase {st['phase']}: {st.get('failure')}")
-        expect(st.get("consistency") == "crash-consistent", f"consistency {st.get('consistency')}")
+        st = x.push_ok("live", "pg", "Online", "crash-consistent", 300)
         expect((st.get("preHook") or {}).get("ok"), f"CHECKPOINT hook: {st.get('preHook')}")
         expect(history(sts, "pg") in ([], [1]), f"the online push scaled pg: {history(sts, 'pg')}")
         expect(pg.rows() > before, "the load stopped during the online push")
@@ -2012,41 +1830,154 @@ def sc_pg_online(h):
         x.close()
 
 
-# (name, function, node): the node the scenario runs on. "sim" is the STOP-GAP of the scenarios that
-# still steer workers through node.py's knobs (see the module docstring).
+def sc_worker_oom(h):
+    """A worker pod whose memory limit is too small is OOM-killed by the kernel: the job fails with
+    WorkerOOMKilled, whose message says to raise the limit, and the workloads come back."""
+    x = Ctx(h, "oom")
+    try:
+        x.secret()
+        x.pvc("data")
+        x.fill("data", 41)
+        x.fill_big("data", 64, 41)
+        x.deployment("app", 2, ["data"])
+        x.repository("app", ["data"], worker_resources={"requests": {"cpu": "50m", "memory": "16Mi"},
+                                                        "limits": {"memory": "16Mi"}})
+        x.wait_running("app", 2)
+        x.job("tight", "app", "Offline")
+        j = x.wait_done("tight", 180)
+        st = j["status"]
+        fail = st.get("failure") or {}
+        expect(st["phase"] == "Failed" and failure_reason(j) == "WorkerOOMKilled", f"{st['phase']}: {fail}")
+        expect("memory" in fail.get("message", "").lower(), f"the message names no memory limit: {fail}")
+        wait_for(lambda: x.replicas("Deployment", "app") == 2, 30, "replicas back to 2")
+        x.wait_running("app", 2, 60)
+        x.wait_cleaned("tight", 60)
+        return f"WorkerOOMKilled: {fail.get('message', '')[:120]}; replicas back to 2"
+    finally:
+        x.close()
+
+
+def sc_operator_kill(h):
+    """The operator pod deleted with --force --grace-period=0 (SIGKILL, no lease hand-over) while a
+    job is Quiescing, WaitingForDetach (the app takes 8 s to stop) and Pushing: the Deployment's new
+    pod takes the lease, finishes every job and brings every workload back."""
+    x = Ctx(h, "kill")
+    out = []
+    try:
+        x.secret()
+        x.pvc("data")
+        d = x.fill("data", 6)
+        x.fill_big("data", 128, 6)
+        x.deployment("app", 2, ["data"], stop_seconds=8)
+        x.repository("app", ["data"])
+        x.wait_running("app", 2)
+        for i, target in enumerate(["Quiescing", "WaitingForDetach", "Pushing"]):
+            name = f"k{i}-{target.lower()}"
+            seen = []
+            hit = threading.Event()
+
+            def sink(t, o, name=name, target=target, seen=seen, hit=hit):
+                ph = (o.get("status") or {}).get("phase")
+                seen.append(ph)
+                if ph == target and not hit.is_set():
+                    hit.set()
+                    h.kill_operator()
+            stop = threading.Event()
+            h.c.watch(nsp(GROUP, "kill", "pushjobs") + f"?fieldSelector=metadata.name%3D{name}", sink, stop)
+            time.sleep(0.3)
+            x.job(name, "app", "Offline")
+            if not hit.wait(90):
+                stop.set()
+                raise Failure(f"{name}: never saw phase {target} (phases {seen})")
+            stop.set()
+            killed_in = x.phase(name)
+            h.start_operator()
+            j = x.wait_done(name, 240)
+            st = j["status"]
+            wait_for(lambda: x.replicas("Deployment", "app") == 2, 60, f"{name}: replicas back to 2")
+            x.wait_running("app", 2, 60)
+            expect(st["phase"] == "Succeeded", f"{name}: killed in {killed_in}, ended {st['phase']}: {st.get('failure')}")
+            x.restore_equals(st["snapshots"][0]["snapshot"], d)
+            dep = x.c.get(nsp(APPS, "kill", "deployments", "app"))
+            ann = (dep["metadata"].get("annotations") or {}).get("rediacc.io/push-original-replicas")
+            expect(ann is None, f"{name}: replica annotation left: {ann}")
+            out.append(f"{target}(at {killed_in})->{st['phase']}")
+        return ", ".join(out) + f"; {h.op_n} operator pods"
+    finally:
+        x.close()
+        if not h.operator_alive():
+            h.start_operator()
+
+
+def sc_p1_deadline(h):
+    """A P1 job (33 s by default) on an app that takes 60 s to stop: the deadline passes while the
+    job waits for the pods to go; it fails with DeadlineExceeded and the replicas come back."""
+    x = Ctx(h, "p1")
+    try:
+        x.secret()
+        x.pvc("data")
+        x.fill("data", 5)
+        x.deployment("app", 2, ["data"], stop_seconds=60)
+        x.repository("app", ["data"])
+        x.wait_running("app", 2)
+        t0 = time.time()
+        x.job("urgent", "app", "Offline", priority="P1")
+        j = x.wait_done("urgent", 120)
+        took = time.time() - t0
+        st = j["status"]
+        expect(st["phase"] == "Failed", f"phase {st['phase']}")
+        expect(failure_reason(j) == "DeadlineExceeded", f"reason {failure_reason(j)}: {st.get('failure')}")
+        expect(x.replicas("Deployment", "app") == 2, f"replicas {x.replicas('Deployment', 'app')}, want 2")
+        x.wait_running("app", 2, 120)
+        x.wait_cleaned("urgent")
+        return f"Failed/DeadlineExceeded after {took:.0f}s (in {st.get('failure', {}).get('message', '')[:60]}), replicas back to 2"
+    finally:
+        x.close()
+
+
 SCENARIOS = [
-    ("invalid-manifests", sc_invalid_manifests, "real"),
-    ("pg-offline", sc_pg_offline, "real"),
-    ("pg-online", sc_pg_online, "real"),
-    ("offline-deployment-statefulset", sc_offline, "real"),
-    ("queue-order", sc_queue_order, "sim"),
-    ("operator-kill", sc_operator_kill, "sim"),
-    ("online-with-class", sc_online_class, "real"),
-    ("online-live", sc_online_live, "real"),
-    ("hooks", sc_hooks, "real"),
-    ("p1-deadline", sc_p1_deadline, "sim"),
-    ("delete-mid-flow", sc_delete_mid_flow, "sim"),
-    ("worker-failure", sc_worker_failure, "real"),
-    ("pre-upgrade", sc_pre_upgrade, "real"),
-    ("pod-security", sc_pod_security, "real"),
-    ("alerts", sc_alerts, "real"),
-    ("rbac-rule-removed", sc_rbac_rule_removed, "real"),
-    ("restore-new-volumes", sc_restore_new_volumes, "real"),
-    ("restore-in-place", sc_restore_in_place, "real"),
-    ("restore-killed", sc_restore_killed, "sim"),
-    ("restore-live-read", sc_restore_live_read, "real"),
-    ("restore-tests", sc_restore_tests, "real"),
+    ("invalid-manifests", sc_invalid_manifests),
+    ("pg-offline", sc_pg_offline),
+    ("pg-online", sc_pg_online),
+    ("offline-deployment-statefulset", sc_offline),
+    ("queue-order", sc_queue_order),
+    ("operator-kill", sc_operator_kill),
+    ("online-with-class", sc_online_class),
+    ("online-live", sc_online_live),
+    ("hooks", sc_hooks),
+    ("p1-deadline", sc_p1_deadline),
+    ("delete-mid-flow", sc_delete_mid_flow),
+    ("worker-failure", sc_worker_failure),
+    ("worker-oom", sc_worker_oom),
+    ("pre-upgrade", sc_pre_upgrade),
+    ("pod-security", sc_pod_security),
+    ("alerts", sc_alerts),
+    ("rbac-rule-removed", sc_rbac_rule_removed),
+    ("restore-new-volumes", sc_restore_new_volumes),
+    ("restore-in-place", sc_restore_in_place),
+    ("restore-killed", sc_restore_killed),
+    ("restore-live-read", sc_restore_live_read),
+    ("restore-tests", sc_restore_tests),
     # Before the scenarios that restart the operator (its counters start again at zero).
-    ("metrics", sc_metrics, "real"),
-    ("retention", sc_retention, "real"),
-    ("prune-during-push", sc_prune_during_push, "sim"),
-    ("policy-schedule", sc_policy_schedule, "sim"),
+    ("metrics", sc_metrics),
+    ("retention", sc_retention),
+    ("prune-during-push", sc_prune_during_push),
+    ("policy-schedule", sc_policy_schedule),
 ]
 
 
-def run_suite(node, scenarios, keep):
-    """Sets up a cluster with `node` and runs the scenarios on it; returns (passed, failed)."""
-    h = Harness(keep, node)
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("names", nargs="*", help="scenarios to run (default: all)")
+    ap.add_argument("--only", help="comma-separated scenario names (the same as naming them)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir even on success")
+    a = ap.parse_args()
+    only = set(a.names) | (set(a.only.split(",")) if a.only else set()) or None
+    known = {n for n, _ in SCENARIOS}
+    if only and only - known:
+        print(f"unknown scenario(s): {', '.join(sorted(only - known))}; known: {', '.join(n for n, _ in SCENARIOS)}")
+        return 2
+    h = Harness(a.keep)
     atexit.register(h.stop_all)
 
     def on_signal(sig, _):
@@ -2057,15 +1988,16 @@ def run_suite(node, scenarios, keep):
     signal.signal(signal.SIGTERM, on_signal)
     t0 = time.time()
     passed, failed = 0, 0
-    print(f"== {node} node: {len(scenarios)} scenario(s)", flush=True)
     try:
         h.setup()
     except Exception as e:  # noqa: BLE001
-        print(f"SET-UP FAILED ({node} node): {e}\n{traceback.format_exc()}")
+        print(f"SET-UP FAILED: {e}\n{traceback.format_exc()}")
         print(f"logs in {h.tmp}\n--- last 50 lines of the operator log ---\n{h.operator_tail()}")
-        h.stop_all()
-        return 0, 1
-    for name, fn, _ in scenarios:
+        print("0 passed, 1 failed")
+        return 1
+    for name, fn in SCENARIOS:
+        if only and name not in only:
+            continue
         t = time.time()
         try:
             detail = fn(h)
@@ -2083,37 +2015,11 @@ def run_suite(node, scenarios, keep):
                 except Exception:  # noqa: BLE001
                     pass
     h.stop_all()
-    print(f"{node} node: {passed} passed, {failed} failed in {time.time() - t0:.1f}s", flush=True)
+    print(f"total {time.time() - t0:.1f}s", flush=True)
     if failed:
         print(f"logs in {h.tmp}")
-    elif not keep:
+    elif not a.keep:
         shutil.rmtree(h.tmp, ignore_errors=True)
-    return passed, failed
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--keep", action="store_true", help="keep the temp dirs even on success")
-    ap.add_argument("names", nargs="*", help="scenarios to run (default: all)")
-    ap.add_argument("--only", help="comma-separated scenario names (the same as naming them)")
-    ap.add_argument("--node", choices=["real", "sim", "all"], default="all",
-                    help="run the scenarios of this node (default: all, one cluster per node)")
-    a = ap.parse_args()
-    only = set(a.names) | (set(a.only.split(",")) if a.only else set()) or None
-    known = {n for n, _, _ in SCENARIOS}
-    if only and only - known:
-        print(f"unknown scenario(s): {', '.join(sorted(only - known))}; known: {', '.join(n for n, _, _ in SCENARIOS)}")
-        return 2
-    t0 = time.time()
-    passed = failed = 0
-    for node in ("real", "sim"):
-        if a.node not in (node, "all"):
-            continue
-        chosen = [sc for sc in SCENARIOS if sc[2] == node and (not only or sc[0] in only)]
-        if chosen:
-            p, f = run_suite(node, chosen, a.keep)
-            passed, failed = passed + p, failed + f
-    print(f"total {time.time() - t0:.1f}s", flush=True)
     print(f"{passed} passed, {failed} failed", flush=True)
     return 1 if failed else 0
 
