@@ -703,8 +703,12 @@ def sc_offline(h):
             {o["metadata"]["name"] for t, typ, o in pods if t < tw and typ == "DELETED"}
         app_live_at.discard("nightly-push")
         expect(not app_live_at, f"app pods still existed when the worker was created: {sorted(app_live_at)}")
-        va_live = {o["metadata"]["name"] for t, typ, o in vas if t < tw and typ == "ADDED"} - \
-            {o["metadata"]["name"] for t, typ, o in vas if t < tw and typ == "DELETED"}
+        # The attachments of this scenario's volumes (other namespaces' pods keep theirs).
+        pvs = {x.c.get(nsp(CORE, "off", "persistentvolumeclaims", c))["spec"]["volumeName"] for c in ("web-data", "db-data")}
+        mine = [(t, typ, o) for t, typ, o in vas if o["spec"]["source"].get("persistentVolumeName") in pvs]
+        expect(any(typ == "DELETED" for _, typ, _ in mine), f"no VolumeAttachment of {sorted(pvs)} was ever deleted")
+        va_live = {o["metadata"]["name"] for t, typ, o in mine if t < tw and typ == "ADDED"} - \
+            {o["metadata"]["name"] for t, typ, o in mine if t < tw and typ == "DELETED"}
         expect(not va_live, f"VolumeAttachments still existed when the worker was created: {va_live}")
         expect(app_gone > 0, "app pods never went away")
         snaps = {s["volume"]: s["snapshot"] for s in st.get("snapshots") or []}
@@ -1880,8 +1884,9 @@ def sc_operator_kill(h):
                 ph = (o.get("status") or {}).get("phase")
                 seen.append(ph)
                 if ph == target and not hit.is_set():
-                    hit.set()
+                    # Killed before the main thread goes on: it then waits for the next pod.
                     h.kill_operator()
+                    hit.set()
             stop = threading.Event()
             h.c.watch(nsp(GROUP, "kill", "pushjobs") + f"?fieldSelector=metadata.name%3D{name}", sink, stop)
             time.sleep(0.3)
