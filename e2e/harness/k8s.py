@@ -1,4 +1,4 @@
-"""A tiny Kubernetes REST client (stdlib only) shared by the simulator and the runner."""
+"""A tiny Kubernetes REST client (stdlib only) of the e2e runner and the benchmarks."""
 import http.client
 import json
 import ssl
