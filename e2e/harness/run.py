@@ -156,7 +156,7 @@ class Harness:
         self.install_chart()
         self.start_prometheus()
         wait_for(self.s3_ready, 60, "SeaweedFS")
-        self.start_operator_pod(self.op_max)
+        self.start_operator(self.op_max)
         print(f"set-up done in {time.time() - t0:.1f}s (logs: {self.tmp})", flush=True)
 
     def start_cluster(self):
@@ -286,12 +286,11 @@ class Harness:
         if len(pods) != 1:
             return None
         p = pods[0]
-        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
-        return p if ready and p["status"].get("podIP") else None
+        return p if pod_ready(p) and p["status"].get("podIP") else None
 
-    def start_operator_pod(self, max_pushes, not_in=()):
+    def start_operator(self, max_pushes=4, not_in=()):
         """The operator Deployment with max_pushes (a helm upgrade when it changes), then its one
-        Ready pod (after a kill, the one the Deployment made again)."""
+        Ready pod not named in not_in (after a kill, the one the Deployment made again)."""
         if max_pushes != self.op_max:
             self.helm("upgrade", RELEASE, os.path.join(REPO, "charts", "push-operator"), "--namespace", OPERATOR_NS,
                       *self.chart_values(max_pushes), "--wait", "--timeout", "3m")
@@ -317,11 +316,7 @@ class Harness:
         r = self.kubectl("delete", "pod", "-n", OPERATOR_NS, "--wait=false", *names)
         if r.returncode != 0:
             raise Failure(f"kubectl delete pod {names}: {r.stderr}")
-        self.start_operator_pod(self.op_max, not_in=names)
-
-    def start_operator(self, max_pushes=4):
-        """The operator with max_pushes, Ready (after a kill: the pod the Deployment made again)."""
-        self.start_operator_pod(max_pushes)
+        self.start_operator(self.op_max, not_in=names)
 
     def kill_operator(self):
         """SIGKILL: `kubectl delete pod --force --grace-period=0` of the operator pod."""
@@ -597,6 +592,12 @@ class Ctx:
             "pvcs": [p["metadata"]["name"] for p in self.c.list(nsp(CORE, self.ns, "persistentvolumeclaims"), sel)],
             "snapshots": [p["metadata"]["name"] for p in self.c.list(nsp(SNAPG, self.ns, "volumesnapshots"), sel)],
         }
+
+
+def pod_ready(p):
+    """A pod that is not being deleted and has condition Ready."""
+    return not p.get("metadata", {}).get("deletionTimestamp") and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
 
 
 def worker_env(env):
@@ -1695,11 +1696,8 @@ class Pg:
         return spec
 
     def wait_ready(self, pod, timeout=120):
-        def ready():
-            p = self.x.c.get(nsp(CORE, self.x.ns, "pods", pod)) or {}
-            return not p.get("metadata", {}).get("deletionTimestamp") and any(
-                c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
-        wait_for(ready, timeout, f"PostgreSQL pod {pod} Ready")
+        wait_for(lambda: pod_ready(self.x.c.get(nsp(CORE, self.x.ns, "pods", pod)) or {}), timeout,
+                 f"PostgreSQL pod {pod} Ready")
 
     def sql(self, query, pod=None):
         r = self.h.kubectl("exec", "-n", self.x.ns, pod or self.pod, "--", "psql", "-U", "postgres", "-At",
@@ -1732,12 +1730,19 @@ class Pg:
         return wait_for(lambda: (lambda n: n if n > more_than else None)(self.rows()), timeout,
                         f"pgbench writing (more than {more_than} rows of history)", 1)
 
-    def start_copy(self, name, claim):
-        """A PostgreSQL pod on a restored claim; Ready means it recovered and accepts connections."""
+    def restore_copy(self, snapshot, **spec):
+        """RestoreJob `copy` of snapshot into a new PVC, then PostgreSQL pod `pg-copy` on it; Ready
+        means it recovered and accepts connections. Returns the pod's name."""
+        self.x.restore("copy", self.name, {"newVolumes": {"nameTemplate": "{volume}-copy"}},
+                       snapshot={"ids": [snapshot]}, **spec)
+        rj = self.x.wait_restore("copy", 300)
+        expect(rj["status"]["phase"] == "Succeeded", f"restore: {rj['status'].get('failure')}")
+        name = f"{self.name}-copy"
         self.x.c.create(nsp(CORE, self.x.ns, "pods"), {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": self.x.ns},
-            "spec": self.pod_spec("data", claim)})
+            "spec": self.pod_spec("data", f"{self.claim}-copy")})
         self.wait_ready(name)
+        return name
 
     def amcheck(self, pod):
         """pg_amcheck of every relation with its indexes (the amcheck extension installed first)."""
@@ -1781,11 +1786,7 @@ def sc_pg_offline(h):
         pg.wait_ready(pg.pod)
         resumed = pg.wait_rows(pg.rows(), 120)
         # The snapshot, restored into a new volume, is the database as it was at the stop.
-        x.restore("copy", "pg", {"newVolumes": {"nameTemplate": "{volume}-copy"}},
-                  snapshot={"ids": [st["snapshots"][0]["snapshot"]]})
-        rj = x.wait_restore("copy", 300)
-        expect(rj["status"]["phase"] == "Succeeded", f"restore: {rj['status'].get('failure')}")
-        pg.start_copy("pg-copy", f"{pg.claim}-copy")
+        pg.restore_copy(st["snapshots"][0]["snapshot"])
         check = pg.amcheck("pg-copy")
         n = pg.rows("pg-copy")
         last = pg.sql("SELECT max(mtime) FROM pgbench_history", "pg-copy")
@@ -1818,11 +1819,7 @@ def sc_pg_online(h):
         expect((st.get("preHook") or {}).get("ok"), f"CHECKPOINT hook: {st.get('preHook')}")
         expect(history(sts, "pg") in ([], [1]), f"the online push scaled pg: {history(sts, 'pg')}")
         expect(pg.rows() > before, "the load stopped during the online push")
-        x.restore("copy", "pg", {"newVolumes": {"nameTemplate": "{volume}-copy"}},
-                  snapshot={"ids": [st["snapshots"][0]["snapshot"]]}, cleanup={"paths": ["postmaster.pid"]})
-        rj = x.wait_restore("copy", 300)
-        expect(rj["status"]["phase"] == "Succeeded", f"restore: {rj['status'].get('failure')}")
-        pg.start_copy("pg-copy", f"{pg.claim}-copy")
+        pg.restore_copy(st["snapshots"][0]["snapshot"], cleanup={"paths": ["postmaster.pid"]})
         log = pg.logs("pg-copy")
         expect("database system was interrupted" in log or "not properly shut down" in log,
                f"the copy did not start from a crash image: {log[-600:]}")
