@@ -8,7 +8,7 @@ Worker pods are steered, where a scenario needs it (a slow start, a crash or pau
 the test hooks of the test build (src/test_hooks.rs): the `rediacc.io/test-worker-env` annotation
 of a job.
 
-Usage: run.py [NAME...] [--keep] [--only NAME[,NAME...]]
+Usage: run.py [NAME...] [--keep] [--only NAME[,NAME...]] [--parallel N]
 """
 import argparse
 import atexit
@@ -132,6 +132,8 @@ class Harness:
             p.wait()
 
     def stop_all(self):
+        if getattr(self, "timeline_stop", None):
+            self.timeline_stop.set()
         if getattr(self, "cluster_dir", None) and getattr(self, "kubectl_bin", None):
             # The operator pod's log, before the node goes.
             r = self.kubectl("logs", "-n", OPERATOR_NS, f"deploy/{RELEASE}", timeout=20)
@@ -157,7 +159,33 @@ class Harness:
         self.start_prometheus()
         wait_for(self.s3_ready, 60, "SeaweedFS")
         self.start_operator(self.op_max)
+        self.record_timeline()
         print(f"set-up done in {time.time() - t0:.1f}s (logs: {self.tmp})", flush=True)
+
+    def record_timeline(self):
+        """logs/timeline.log: every phase change of a PushJob, RestoreJob or pod in the cluster, with
+        its time: where a slow scenario spends its time."""
+        self.timeline_stop = threading.Event()
+        path, lock, last = os.path.join(self.logs, "timeline.log"), threading.Lock(), {}
+
+        def record(kind):
+            def on_event(typ, o):
+                m = o["metadata"]
+                st = o.get("status") or {}
+                phase = "Deleted" if typ == "DELETED" else st.get("phase") or "-"
+                key = (kind, m.get("namespace"), m["name"], m.get("uid"))
+                with lock:
+                    if last.get(key) == phase:
+                        return
+                    last[key] = phase
+                    reason = (st.get("failure") or {}).get("reason", "") if kind != "pod" else ""
+                    with open(path, "a") as f:
+                        f.write(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {kind} "
+                                f"{m.get('namespace')}/{m['name']} {phase} {reason}\n")
+            return on_event
+        for kind, p in [("pushjob", GROUP + "/pushjobs"), ("restorejob", GROUP + "/restorejobs"),
+                        ("pod", CORE + "/pods")]:
+            self.c.watch(p, record(kind), self.timeline_stop)
 
     def start_cluster(self):
         """The cluster with its node (e2e/cluster/up --node); the harness talks to it as kubernetes-admin."""
@@ -436,7 +464,9 @@ class Ctx:
                 "volumes": [{"name": f"v{i}", "persistentVolumeClaim": {"claimName": c}}
                             for i, c in enumerate(claims)]}
         if node:
-            spec["nodeName"] = node
+            # Through the scheduler: a pod created with nodeName reaches the kubelet before the
+            # API server's node authorizer links it to the node, and waits ~15 s to read its PVC.
+            spec["nodeSelector"] = {"kubernetes.io/hostname": node}
         if security:
             spec["securityContext"], spec["containers"][0]["securityContext"] = security
         return {"metadata": {"labels": {"app": app}}, "spec": spec}
@@ -1713,7 +1743,9 @@ class Pg:
                            "postgres", "postgres", timeout=300)
         if r.returncode != 0:
             raise Failure(f"pgbench -i: {r.stderr[-500:]}")
-        script = (f"export PGPASSWORD={PG_PASSWORD}; while :; do pgbench -h {self.ip} -U postgres -c 2 -T 3600 -n "
+        # PGCONNECT_TIMEOUT: a connection attempt made while the database is stopped would
+        # otherwise wait for the kernel's SYN retries (a minute or more) before pgbench retries.
+        script = (f"export PGPASSWORD={PG_PASSWORD} PGCONNECT_TIMEOUT=2; while :; do pgbench -h {self.ip} -U postgres -c 2 -T 3600 -n "
                   "postgres >/dev/null 2>&1; sleep 0.5; done")
         self.x.c.create(nsp(APPS, self.x.ns, "deployments"), {
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"{self.name}-load", "namespace": self.x.ns},
@@ -1937,35 +1969,92 @@ def sc_p1_deadline(h):
         x.close()
 
 
+# (name, function, exclusive). The scenarios that are not exclusive run side by side (--parallel,
+# default 3): each has its own namespaces, store prefixes and objects, and none of them changes the
+# operator. The exclusive ones run afterwards, one at a time, in this order: metrics reads the
+# counters of everything before it; rbac-rule-removed takes a rule from the operator's ClusterRole;
+# queue-order needs the queue to itself (and a helm upgrade to one push slot); operator-kill and
+# policy-schedule kill and restart the operator.
 SCENARIOS = [
-    ("invalid-manifests", sc_invalid_manifests),
-    ("pg-offline", sc_pg_offline),
-    ("pg-online", sc_pg_online),
-    ("offline-deployment-statefulset", sc_offline),
-    ("queue-order", sc_queue_order),
-    ("operator-kill", sc_operator_kill),
-    ("online-with-class", sc_online_class),
-    ("online-live", sc_online_live),
-    ("hooks", sc_hooks),
-    ("p1-deadline", sc_p1_deadline),
-    ("delete-mid-flow", sc_delete_mid_flow),
-    ("worker-failure", sc_worker_failure),
-    ("worker-oom", sc_worker_oom),
-    ("pre-upgrade", sc_pre_upgrade),
-    ("pod-security", sc_pod_security),
-    ("alerts", sc_alerts),
-    ("rbac-rule-removed", sc_rbac_rule_removed),
-    ("restore-new-volumes", sc_restore_new_volumes),
-    ("restore-in-place", sc_restore_in_place),
-    ("restore-killed", sc_restore_killed),
-    ("restore-live-read", sc_restore_live_read),
-    ("restore-tests", sc_restore_tests),
-    # Before the scenarios that restart the operator (its counters start again at zero).
-    ("metrics", sc_metrics),
-    ("retention", sc_retention),
-    ("prune-during-push", sc_prune_during_push),
-    ("policy-schedule", sc_policy_schedule),
+    # Side by side, the longest first.
+    ("pg-offline", sc_pg_offline, False),
+    ("restore-in-place", sc_restore_in_place, False),
+    ("restore-tests", sc_restore_tests, False),
+    ("pod-security", sc_pod_security, False),
+    ("restore-killed", sc_restore_killed, False),
+    ("worker-failure", sc_worker_failure, False),
+    ("restore-live-read", sc_restore_live_read, False),
+    ("retention", sc_retention, False),
+    ("alerts", sc_alerts, False),
+    ("restore-new-volumes", sc_restore_new_volumes, False),
+    ("p1-deadline", sc_p1_deadline, False),
+    ("pg-online", sc_pg_online, False),
+    ("hooks", sc_hooks, False),
+    ("delete-mid-flow", sc_delete_mid_flow, False),
+    ("online-live", sc_online_live, False),
+    ("pre-upgrade", sc_pre_upgrade, False),
+    ("worker-oom", sc_worker_oom, False),
+    ("offline-deployment-statefulset", sc_offline, False),
+    ("prune-during-push", sc_prune_during_push, False),
+    ("online-with-class", sc_online_class, False),
+    ("invalid-manifests", sc_invalid_manifests, False),
+    ("metrics", sc_metrics, True),
+    ("rbac-rule-removed", sc_rbac_rule_removed, True),
+    ("queue-order", sc_queue_order, True),
+    ("operator-kill", sc_operator_kill, True),
+    ("policy-schedule", sc_policy_schedule, True),
 ]
+
+
+class Results:
+    """Runs scenarios and prints one line per scenario as it ends (from any thread)."""
+
+    def __init__(self, h):
+        self.h, self.passed, self.failed, self.lock = h, 0, 0, threading.Lock()
+
+    def run(self, name, fn):
+        t = time.time()
+        try:
+            detail = fn(self.h)
+            with self.lock:
+                self.passed += 1
+                print(f"PASS {name} ({time.time() - t:.1f}s): {detail}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            msg = str(e) if isinstance(e, Failure) else f"{e!r}\n{traceback.format_exc()}"
+            with self.lock:
+                self.failed += 1
+                print(f"FAIL {name} ({time.time() - t:.1f}s): {msg}", flush=True)
+                if self.failed == 1:
+                    print(f"--- last 50 lines of the operator log ---\n{self.h.operator_tail()}", flush=True)
+
+
+def run_scenarios(h, chosen, parallel):
+    res = Results(h)
+    side_by_side = [(n, f) for n, f, exclusive in chosen if not exclusive]
+    pending = list(side_by_side)
+    lock = threading.Lock()
+
+    def lane():
+        while True:
+            with lock:
+                if not pending:
+                    return
+                name, fn = pending.pop(0)
+            res.run(name, fn)
+    lanes = [threading.Thread(target=lane, daemon=True) for _ in range(max(1, parallel))]
+    for t in lanes:
+        t.start()
+    for t in lanes:
+        t.join()
+    for name, fn, exclusive in chosen:
+        if exclusive:
+            res.run(name, fn)
+            if not h.operator_alive():
+                try:
+                    h.start_operator()
+                except Exception:  # noqa: BLE001
+                    pass
+    return res.passed, res.failed
 
 
 def main():
@@ -1973,11 +2062,13 @@ def main():
     ap.add_argument("names", nargs="*", help="scenarios to run (default: all)")
     ap.add_argument("--only", help="comma-separated scenario names (the same as naming them)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir even on success")
+    ap.add_argument("--parallel", type=int, default=3,
+                    help="how many of the scenarios that may run side by side do so (1: one at a time)")
     a = ap.parse_args()
     only = set(a.names) | (set(a.only.split(",")) if a.only else set()) or None
-    known = {n for n, _ in SCENARIOS}
+    known = {n for n, _, _ in SCENARIOS}
     if only and only - known:
-        print(f"unknown scenario(s): {', '.join(sorted(only - known))}; known: {', '.join(n for n, _ in SCENARIOS)}")
+        print(f"unknown scenario(s): {', '.join(sorted(only - known))}; known: {', '.join(n for n, _, _ in SCENARIOS)}")
         return 2
     h = Harness(a.keep)
     atexit.register(h.stop_all)
@@ -1997,25 +2088,8 @@ def main():
         print(f"logs in {h.tmp}\n--- last 50 lines of the operator log ---\n{h.operator_tail()}")
         print("0 passed, 1 failed")
         return 1
-    for name, fn in SCENARIOS:
-        if only and name not in only:
-            continue
-        t = time.time()
-        try:
-            detail = fn(h)
-            passed += 1
-            print(f"PASS {name} ({time.time() - t:.1f}s): {detail}", flush=True)
-        except Exception as e:  # noqa: BLE001
-            failed += 1
-            msg = str(e) if isinstance(e, Failure) else f"{e!r}\n{traceback.format_exc()}"
-            print(f"FAIL {name} ({time.time() - t:.1f}s): {msg}", flush=True)
-            if failed == 1:
-                print(f"--- last 50 lines of the operator log ---\n{h.operator_tail()}", flush=True)
-            if not h.operator_alive():
-                try:
-                    h.start_operator()
-                except Exception:  # noqa: BLE001
-                    pass
+    chosen = [sc for sc in SCENARIOS if not only or sc[0] in only]
+    passed, failed = run_scenarios(h, chosen, a.parallel)
     h.stop_all()
     print(f"total {time.time() - t0:.1f}s", flush=True)
     if failed:
