@@ -27,8 +27,10 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{0} is not namespaced")]
     NotNamespaced(String),
-    #[error("cleanup still in progress: {0}")]
-    CleanupPending(String),
+    /// Not a failure: a deleted job's unwind has done what it could for now and wants to be
+    /// called again after `after` (the finalizer stays until the unwind is complete).
+    #[error("cleanup of {job} still in progress")]
+    CleanupPending { job: String, after: std::time::Duration },
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
     /// A worker pod that Pod Security (or another admission) would not or did not admit; the
@@ -63,7 +65,7 @@ impl Error {
             Error::Kube(_) => "kube".into(),
             Error::Finalizer(_) => "finalizer".into(),
             Error::NotNamespaced(_) => "not_namespaced".into(),
-            Error::CleanupPending(_) => "cleanup_pending".into(),
+            Error::CleanupPending { .. } => "cleanup_pending".into(),
             Error::Json(_) => "json".into(),
             Error::WorkerNotAdmitted(_) => "worker_not_admitted".into(),
         }
@@ -71,6 +73,30 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A job's reconcile under its finalizer: `reconcile` gets Apply while the job lives and Cleanup
+/// once it is deleted. The finalizer goes only when Cleanup returns Ok; a Cleanup that returns
+/// [`Error::CleanupPending`] is called again after its delay (a requeue, not an error).
+pub async fn finalized<K, Fut>(
+    api: &Api<K>,
+    name: &str,
+    obj: std::sync::Arc<K>,
+    reconcile: impl FnOnce(kube::runtime::finalizer::Event<K>) -> Fut,
+) -> Result<kube::runtime::controller::Action>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+    Fut: std::future::Future<Output = Result<kube::runtime::controller::Action>>,
+{
+    use kube::runtime::controller::Action as Requeue;
+    use kube::runtime::finalizer::{Error as FinalizerError, finalizer};
+    finalizer(api, name, obj, reconcile).await.or_else(|e| match e {
+        FinalizerError::CleanupFailed(Error::CleanupPending { after, .. }) => Ok(Requeue::requeue(after)),
+        // The job was already gone when the finalizer was to be removed: nothing left to do.
+        FinalizerError::RemoveFinalizer(kube::Error::Api(ae)) if ae.code == 404 => Ok(Requeue::await_change()),
+        e => Err(Error::Finalizer(Box::new(e))),
+    })
+}
 
 /// Operator settings from the command line.
 #[derive(Debug, Clone)]
@@ -98,6 +124,12 @@ pub struct Context {
     pub policy_status: Mutex<std::collections::HashMap<String, crate::api::PushPolicyStatus>>,
     /// Actions refused for good (by job key), for the job's next reconcile to fail it.
     pub refusals: Mutex<std::collections::HashMap<String, push_job::state::Refusal>>,
+    /// Counts the push slots freed (a job finished or was deleted): each change wakes the waiting
+    /// jobs, which would otherwise look again only at their next requeue.
+    pub slots_freed: tokio::sync::watch::Sender<u64>,
+    /// Jobs this process saw finish or go whose cache entry may not show it yet (their slot is
+    /// free even so).
+    pub finished: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -118,7 +150,15 @@ impl Context {
             restores: kube::runtime::reflector::store().0,
             policy_status: Mutex::new(Default::default()),
             refusals: Mutex::new(Default::default()),
+            slots_freed: tokio::sync::watch::Sender::new(0),
+            finished: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Job `key` (its queue key) finished or went: the queue may admit the next one now.
+    pub async fn slot_freed(&self, key: String) {
+        self.finished.lock().await.insert(key);
+        self.slots_freed.send_modify(|n| *n += 1);
     }
 }
 

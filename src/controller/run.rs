@@ -2,6 +2,7 @@
 //! graceful shutdown on SIGTERM/SIGINT.
 
 use super::lease::LeaderElector;
+use super::queue::Stage;
 use super::{Config, Context, policy, push_job, repository, restore_job};
 use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, PushJob, PushPolicy, Repository, RestoreJob};
 use crate::metrics::Metrics;
@@ -13,6 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,198 +86,220 @@ fn serve(
     })
 }
 
+/// The stop signal: set on SIGTERM/SIGINT, when the lease is lost, or at the end.
+type Stop = (Arc<tokio::sync::watch::Sender<bool>>, tokio::sync::watch::Receiver<bool>);
+
+/// Resolves once the stop signal is set.
+async fn stopped(rx: tokio::sync::watch::Receiver<bool>) {
+    let mut rx = rx;
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = serve(opts.listen, metrics.clone(), ready.clone(), stop_rx.clone());
-    let stop_tx = Arc::new(stop_tx);
-    {
-        let tx = stop_tx.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            let _ = tx.send(true);
-        });
-    }
-    let stopped = |rx: tokio::sync::watch::Receiver<bool>| async move {
-        let mut rx = rx;
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    let identity = format!("{}-{}", crate::store::push::hostname(), &crate::store::id::Id::random().to_hex()[..8]);
-    let elector = opts.leader_election.then(|| {
-        LeaderElector::new(
-            Api::namespaced(client.clone(), &opts.lease_namespace),
-            &opts.lease_name,
-            &identity,
-            opts.lease_duration,
-        )
-    });
+    let stop: Stop = (Arc::new(stop_tx), stop_rx);
+    let server = serve(opts.listen, metrics.clone(), ready.clone(), stop.1.clone());
+    stop_on_signal(stop.0.clone());
     // Standbys are ready too: they serve metrics and wait for the lease.
     ready.store(true, Ordering::Relaxed);
-    if let Some(el) = &elector {
-        tracing::info!(identity = %el.identity, lease = %opts.lease_name, "waiting for the leader lease");
-        loop {
-            match el.try_acquire().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election"),
+    let elector = match opts.leader_election {
+        false => None,
+        true => match lead(&client, &opts, &stop).await {
+            Some(el) => Some(el),
+            // Stopped while waiting for the lease.
+            None => {
+                server.await.ok();
+                return Ok(());
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {},
-                _ = stopped(stop_rx.clone()) => { server.await.ok(); return Ok(()); }
+        },
+    };
+    run_controllers(&client, &opts, metrics, &stop).await;
+    if let Some(el) = &elector {
+        el.release().await;
+    }
+    let _ = stop.0.send(true);
+    server.await.ok();
+    Ok(())
+}
+
+fn stop_on_signal(tx: Arc<tokio::sync::watch::Sender<bool>>) {
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+}
+
+/// Waits for the leader lease, then keeps renewing it in the background (stopping everything if
+/// it is lost); None when stopped before it was won.
+async fn lead(client: &Client, opts: &RunOptions, stop: &Stop) -> Option<Arc<LeaderElector>> {
+    let identity = format!("{}-{}", crate::store::push::hostname(), &crate::store::id::Id::random().to_hex()[..8]);
+    let el = Arc::new(LeaderElector::new(
+        Api::namespaced(client.clone(), &opts.lease_namespace),
+        &opts.lease_name,
+        &identity,
+        opts.lease_duration,
+    ));
+    tracing::info!(identity = %el.identity, lease = %opts.lease_name, "waiting for the leader lease");
+    loop {
+        match el.try_acquire().await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "leader election"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {},
+            _ = stopped(stop.1.clone()) => return None,
+        }
+    }
+    tracing::info!(identity = %el.identity, "leading");
+    tokio::spawn(keep_lease(el.clone(), opts.lease_duration, stop.clone()));
+    Some(el)
+}
+
+/// Renews the lease every third of its duration; sets the stop signal when another instance
+/// holds it or when it could not be renewed for a whole duration.
+async fn keep_lease(el: Arc<LeaderElector>, duration: Duration, stop: Stop) {
+    let (tx, mut rx) = stop;
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(duration / 3) => {},
+            _ = rx.wait_for(|s| *s) => return,
+        }
+        match el.try_acquire().await {
+            Ok(true) => last_ok = Instant::now(),
+            Ok(false) => {
+                tracing::error!("leader lease lost to another instance; stopping");
+                let _ = tx.send(true);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the leader lease");
+                if last_ok.elapsed() > duration {
+                    tracing::error!("leader lease expired; stopping");
+                    let _ = tx.send(true);
+                    return;
+                }
             }
         }
-        tracing::info!(identity = %el.identity, "leading");
-        let el2 = LeaderElector::new(
-            Api::namespaced(client.clone(), &opts.lease_namespace),
-            &opts.lease_name,
-            &identity,
-            opts.lease_duration,
-        );
-        let tx = stop_tx.clone();
-        let duration = opts.lease_duration;
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut last_ok = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(duration / 3) => {},
-                    _ = rx.wait_for(|s| *s) => return,
-                }
-                match el2.try_acquire().await {
-                    Ok(true) => last_ok = Instant::now(),
-                    Ok(false) => {
-                        tracing::error!("leader lease lost to another instance; stopping");
-                        let _ = tx.send(true);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the leader lease");
-                        if last_ok.elapsed() > duration {
-                            tracing::error!("leader lease expired; stopping");
-                            let _ = tx.send(true);
-                            return;
-                        }
-                    }
-                }
-            }
-        });
     }
+}
 
-    let (jobs_api, repos_api, pods_api, policies_api): (Api<PushJob>, Api<Repository>, Api<Pod>, Api<PushPolicy>) =
-        match &opts.config.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => {
-                (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()))
-            }
-        };
-    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let restores_api: Api<RestoreJob> = match &opts.config.namespace {
+/// An Api of K in the watched namespace, or in all.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
-    };
+    }
+}
+
+/// Drives a controller's stream to its end, logging each failed reconcile at debug level (the
+/// error policies already logged and counted them).
+async fn drive<T, E: std::fmt::Display>(stream: impl futures::Stream<Item = Result<T, E>>, what: &'static str) {
+    stream
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "{what} controller");
+            }
+        })
+        .await
+}
+
+/// The four controllers, until the stop signal (and their running reconciles after it, for a
+/// bounded time).
+async fn run_controllers(client: &Client, opts: &RunOptions, metrics: Metrics, stop: &Stop) {
+    let ns = opts.config.namespace.as_deref();
+    let (jobs_api, pods_api) = (scoped::<PushJob>(client, ns), scoped::<Pod>(client, ns));
+    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let job_ctrl = Controller::new(jobs_api.clone(), watcher::Config::default()).owns(pods_api.clone(), ours.clone());
-    let restore_ctrl = Controller::new(restores_api, watcher::Config::default()).owns(pods_api.clone(), ours);
+    let restore_ctrl =
+        Controller::new(scoped::<RestoreJob>(client, ns), watcher::Config::default()).owns(pods_api.clone(), ours);
     let ctx = Arc::new(
-        Context::with_metrics(client.clone(), opts.config.clone(), job_ctrl.store(), metrics.clone())
+        Context::with_metrics(client.clone(), opts.config.clone(), job_ctrl.store(), metrics)
             .with_restores(restore_ctrl.store()),
     );
-
-    let jobs = job_ctrl
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(timed_job, push_job::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "pushjob controller");
-            }
-        });
-    let restores = restore_ctrl
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(timed_restore, restore_job::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "restorejob controller");
-            }
-        });
-    let repos = Controller::new(repos_api, watcher::Config::default())
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(timed_repo, repository::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "repository controller");
-            }
-        });
+    let job_ctrl = job_ctrl.reconcile_on(waiting(ctx.jobs.clone(), ctx.slots_freed.subscribe(), |j| j.phase().into()));
+    let restore_ctrl =
+        restore_ctrl.reconcile_on(waiting(ctx.restores.clone(), ctx.slots_freed.subscribe(), |j| j.phase().into()));
+    let until = || stopped(stop.1.clone());
+    let jobs = job_ctrl.graceful_shutdown_on(until()).run(
+        |j, c| timed("pushjob", c.clone(), push_job::reconcile(j, c)),
+        push_job::error_policy,
+        ctx.clone(),
+    );
+    let restores = restore_ctrl.graceful_shutdown_on(until()).run(
+        |j, c| timed("restorejob", c.clone(), restore_job::reconcile(j, c)),
+        restore_job::error_policy,
+        ctx.clone(),
+    );
+    let repos = Controller::new(scoped::<Repository>(client, ns), watcher::Config::default())
+        .graceful_shutdown_on(until())
+        .run(|r, c| timed("repository", c.clone(), repository::reconcile(r, c)), repository::error_policy, ctx.clone());
     let scheduled = watcher::Config::default().labels(policy::plan::POLICY_LABEL);
-    let policies = Controller::new(policies_api, watcher::Config::default())
+    let policies = Controller::new(scoped::<PushPolicy>(client, ns), watcher::Config::default())
         .owns(jobs_api, scheduled.clone())
         .owns(pods_api, scheduled)
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(timed_policy, policy::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "pushpolicy controller");
-            }
-        });
+        .graceful_shutdown_on(until())
+        .run(|p, c| timed("pushpolicy", c.clone(), policy::reconcile(p, c)), policy::error_policy, ctx.clone());
     tracing::info!(max_concurrent_pushes = opts.config.max_concurrent_pushes, "controllers running");
     // After the stop signal the controllers finish their running reconciles, but a controller
     // whose watch is failing (a missing API, RBAC) can take much longer to wind down: bound the
     // wait, then hand the lease back anyway, so a standby takes over at once instead of after
     // the lease expires. Reconciles are level-based; the next leader redoes what was cut short.
     let drained = async {
-        tokio::join!(jobs, restores, repos, policies);
+        tokio::join!(
+            drive(jobs, "pushjob"),
+            drive(restores, "restorejob"),
+            drive(repos, "repository"),
+            drive(policies, "pushpolicy")
+        );
     };
     let grace = async {
-        stopped(stop_rx.clone()).await;
+        until().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
         _ = drained => {}
         _ = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers still draining; releasing the lease anyway"),
     }
-    if let Some(el) = &elector {
-        el.release().await;
-    }
-    let _ = stop_tx.send(true);
-    server.await.ok();
-    Ok(())
 }
 
-async fn timed_job(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Action, super::Error> {
-    let t = Instant::now();
-    ctx.metrics.reconciles.with_label_values(&["pushjob"]).inc();
-    let r = push_job::reconcile(job, ctx.clone()).await;
-    ctx.metrics.reconcile_duration.with_label_values(&["pushjob"]).observe(t.elapsed().as_secs_f64());
-    r
+/// The jobs of `store` waiting for a push slot, each time one is freed: they are reconciled at
+/// once instead of at their next requeue (a queued P1 job must not lose seconds of its deadline).
+fn waiting<K>(
+    store: Store<K>,
+    freed: tokio::sync::watch::Receiver<u64>,
+    stage: fn(&K) -> Stage,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    futures::stream::unfold(freed, |mut rx| async move { rx.changed().await.ok().map(|_| ((), rx)) }).flat_map(
+        move |_| {
+            let refs: Vec<ObjectRef<K>> =
+                store.state().iter().filter(|j| stage(j).is_waiting()).map(|j| ObjectRef::from_obj(&**j)).collect();
+            futures::stream::iter(refs)
+        },
+    )
 }
 
-async fn timed_restore(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action, super::Error> {
+/// A reconcile, counted and timed under `kind`.
+async fn timed(
+    kind: &'static str,
+    ctx: Arc<Context>,
+    reconcile: impl std::future::Future<Output = Result<Action, super::Error>>,
+) -> Result<Action, super::Error> {
     let t = Instant::now();
-    ctx.metrics.reconciles.with_label_values(&["restorejob"]).inc();
-    let r = restore_job::reconcile(job, ctx.clone()).await;
-    ctx.metrics.reconcile_duration.with_label_values(&["restorejob"]).observe(t.elapsed().as_secs_f64());
-    r
-}
-
-async fn timed_repo(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, super::Error> {
-    let t = Instant::now();
-    ctx.metrics.reconciles.with_label_values(&["repository"]).inc();
-    let r = repository::reconcile(repo, ctx.clone()).await;
-    ctx.metrics.reconcile_duration.with_label_values(&["repository"]).observe(t.elapsed().as_secs_f64());
-    r
-}
-
-async fn timed_policy(p: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Action, super::Error> {
-    let t = Instant::now();
-    ctx.metrics.reconciles.with_label_values(&["pushpolicy"]).inc();
-    let r = policy::reconcile(p, ctx.clone()).await;
-    ctx.metrics.reconcile_duration.with_label_values(&["pushpolicy"]).observe(t.elapsed().as_secs_f64());
+    ctx.metrics.reconciles.with_label_values(&[kind]).inc();
+    let r = reconcile.await;
+    ctx.metrics.reconcile_duration.with_label_values(&[kind]).observe(t.elapsed().as_secs_f64());
     r
 }

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, PodSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use state::{Action, Observed, SnapshotObs, WorkerObs, WorkloadObs};
@@ -25,20 +25,13 @@ use std::time::Duration;
 pub async fn reconcile(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
     let ns = job.namespace().ok_or_else(|| Error::NotNamespaced(job.name_any()))?;
     let api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, job, |event| async {
+    super::finalized(&api, FINALIZER, job, |event| async {
         match event {
             Finalizer::Apply(job) => apply(job, ctx.clone()).await,
             Finalizer::Cleanup(job) => cleanup(job, ctx.clone()).await,
         }
     })
     .await
-    .or_else(|e| match e {
-        // The job was already gone when the finalizer was to be removed: nothing left to do.
-        kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(ae)) if ae.code == 404 => {
-            Ok(Requeue::await_change())
-        }
-        e => Err(Error::Finalizer(Box::new(e))),
-    })
 }
 
 pub fn key(job: &PushJob) -> String {
@@ -331,8 +324,15 @@ pub async fn queue_admission(ctx: &Context, me: queue::Entry) -> (bool, Option<i
         .map(|j| push_entry(j, false))
         .chain(restores.iter().filter(|j| j.metadata.deletion_timestamp.is_none()).map(|j| restore_entry(j, false)))
         .collect();
-    // Forget admissions the caches now show as running or finished.
+    // Forget admissions the caches now show as running or finished, and finished jobs they
+    // show finished (or gone); the others are finished whatever the cache says.
     admitted.retain(|k| entries.iter().any(|e| e.key == *k && e.stage.is_waiting()));
+    let mut finished = ctx.finished.lock().await;
+    finished.retain(|k| entries.iter().any(|e| e.key == *k && e.stage != queue::Stage::Finished));
+    for e in entries.iter_mut().filter(|e| finished.contains(&e.key)) {
+        e.stage = queue::Stage::Finished;
+    }
+    drop(finished);
     if admitted.contains(&me.key) {
         return (true, None);
     }
@@ -625,6 +625,7 @@ async fn apply(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
     }
     let after = decision.status.phase.unwrap_or_default();
     if after.is_terminal() && !before.is_terminal() {
+        ctx.slot_freed(key(&job)).await;
         record_completion(&job, &decision.status, &ctx).await?;
     }
     Ok(match decision.requeue {
@@ -717,30 +718,22 @@ pub fn push_records(
 }
 
 /// Finalizer: a deleted job stops its worker, brings its workloads back and deletes what it
-/// created before it goes.
+/// created before it goes; one round per call, called again until nothing is left to do.
 async fn cleanup(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
-    for round in 0..30 {
-        let obs = observe(&job, &ctx).await?;
-        let actions = state::cleanup(&job, &obs);
-        if actions.is_empty() {
-            if round > 0 {
-                publish(
-                    &ctx,
-                    &job,
-                    false,
-                    "CleanedUp",
-                    "deleted mid-flow: workloads restored, created objects deleted",
-                )
+    let obs = observe(&job, &ctx).await?;
+    let actions = state::cleanup(&job, &obs);
+    if actions.is_empty() {
+        if !job.phase().is_terminal() {
+            ctx.slot_freed(key(&job)).await;
+            publish(&ctx, &job, false, "CleanedUp", "deleted mid-flow: nothing of it is left scaled down or behind")
                 .await;
-            }
-            return Ok(Requeue::await_change());
         }
-        for a in &actions {
-            perform(&job, &ctx, a).await?;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        return Ok(Requeue::await_change());
     }
-    Err(Error::CleanupPending(key(&job)))
+    for a in &actions {
+        perform(&job, &ctx, a).await?;
+    }
+    Err(Error::CleanupPending { job: key(&job), after: Duration::from_millis(500) })
 }
 
 pub fn error_policy(job: Arc<PushJob>, err: &Error, ctx: Arc<Context>) -> Requeue {

@@ -12,7 +12,7 @@ use crate::restore_worker::WorkerStep;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use state::{Action, Observed};
@@ -23,19 +23,13 @@ use std::time::Duration;
 pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Requeue> {
     let ns = job.namespace().ok_or_else(|| Error::NotNamespaced(job.name_any()))?;
     let api: Api<RestoreJob> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, job, |event| async {
+    super::finalized(&api, FINALIZER, job, |event| async {
         match event {
             Finalizer::Apply(job) => apply(job, ctx.clone(), false).await,
             Finalizer::Cleanup(job) => cleanup(job, ctx.clone()).await,
         }
     })
     .await
-    .or_else(|e| match e {
-        kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(ae)) if ae.code == 404 => {
-            Ok(Requeue::await_change())
-        }
-        e => Err(Error::Finalizer(Box::new(e))),
-    })
 }
 
 pub fn key(job: &RestoreJob) -> String {
@@ -236,6 +230,7 @@ async fn pass(job: &RestoreJob, ctx: &Context, deleted: bool) -> Result<(Restore
     }
     let after = decision.status.phase.unwrap_or_default();
     if after.is_terminal() && !before.is_terminal() {
+        ctx.slot_freed(key(job)).await;
         record_completion(job, &decision.status, ctx).await?;
     }
     Ok((after, decision.requeue))
@@ -259,30 +254,19 @@ async fn finished(job: &RestoreJob, ctx: &Context) -> Result<Requeue> {
 }
 
 /// Finalizer: a deleted job that has not finished unwinds through the state machine (a restore
-/// in place is undone, the workloads come back) before the finalizer goes.
+/// in place is undone, the workloads come back) before the finalizer goes; one step per call,
+/// called again until the job has reached an end.
 async fn cleanup(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Requeue> {
     if job.phase().is_terminal() {
         return Ok(Requeue::await_change());
     }
-    let ns = job.namespace().unwrap_or_default();
-    let api: Api<RestoreJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut current = (*job).clone();
-    for _ in 0..120 {
-        let (phase, requeue) = pass(&current, &ctx, true).await?;
-        if phase.is_terminal() {
-            publish(&ctx, &job, false, "CleanedUp", "deleted mid-flow: unwound before the finalizer was removed").await;
-            return Ok(Requeue::await_change());
-        }
-        tokio::time::sleep(
-            requeue.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(200), Duration::from_secs(2)),
-        )
-        .await;
-        match api.get_opt(&job.name_any()).await? {
-            Some(j) => current = j,
-            None => return Ok(Requeue::await_change()),
-        }
+    let (phase, requeue) = pass(&job, &ctx, true).await?;
+    if phase.is_terminal() {
+        publish(&ctx, &job, false, "CleanedUp", "deleted mid-flow: unwound before the finalizer was removed").await;
+        return Ok(Requeue::await_change());
     }
-    Err(Error::CleanupPending(key(&job)))
+    let after = requeue.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(200), Duration::from_secs(2));
+    Err(Error::CleanupPending { job: key(&job), after })
 }
 
 /// Metrics, and for a restore test the Repository's `lastRestoreTest`, of a job that just
