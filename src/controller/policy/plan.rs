@@ -145,12 +145,46 @@ fn parse_time(t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) 
 
 /// The plan.
 pub fn plan(input: &Input) -> Plan {
-    let Input { name, spec, now, generation, .. } = *input;
+    let Input { spec, now, generation, .. } = *input;
     let mut p = Plan::default();
     let old = input.status.cloned().unwrap_or_default();
     let mut st = PushPolicyStatus { observed_generation: generation, ..old.clone() };
+    let v = validate(input);
+    let (mut records, finished) = refresh_records(&old.recent_runs, &input.runs, now);
+    p.events.extend(finished.iter().filter_map(finished_event));
+    p.finished = finished;
+    let targets: Vec<&String> = input.repositories.iter().filter(|(_, ok)| **ok).map(|(n, _)| n).collect();
+    let healthy = v.problems.is_empty() && v.missing.is_empty();
+    let mut runs = Runs { input, targets: &targets, healthy, p: &mut p, records: &mut records, next_wake: None };
+    let mut schedule_status = runs.schedules(&v.parsed, &old.schedules);
+    st.maintenance = None;
+    if let (Some(m), Some(Ok(cron))) = (&spec.maintenance, &v.maintenance) {
+        st.maintenance = Some(runs.maintenance(m, cron, old.maintenance.as_ref()));
+    }
+    let next_wake = runs.next_wake;
+    summarize(&mut records, &mut schedule_status, st.maintenance.as_mut());
+    st.success_rate = success_rate(&records);
+    st.recent_runs = records;
+    st.schedules = schedule_status;
+    (p.delete_jobs, p.delete_pods) = beyond_history(spec, &input.runs);
+    set_conditions(&mut st, &v, &targets, spec, generation, now);
+    p.status = st;
+    p.requeue = requeue(next_wake, &input.runs, now);
+    p
+}
 
-    // Every schedule must parse: a policy half applied is worse than one that says why not.
+/// What is wrong with the policy, and its parsed schedules.
+struct Validated<'a> {
+    parsed: Vec<(&'a Schedule, CronSchedule)>,
+    maintenance: Option<Result<CronSchedule, String>>,
+    /// Every schedule must parse: a policy half applied is worse than one that says why not.
+    problems: Vec<String>,
+    /// Named Repositories that do not exist.
+    missing: Vec<&'a String>,
+}
+
+fn validate<'a>(input: &'a Input) -> Validated<'a> {
+    let spec = input.spec;
     let mut parsed = Vec::new();
     let mut problems = Vec::new();
     for s in &spec.schedules {
@@ -168,13 +202,16 @@ pub fn plan(input: &Input) -> Plan {
     {
         problems.push(format!("retention: {e}"));
     }
-    let missing: Vec<&String> = input.repositories.iter().filter(|(_, ok)| !**ok).map(|(n, _)| n).collect();
+    let missing = input.repositories.iter().filter(|(_, ok)| !**ok).map(|(n, _)| n).collect();
+    Validated { parsed, maintenance, problems, missing }
+}
 
-    // Records: refresh what became of runs still listed.
-    let mut records = old.recent_runs.clone();
-    for r in &input.runs {
-        let rec = records.iter_mut().find(|x| x.job.as_deref() == Some(r.name.as_str()));
-        match rec {
+/// The recorded runs brought up to date with what became of them; the runs that finished since.
+fn refresh_records(old: &[RunRecord], runs: &[RunView], now: DateTime<Utc>) -> (Vec<RunRecord>, Vec<Finished>) {
+    let mut records = old.to_vec();
+    let mut finished = Vec::new();
+    for r in runs {
+        match records.iter_mut().find(|x| x.job.as_deref() == Some(r.name.as_str())) {
             Some(rec) => {
                 let was_active = rec.result == RunResult::Running;
                 if rec.result != r.outcome.result() {
@@ -182,7 +219,7 @@ pub fn plan(input: &Input) -> Plan {
                     rec.reason = r.reason.clone();
                     rec.message = r.message.clone();
                     if was_active && r.outcome != Outcome::Active {
-                        p.finished.push(Finished { run: r.clone() });
+                        finished.push(Finished { run: r.clone() });
                     }
                 }
             }
@@ -199,7 +236,7 @@ pub fn plan(input: &Input) -> Plan {
                         message: r.message.clone(),
                     });
                     if r.outcome != Outcome::Active {
-                        p.finished.push(Finished { run: r.clone() });
+                        finished.push(Finished { run: r.clone() });
                     }
                 }
             }
@@ -207,172 +244,168 @@ pub fn plan(input: &Input) -> Plan {
     }
     // A run still recorded as running whose job is gone (deleted by hand) is closed.
     for rec in records.iter_mut().filter(|r| r.result == RunResult::Running) {
-        let gone = rec.job.as_ref().is_some_and(|j| !input.runs.iter().any(|r| &r.name == j));
+        let gone = rec.job.as_ref().is_some_and(|j| !runs.iter().any(|r| &r.name == j));
         if gone && now - chrono_of(&rec.scheduled_time.0) > chrono::Duration::minutes(10) {
             rec.result = RunResult::Unknown;
             rec.reason = Some("Deleted".into());
             rec.message = Some("the job was deleted before it finished".into());
         }
     }
-    for f in &p.finished {
-        let r = &f.run;
-        let what = if r.schedule == MAINTENANCE { "prune" } else { "push" };
-        match r.outcome {
-            Outcome::Succeeded => {
-                let mut note = format!("{what} {} of repository {} succeeded", r.name, r.repository);
-                if r.forgotten > 0 {
-                    note.push_str(&format!("; retention forgot {} snapshot(s)", r.forgotten));
-                }
-                if let Some(b) = r.bytes_reclaimed {
-                    note.push_str(&format!("; reclaimed {b} bytes"));
-                }
-                p.events.push(Event { warning: false, reason: "RunSucceeded".into(), note });
+    (records, finished)
+}
+
+/// The Event of a run that finished.
+fn finished_event(f: &Finished) -> Option<Event> {
+    let r = &f.run;
+    let what = if r.schedule == MAINTENANCE { "prune" } else { "push" };
+    Some(match r.outcome {
+        Outcome::Active => return None,
+        Outcome::Failed => Event {
+            warning: true,
+            reason: "RunFailed".into(),
+            note: format!(
+                "{what} {} of repository {} failed: {}",
+                r.name,
+                r.repository,
+                r.message.clone().or(r.reason.clone()).unwrap_or_default()
+            ),
+        },
+        Outcome::Succeeded => {
+            let mut note = format!("{what} {} of repository {} succeeded", r.name, r.repository);
+            if r.forgotten > 0 {
+                note.push_str(&format!("; retention forgot {} snapshot(s)", r.forgotten));
             }
-            Outcome::Failed => p.events.push(Event {
-                warning: true,
-                reason: "RunFailed".into(),
-                note: format!(
-                    "{what} {} of repository {} failed: {}",
-                    r.name,
-                    r.repository,
-                    r.message.clone().or(r.reason.clone()).unwrap_or_default()
-                ),
-            }),
-            Outcome::Active => {}
+            if let Some(b) = r.bytes_reclaimed {
+                note.push_str(&format!("; reclaimed {b} bytes"));
+            }
+            Event { warning: false, reason: "RunSucceeded".into(), note }
         }
+    })
+}
+
+/// What one scheduled time gives for one repository.
+enum RunDecision {
+    /// Created already (before a restart): nothing to do.
+    Exists,
+    /// Recorded, not run: (result, reason, message, an Event's warning flag if one is sent).
+    NotRun {
+        result: RunResult,
+        reason: &'static str,
+        message: String,
+        event: Option<bool>,
+    },
+    Create,
+}
+
+/// The scheduling of one reconcile: the runs due now, the records they leave, the next wake.
+struct Runs<'a, 'b> {
+    input: &'a Input<'a>,
+    targets: &'a [&'a String],
+    healthy: bool,
+    p: &'b mut Plan,
+    records: &'b mut Vec<RunRecord>,
+    next_wake: Option<DateTime<Utc>>,
+}
+
+impl Runs<'_, '_> {
+    /// The status of schedule `name` and what is due: the latest time already dealt with is
+    /// the status's, or a job created for a later time (the status write can lag a restart), or
+    /// the policy's creation.
+    fn evaluate(&mut self, name: &str, cron: &CronSchedule, prev: Option<&ScheduleStatus>) -> (ScheduleStatus, Due) {
+        let input = self.input;
+        let from_runs = input.runs.iter().filter(|r| r.schedule == name).filter_map(|r| r.scheduled).max();
+        let handled = [
+            prev.and_then(|s| parse_time(&s.last_handled_time)),
+            prev.and_then(|s| parse_time(&s.last_schedule_time)),
+            from_runs,
+            Some(input.created),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .expect("creation time");
+        let deadline = input.spec.starting_deadline_seconds.map(chrono::Duration::seconds);
+        let d = due(cron, handled, input.now, deadline);
+        let mut s = prev.cloned().unwrap_or_else(|| ScheduleStatus { name: name.to_string(), ..Default::default() });
+        s.name = name.to_string();
+        s.next_schedule_time = d.next.map(time);
+        if let Some(n) = d.next {
+            self.next_wake = Some(self.next_wake.map_or(n, |w| w.min(n)));
+        }
+        (s, d)
     }
 
-    let mut schedule_status: Vec<ScheduleStatus> = Vec::new();
-    let mut next_wake: Option<DateTime<Utc>> = None;
-    let deadline = spec.starting_deadline_seconds.map(chrono::Duration::seconds);
-    let healthy = problems.is_empty() && missing.is_empty();
-    let targets: Vec<&String> = input.repositories.iter().filter(|(_, ok)| **ok).map(|(n, _)| n).collect();
-    let name_repo = spec.repository_selector.is_some();
-
-    let mut evaluate =
-        |sched_name: &str, cron: &CronSchedule, prev: Option<&ScheduleStatus>| -> (ScheduleStatus, Due) {
-            // The latest time already dealt with: the status, or a job created for a later time
-            // (the status write can lag a restart), or the policy's creation.
-            let from_runs = input.runs.iter().filter(|r| r.schedule == sched_name).filter_map(|r| r.scheduled).max();
-            let handled = [
-                prev.and_then(|s| parse_time(&s.last_handled_time)),
-                prev.and_then(|s| parse_time(&s.last_schedule_time)),
-                from_runs,
-                Some(input.created),
-            ]
-            .into_iter()
-            .flatten()
-            .max()
-            .expect("creation time");
-            let d = due(cron, handled, now, deadline);
-            let mut s =
-                prev.cloned().unwrap_or_else(|| ScheduleStatus { name: sched_name.to_string(), ..Default::default() });
-            s.name = sched_name.to_string();
-            s.next_schedule_time = d.next.map(time);
-            if let Some(n) = d.next {
-                next_wake = Some(next_wake.map_or(n, |w: DateTime<Utc>| w.min(n)));
+    /// The push schedules, offline ones first: an online run due at the same moment as an
+    /// offline one of the same repository gives way to it.
+    fn schedules(&mut self, parsed: &[(&Schedule, CronSchedule)], old: &[ScheduleStatus]) -> Vec<ScheduleStatus> {
+        let mut parsed: Vec<&(&Schedule, CronSchedule)> = parsed.iter().collect();
+        parsed.sort_by_key(|(s, _)| s.mode != Mode::Offline);
+        let mut offline_active = self.input.offline_active.clone();
+        let mut out = Vec::new();
+        for (sched, cron) in parsed {
+            let (mut s, d) = self.evaluate(&sched.name, cron, old.iter().find(|s| s.name == sched.name));
+            if let Some(t) = d.scheduled {
+                s.last_handled_time = Some(time(t));
+                self.schedule_due(sched, t, &d, &mut s, &mut offline_active);
             }
-            (s, d)
-        };
+            out.push(s);
+        }
+        out
+    }
 
-    // Offline schedules first: an online run due at the same moment as an offline one of the
-    // same repository gives way to it.
-    parsed.sort_by_key(|(s, _)| s.mode != Mode::Offline);
-    let mut offline_active = input.offline_active.clone();
-    for (sched, cron) in &parsed {
-        let prev = old.schedules.iter().find(|s| s.name == sched.name);
-        let (mut s, d) = evaluate(&sched.name, cron, prev);
-        if let Some(t) = d.scheduled {
-            s.last_handled_time = Some(time(t));
-            if spec.suspend {
-                // Passed while suspended: neither run nor missed.
-            } else if !healthy {
-                records.push(record(
-                    &sched.name,
-                    "-",
-                    t,
-                    None,
-                    RunResult::Skipped,
-                    "PolicyNotReady",
-                    "the policy is not ready",
-                ));
-            } else {
-                if d.missed_before > 0 {
-                    *p.missed.entry(sched.name.clone()).or_default() += d.missed_before;
-                    p.events.push(Event {
-                        warning: true,
-                        reason: "MissedSchedule".into(),
-                        note: format!(
-                            "schedule {}: {} run(s) before {} were missed (operator not running); only the latest is considered",
-                            sched.name,
-                            d.missed_before,
-                            t.format("%Y-%m-%d %H:%M UTC")
-                        ),
-                    });
+    /// Scheduled time `t` of `sched` is due: a job per target repository, or a record of why not.
+    fn schedule_due(
+        &mut self,
+        sched: &Schedule,
+        t: DateTime<Utc>,
+        d: &Due,
+        s: &mut ScheduleStatus,
+        offline_active: &mut BTreeSet<String>,
+    ) {
+        let Input { name, spec, now, .. } = *self.input;
+        if spec.suspend {
+            return; // Passed while suspended: neither run nor missed.
+        }
+        if !self.healthy {
+            let rec =
+                record(&sched.name, "-", t, None, RunResult::Skipped, "PolicyNotReady", "the policy is not ready");
+            self.records.push(rec);
+            return;
+        }
+        if d.missed_before > 0 {
+            *self.p.missed.entry(sched.name.clone()).or_default() += d.missed_before;
+            self.p.events.push(Event {
+                warning: true,
+                reason: "MissedSchedule".into(),
+                note: format!(
+                    "schedule {}: {} run(s) before {} were missed (operator not running); only the latest is considered",
+                    sched.name,
+                    d.missed_before,
+                    t.format("%Y-%m-%d %H:%M UTC")
+                ),
+            });
+        }
+        let name_repo = spec.repository_selector.is_some();
+        for repo in self.targets {
+            let job = job_name(name, &sched.name, name_repo.then_some(repo.as_str()), t);
+            match self.decide(sched, repo, &job, t, d, now, offline_active) {
+                RunDecision::Exists => {}
+                RunDecision::NotRun { result, reason, message, event } => {
+                    if result == RunResult::Missed {
+                        *self.p.missed.entry(sched.name.clone()).or_default() += 1;
+                    }
+                    if let Some(warning) = event {
+                        let kind = if result == RunResult::Missed { "MissedSchedule" } else { "Skipped" };
+                        self.p.events.push(Event {
+                            warning,
+                            reason: kind.into(),
+                            note: format!("schedule {} for repository {repo}: {message}", sched.name),
+                        });
+                    }
+                    self.records.push(record(&sched.name, repo, t, None, result, reason, &message));
                 }
-                for repo in &targets {
-                    if d.too_late {
-                        *p.missed.entry(sched.name.clone()).or_default() += 1;
-                        let msg = format!(
-                            "started too late: {}s after {} is past startingDeadlineSeconds",
-                            (now - t).num_seconds(),
-                            t.format("%H:%M UTC")
-                        );
-                        p.events.push(Event {
-                            warning: true,
-                            reason: "MissedSchedule".into(),
-                            note: format!("schedule {} for repository {repo}: {msg}", sched.name),
-                        });
-                        records.push(record(
-                            &sched.name,
-                            repo,
-                            t,
-                            None,
-                            RunResult::Missed,
-                            "MissedStartingDeadline",
-                            &msg,
-                        ));
-                        continue;
-                    }
-                    let job = job_name(name, &sched.name, name_repo.then_some(repo.as_str()), t);
-                    if input.runs.iter().any(|r| r.name == job) {
-                        continue; // created already (before a restart)
-                    }
-                    if let Some(prev_run) = input
-                        .runs
-                        .iter()
-                        .find(|r| r.schedule == sched.name && &r.repository == *repo && r.outcome == Outcome::Active)
-                    {
-                        let msg = format!("the previous run {} has not finished", prev_run.name);
-                        p.events.push(Event {
-                            warning: true,
-                            reason: "Skipped".into(),
-                            note: format!("schedule {} for repository {repo}: {msg}", sched.name),
-                        });
-                        records.push(record(&sched.name, repo, t, None, RunResult::Skipped, "PreviousRunActive", &msg));
-                        continue;
-                    }
-                    if sched.mode == Mode::Online && offline_active.contains(*repo) {
-                        let msg =
-                            "an offline push of the repository is running; this online run is skipped".to_string();
-                        p.events.push(Event {
-                            warning: false,
-                            reason: "Skipped".into(),
-                            note: format!("schedule {} for repository {repo}: {msg}", sched.name),
-                        });
-                        records.push(record(
-                            &sched.name,
-                            repo,
-                            t,
-                            None,
-                            RunResult::Skipped,
-                            "OfflinePushRunning",
-                            &msg,
-                        ));
-                        continue;
-                    }
-                    let retention = spec.retention.clone();
-                    p.create_jobs.push(NewJob {
+                RunDecision::Create => {
+                    self.p.create_jobs.push(NewJob {
                         name: job.clone(),
                         schedule: sched.name.clone(),
                         repository: (*repo).clone(),
@@ -384,10 +417,10 @@ pub fn plan(input: &Input) -> Plan {
                             deadline_seconds: None,
                             reason: Some(format!("schedule {} of PushPolicy {name}", sched.name)),
                             ttl_seconds_after_finished: None,
-                            retention,
+                            retention: spec.retention.clone(),
                         },
                     });
-                    records.push(record(&sched.name, repo, t, Some(job), RunResult::Running, "Created", ""));
+                    self.records.push(record(&sched.name, repo, t, Some(job), RunResult::Running, "Created", ""));
                     s.last_schedule_time = Some(time(t));
                     if sched.mode == Mode::Offline {
                         offline_active.insert((*repo).clone());
@@ -395,61 +428,110 @@ pub fn plan(input: &Input) -> Plan {
                 }
             }
         }
-        schedule_status.push(s);
     }
 
-    // Maintenance: a prune pod per repository.
-    st.maintenance = None;
-    if let (Some(m), Some(Ok(cron))) = (&spec.maintenance, &maintenance) {
-        let (mut s, d) = evaluate(MAINTENANCE, cron, old.maintenance.as_ref());
-        if let Some(t) = d.scheduled {
-            s.last_handled_time = Some(time(t));
-            if !spec.suspend && healthy && !d.too_late {
-                for repo in &targets {
-                    let pod = job_name(name, MAINTENANCE, name_repo.then_some(repo.as_str()), t);
-                    if input.runs.iter().any(|r| r.name == pod) {
-                        continue;
-                    }
-                    if input
-                        .runs
-                        .iter()
-                        .any(|r| r.schedule == MAINTENANCE && &r.repository == *repo && r.outcome == Outcome::Active)
-                    {
-                        records.push(record(
-                            MAINTENANCE,
-                            repo,
-                            t,
-                            None,
-                            RunResult::Skipped,
-                            "PreviousRunActive",
-                            "the previous prune has not finished",
-                        ));
-                        continue;
-                    }
-                    p.create_prunes.push(NewPrune {
-                        name: pod.clone(),
-                        repository: (*repo).clone(),
-                        scheduled: t,
-                        max_unused_percent: m.max_unused_percent.unwrap_or(5),
-                        wait_seconds: m.wait_seconds.unwrap_or(600),
-                    });
-                    records.push(record(MAINTENANCE, repo, t, Some(pod), RunResult::Running, "Created", ""));
-                    s.last_schedule_time = Some(time(t));
-                }
-            } else if !spec.suspend && d.too_late {
-                *p.missed.entry(MAINTENANCE.into()).or_default() += 1;
-            }
+    /// Whether the run of `sched` at `t` for `repo` (job `job`) is created, and why not.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        sched: &Schedule,
+        repo: &str,
+        job: &str,
+        t: DateTime<Utc>,
+        d: &Due,
+        now: DateTime<Utc>,
+        offline_active: &BTreeSet<String>,
+    ) -> RunDecision {
+        let runs = &self.input.runs;
+        if d.too_late {
+            let message = format!(
+                "started too late: {}s after {} is past startingDeadlineSeconds",
+                (now - t).num_seconds(),
+                t.format("%H:%M UTC")
+            );
+            return RunDecision::NotRun {
+                result: RunResult::Missed,
+                reason: "MissedStartingDeadline",
+                message,
+                event: Some(true),
+            };
         }
-        st.maintenance = Some(s);
+        if runs.iter().any(|r| r.name == job) {
+            return RunDecision::Exists;
+        }
+        if let Some(prev) =
+            runs.iter().find(|r| r.schedule == sched.name && r.repository == repo && r.outcome == Outcome::Active)
+        {
+            let message = format!("the previous run {} has not finished", prev.name);
+            return RunDecision::NotRun {
+                result: RunResult::Skipped,
+                reason: "PreviousRunActive",
+                message,
+                event: Some(true),
+            };
+        }
+        if sched.mode == Mode::Online && offline_active.contains(repo) {
+            return RunDecision::NotRun {
+                result: RunResult::Skipped,
+                reason: "OfflinePushRunning",
+                message: "an offline push of the repository is running; this online run is skipped".into(),
+                event: Some(false),
+            };
+        }
+        RunDecision::Create
     }
 
-    // Records: newest first, bounded; the schedules' last results; the success rate.
+    /// Maintenance: a prune pod per repository.
+    fn maintenance(&mut self, m: &Maintenance, cron: &CronSchedule, prev: Option<&ScheduleStatus>) -> ScheduleStatus {
+        let Input { name, spec, .. } = *self.input;
+        let name_repo = spec.repository_selector.is_some();
+        let (mut s, d) = self.evaluate(MAINTENANCE, cron, prev);
+        let Some(t) = d.scheduled else { return s };
+        s.last_handled_time = Some(time(t));
+        if spec.suspend {
+            return s;
+        }
+        if d.too_late {
+            *self.p.missed.entry(MAINTENANCE.into()).or_default() += 1;
+            return s;
+        }
+        if !self.healthy {
+            return s;
+        }
+        for repo in self.targets {
+            let pod = job_name(name, MAINTENANCE, name_repo.then_some(repo.as_str()), t);
+            let runs = &self.input.runs;
+            if runs.iter().any(|r| r.name == pod) {
+                continue;
+            }
+            if runs.iter().any(|r| r.schedule == MAINTENANCE && &r.repository == *repo && r.outcome == Outcome::Active)
+            {
+                let msg = "the previous prune has not finished";
+                self.records.push(record(MAINTENANCE, repo, t, None, RunResult::Skipped, "PreviousRunActive", msg));
+                continue;
+            }
+            self.p.create_prunes.push(NewPrune {
+                name: pod.clone(),
+                repository: (*repo).clone(),
+                scheduled: t,
+                max_unused_percent: m.max_unused_percent.unwrap_or(5),
+                wait_seconds: m.wait_seconds.unwrap_or(600),
+            });
+            self.records.push(record(MAINTENANCE, repo, t, Some(pod), RunResult::Running, "Created", ""));
+            s.last_schedule_time = Some(time(t));
+        }
+        s
+    }
+}
+
+/// Records newest first, bounded; each schedule's last result.
+fn summarize(records: &mut Vec<RunRecord>, schedules: &mut [ScheduleStatus], maintenance: Option<&mut ScheduleStatus>) {
     records.sort_by(|a, b| {
         chrono_of(&b.scheduled_time.0).cmp(&chrono_of(&a.scheduled_time.0)).then(a.schedule.cmp(&b.schedule))
     });
     records.dedup_by(|a, b| a.job.is_some() && a.job == b.job);
     records.truncate(RECENT_RUNS);
-    for s in schedule_status.iter_mut().chain(st.maintenance.iter_mut()) {
+    for s in schedules.iter_mut().chain(maintenance) {
         if let Some(r) = records.iter().find(|r| r.schedule == s.name) {
             s.last_result = Some(match &r.reason {
                 Some(reason) if matches!(r.result, RunResult::Skipped | RunResult::Missed) => {
@@ -460,6 +542,10 @@ pub fn plan(input: &Input) -> Plan {
             s.last_job = r.job.clone().or(s.last_job.clone());
         }
     }
+}
+
+/// The share of push runs that succeeded among those that ended (missed ones count as failed).
+fn success_rate(records: &[RunRecord]) -> Option<f64> {
     let counted: Vec<&RunRecord> = records
         .iter()
         .filter(|r| {
@@ -467,26 +553,25 @@ pub fn plan(input: &Input) -> Plan {
                 && matches!(r.result, RunResult::Succeeded | RunResult::Failed | RunResult::Missed)
         })
         .collect();
-    st.success_rate = (!counted.is_empty()).then(|| {
+    (!counted.is_empty()).then(|| {
         let ok = counted.iter().filter(|r| r.result == RunResult::Succeeded).count() as f64;
         (ok / counted.len() as f64 * 1000.0).round() / 1000.0
-    });
-    st.recent_runs = records;
-    st.schedules = schedule_status;
+    })
+}
 
-    // History: finished runs beyond the limits, oldest first, only ours.
+/// Finished runs beyond the history limits, oldest first, only ours: (jobs, prune pods).
+fn beyond_history(spec: &PushPolicySpec, runs: &[RunView]) -> (Vec<String>, Vec<String>) {
     #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
     enum RunKind {
         PushJob,
         PrunePod,
     }
     let mut by_outcome: BTreeMap<(bool, RunKind), Vec<&RunView>> = BTreeMap::new();
-    for r in &input.runs {
-        if r.outcome != Outcome::Active {
-            let kind = if r.schedule == MAINTENANCE { RunKind::PrunePod } else { RunKind::PushJob };
-            by_outcome.entry((r.outcome == Outcome::Succeeded, kind)).or_default().push(r);
-        }
+    for r in runs.iter().filter(|r| r.outcome != Outcome::Active) {
+        let kind = if r.schedule == MAINTENANCE { RunKind::PrunePod } else { RunKind::PushJob };
+        by_outcome.entry((r.outcome == Outcome::Succeeded, kind)).or_default().push(r);
     }
+    let (mut jobs, mut pods) = (vec![], vec![]);
     for ((ok, kind), mut runs) in by_outcome {
         runs.sort_by(|a, b| b.finished.cmp(&a.finished).then(b.name.cmp(&a.name)));
         let limit = match (kind, ok) {
@@ -496,22 +581,30 @@ pub fn plan(input: &Input) -> Plan {
         };
         let names = runs.into_iter().skip(limit).map(|r| r.name.clone());
         match kind {
-            RunKind::PrunePod => p.delete_pods.extend(names),
-            RunKind::PushJob => p.delete_jobs.extend(names),
+            RunKind::PrunePod => pods.extend(names),
+            RunKind::PushJob => jobs.extend(names),
         }
     }
+    (jobs, pods)
+}
 
-    // Conditions.
+fn set_conditions(
+    st: &mut PushPolicyStatus,
+    v: &Validated,
+    targets: &[&String],
+    spec: &PushPolicySpec,
+    g: Option<i64>,
+    now: DateTime<Utc>,
+) {
     let c = &mut st.conditions;
-    let g = generation;
-    if !problems.is_empty() {
-        let msg = problems.join("; ");
+    if !v.problems.is_empty() {
+        let msg = v.problems.join("; ");
         set_condition(c, conditions::READY, false, "InvalidSpec", &msg, g, now);
         set_condition(c, conditions::STALLED, true, "InvalidSpec", &msg, g, now);
-    } else if !missing.is_empty() {
+    } else if !v.missing.is_empty() {
         let msg = format!(
             "Repository {} not found in this namespace; no push is scheduled until it exists",
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            v.missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         );
         set_condition(c, conditions::READY, false, "RepositoryNotFound", &msg, g, now);
         set_condition(c, conditions::STALLED, true, "RepositoryNotFound", &msg, g, now);
@@ -528,19 +621,16 @@ pub fn plan(input: &Input) -> Plan {
         set_condition(c, conditions::STALLED, false, "Scheduled", "", g, now);
     }
     set_condition(c, conditions::RECONCILING, false, "Reconciled", "", g, now);
-    p.status = st;
+}
 
-    // Wake at the next scheduled time (a little after, so "now" is past it), or at the
-    // resync interval; sooner while runs are active, to record their results.
-    let mut wait = next_wake
+/// Wake at the next scheduled time (a little after, so "now" is past it), or at the resync
+/// interval; sooner while runs are active, to record their results.
+fn requeue(next_wake: Option<DateTime<Utc>>, runs: &[RunView], now: DateTime<Utc>) -> Duration {
+    let wait = next_wake
         .map(|n| (n - now).to_std().unwrap_or_default() + Duration::from_millis(200))
         .unwrap_or(MAX_REQUEUE)
         .min(MAX_REQUEUE);
-    if input.runs.iter().any(|r| r.outcome == Outcome::Active) {
-        wait = wait.min(Duration::from_secs(30));
-    }
-    p.requeue = wait;
-    p
+    if runs.iter().any(|r| r.outcome == Outcome::Active) { wait.min(Duration::from_secs(30)) } else { wait }
 }
 
 fn record(
