@@ -2,6 +2,7 @@
 //! deduplication. The store engine lives in [`store`] and knows nothing of Kubernetes.
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod location;
 pub mod metrics;

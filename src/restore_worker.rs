@@ -83,6 +83,10 @@ pub enum RestoreFailure {
     StoreAccessDenied,
     StoreBucketMissing,
     StoreUnreachable,
+    /// An object the restore reads does not open, or the store's config is damaged.
+    StoreDamaged,
+    /// The Repository gives a key, but the store is not encrypted.
+    StoreNotEncrypted,
 }
 
 impl RestoreFailure {
@@ -97,6 +101,8 @@ impl RestoreFailure {
             RestoreFailure::StoreAccessDenied => "StoreAccessDenied",
             RestoreFailure::StoreBucketMissing => "StoreBucketMissing",
             RestoreFailure::StoreUnreachable => "StoreUnreachable",
+            RestoreFailure::StoreDamaged => "StoreDamaged",
+            RestoreFailure::StoreNotEncrypted => "StoreNotEncrypted",
         }
     }
 
@@ -121,6 +127,10 @@ impl RestoreFailure {
             RestoreFailure::StoreAccessDenied => WorkerFailure::StoreAccessDenied.fix(),
             RestoreFailure::StoreBucketMissing => WorkerFailure::StoreBucketMissing.fix(),
             RestoreFailure::StoreUnreachable => WorkerFailure::StoreUnreachable.fix(),
+            RestoreFailure::StoreNotEncrypted => WorkerFailure::StoreNotEncrypted.fix(),
+            RestoreFailure::StoreDamaged => {
+                "run `push-operator verify` against the store to see which snapshots the damage affects, and restore another snapshot (snapshot.ids or asOf); nothing was restored from the damaged data"
+            }
         }
     }
 
@@ -138,7 +148,10 @@ impl RestoreFailure {
             WorkerFailure::StoreAccessDenied => RestoreFailure::StoreAccessDenied,
             WorkerFailure::StoreBucketMissing => RestoreFailure::StoreBucketMissing,
             WorkerFailure::StoreUnreachable => RestoreFailure::StoreUnreachable,
-            _ => return None,
+            WorkerFailure::StoreDamaged => RestoreFailure::StoreDamaged,
+            WorkerFailure::StoreNotEncrypted => RestoreFailure::StoreNotEncrypted,
+            // Only a push creates a store or reads a volume as its source.
+            WorkerFailure::EncryptionNotConfigured | WorkerFailure::SourceUnreadable => return None,
         })
     }
 }
@@ -421,7 +434,10 @@ fn run_restore(store: &Store, args: &RestoreWorkerArgs) -> anyhow::Result<Restor
     let started = std::time::Instant::now();
     let mut report = RestoreWorkerReport::default();
     let mut stats = RestoreStats::default();
-    let mut audit_rec = AuditRecord::new(if args.step == WorkerStep::Undo { "undo" } else { "restore" }, "ok");
+    let mut audit_rec = AuditRecord::new(
+        if args.step == WorkerStep::Undo { audit::Action::Undo } else { audit::Action::Restore },
+        audit::Outcome::Ok,
+    );
     audit_rec.reason = args.reason.clone().unwrap_or_else(|| "manual".into());
     audit_rec.job = Some(args.job.clone());
     audit_rec.repository = Some(format!("{}/{}", args.namespace, args.repository));
@@ -483,7 +499,7 @@ fn run_restore(store: &Store, args: &RestoreWorkerArgs) -> anyhow::Result<Restor
         .detail("files_checked", stats.files_checked)
         .detail("duration_seconds", stats.duration_seconds);
     if let Err(e) = &result {
-        audit_rec.result = "failed".into();
+        audit_rec.result = audit::Outcome::Failed;
         audit_rec.error = Some(format!("{e:#}"));
     }
     if let Err(e) = audit::append(store, &audit_rec) {

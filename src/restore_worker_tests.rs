@@ -114,17 +114,6 @@ fn reports_fit_the_termination_message() {
     assert!(back.cleaned.last().unwrap().contains("more"));
 }
 
-/// The store arguments the binary adds (they live with the CLI).
-#[derive(clap::Parser, Debug)]
-struct Cli {
-    #[arg(long)]
-    store: String,
-    #[arg(long)]
-    s3_path_style: Option<bool>,
-    #[command(flatten)]
-    args: RestoreWorkerArgs,
-}
-
 #[test]
 fn every_pod_the_operator_builds_parses_with_the_worker_cli() {
     use crate::api::*;
@@ -157,11 +146,16 @@ fn every_pod_the_operator_builds_parses_with_the_worker_cli() {
         let container = &pod.spec.as_ref().unwrap().containers[0];
         let argv = container.args.clone().unwrap();
         assert_eq!(argv[0], "restore-worker");
-        let cli = Cli::try_parse_from(std::iter::once("push-operator".to_string()).chain(argv[1..].iter().cloned()))
-            .unwrap_or_else(|e| panic!("{step:?}: {e}"));
+        let cli = match crate::cli::Cli::try_parse_from(std::iter::once("push-operator".to_string()).chain(argv))
+            .unwrap_or_else(|e| panic!("{step:?}: {e}"))
+            .command
+        {
+            crate::cli::Command::RestoreWorker(c) => c,
+            _ => panic!("{step:?}: not restore-worker"),
+        };
         assert_eq!(cli.args.step, step);
-        assert_eq!(cli.store, "s3://b/p");
-        assert_eq!(cli.s3_path_style, Some(true));
+        assert_eq!(cli.store.store, "s3://b/p");
+        assert_eq!(cli.store.s3_path_style, Some(true));
         assert_eq!(cli.args.selection().namespace, if step == WorkerStep::Resolve { "old" } else { "ns" });
         match step {
             WorkerStep::Resolve => {
@@ -206,10 +200,13 @@ fn every_pod_the_operator_builds_parses_with_the_worker_cli() {
     );
     let argv = pod.spec.unwrap().containers[0].args.clone().unwrap();
     assert_eq!(argv[0], "worker");
-    let i = argv.iter().position(|a| a == "--mode").unwrap();
-    assert_eq!(argv[i + 1], "offline");
-    let i = argv.iter().position(|a| a == "--job").unwrap();
-    assert_eq!(argv[i + 1], "r1");
+    match crate::cli::Cli::try_parse_from(std::iter::once("push-operator".to_string()).chain(argv)).unwrap().command {
+        crate::cli::Command::Worker(w) => {
+            assert_eq!((w.args.mode, w.args.job.as_str()), (Mode::Offline, "r1"));
+            assert_eq!(w.args.volumes, vec![("data".to_string(), std::path::PathBuf::from("/volumes/data"))]);
+        }
+        _ => panic!("the safety push is not the push worker"),
+    }
 }
 
 #[test]
@@ -226,11 +223,13 @@ fn resolve_then_restore_in_place_mirrors_checks_and_audits() {
         namespace: "ns".into(),
         repository: "shop".into(),
         job: "p1".into(),
-        mode: "offline".into(),
-        consistency: "consistent".into(),
-        priority: "P4".into(),
+        mode: Mode::Offline,
+        consistency: Consistency::Consistent,
+        priority: crate::api::Priority::P4,
+        reason: None,
+        excludes: vec![],
         volumes: vec![("data".into(), vol.clone())],
-        ..Default::default()
+        retention: None,
     };
     let pushed = crate::worker::run(&store, &push);
     assert!(pushed.error.is_none(), "{:?}", pushed.error);
@@ -240,13 +239,12 @@ fn resolve_then_restore_in_place_mirrors_checks_and_audits() {
     std::fs::write(vol.join("new.txt"), "not in the snapshot").unwrap();
 
     let cli = |argv: &[&str]| {
-        Cli::try_parse_from(
-            ["push-operator", "--store", "x", "--namespace", "ns", "--repository", "shop", "--job", "r1"]
-                .iter()
-                .chain(argv),
-        )
-        .unwrap()
-        .args
+        let base = ["push-operator", "restore-worker", "--store", "x", "--namespace", "ns", "--repository", "shop"];
+        let parsed = crate::cli::Cli::try_parse_from(base.iter().chain(&["--job", "r1"]).chain(argv)).unwrap();
+        match parsed.command {
+            crate::cli::Command::RestoreWorker(c) => c.args,
+            _ => unreachable!("restore-worker parses as itself"),
+        }
     };
     let r = run(&store, &cli(&["--step", "resolve", "--want", "data"]));
     assert!(r.error.is_none(), "{:?}", r.error);
@@ -263,8 +261,8 @@ fn resolve_then_restore_in_place_mirrors_checks_and_audits() {
     assert_eq!(stats.files_checked, 2);
     assert!(stats.removed >= 1);
     let audit = crate::store::audit::list(&store).unwrap();
-    let rec = audit.iter().find(|a| a.action == "restore").expect("a restore audit record");
-    assert_eq!(rec.result, "ok");
+    let rec = audit.iter().find(|a| a.action == crate::store::audit::Action::Restore).expect("a restore audit record");
+    assert_eq!(rec.result, crate::store::audit::Outcome::Ok);
     assert_eq!(rec.job.as_deref(), Some("r1"));
     assert_eq!(rec.snapshots, vec![id.clone()]);
 
@@ -310,4 +308,25 @@ fn a_restore_jobs_test_worker_env_reaches_its_worker_pods() {
         assert_eq!(crash.len(), 1, "{step:?}: {env:?}");
         assert_eq!(crash[0].value.as_deref(), Some("restore:1"));
     }
+}
+
+#[test]
+fn store_failures_are_the_restores_reasons_with_their_fixes() {
+    use crate::store::OpenError;
+    use crate::store::backend::BackendError;
+    let cases: Vec<(anyhow::Error, RestoreFailure)> = vec![
+        (BackendError::Denied("403".into()).into(), RestoreFailure::StoreAccessDenied),
+        (BackendError::NoBucket("404".into()).into(), RestoreFailure::StoreBucketMissing),
+        (BackendError::Transient("reset".into()).into(), RestoreFailure::StoreUnreachable),
+        (OpenError::Missing("s3://b/p".into()).into(), RestoreFailure::StoreNotFound),
+        (OpenError::KeyMissing("s3://b/p".into()).into(), RestoreFailure::StoreKeyMissing),
+        (OpenError::NotEncrypted("s3://b/p".into()).into(), RestoreFailure::StoreNotEncrypted),
+        (crate::store::crypto::OpenFailed { what: "pack x".into() }.into(), RestoreFailure::StoreDamaged),
+    ];
+    for (e, want) in cases {
+        let e = e.context("restore of volume data");
+        assert_eq!(RestoreFailure::of(&e), Some(want), "{e:#}");
+        assert!(!want.fix().is_empty());
+    }
+    assert_eq!(RestoreFailure::of(&anyhow::anyhow!("something else")), None);
 }

@@ -3,7 +3,7 @@
 //! its own parents and history), then writes a JSON report to the termination message, which
 //! the operator copies into the PushJob status.
 
-use crate::api::{JobStats, VolumeResult};
+use crate::api::{Consistency, JobStats, Mode, Priority, VolumeResult};
 use crate::controller::push_job::state::WorkerReport;
 use crate::store::Store;
 use crate::store::forget::{ForgetOptions, forget};
@@ -11,20 +11,46 @@ use crate::store::push::{Counters, PushOptions, push};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Default)]
+/// The worker's arguments (`push-operator worker`, with the store's in [`crate::cli::WorkerCli`]).
+#[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
+    /// The PushJob's namespace (snapshot sources are `pvc/<namespace>/<pvc>`).
+    #[arg(long)]
     pub namespace: String,
+    /// The Repository, recorded in each snapshot as namespace/name.
+    #[arg(long)]
     pub repository: String,
+    /// The PushJob, recorded in each snapshot and in the audit trail.
+    #[arg(long)]
     pub job: String,
-    pub mode: String,
-    pub consistency: String,
-    pub priority: String,
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// What the snapshots can promise (the operator decides it from how the volumes were read).
+    #[arg(long, value_enum)]
+    pub consistency: Consistency,
+    #[arg(long, value_enum, default_value = "P4")]
+    pub priority: Priority,
+    /// Why the push ran (a tag of each snapshot).
+    #[arg(long)]
     pub reason: Option<String>,
+    /// Skip paths matching this glob (repeatable).
+    #[arg(long = "exclude")]
     pub excludes: Vec<String>,
-    /// (PVC name, mount path)
+    /// A volume to push: PVC=MOUNTPATH (repeatable).
+    #[arg(long = "volume", value_parser = parse_volume, required = true)]
     pub volumes: Vec<(String, PathBuf)>,
-    /// Applied after every volume is pushed.
+    /// After a successful push, forget what this retention (a PushPolicy's, JSON) does not keep.
+    #[arg(long, value_parser = parse_retention)]
     pub retention: Option<crate::api::policy::RetentionSpec>,
+}
+
+fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("volume {s:?} is not PVC=PATH"))?;
+    Ok((k.to_string(), PathBuf::from(v)))
+}
+
+fn parse_retention(s: &str) -> Result<crate::api::policy::RetentionSpec, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a retention spec (JSON): {e}"))
 }
 
 /// The termination message is cut at 4096 bytes by the kubelet: keep the report under that.
@@ -58,11 +84,13 @@ pub fn run(store: &Store, args: &WorkerArgs) -> WorkerReport {
         opts.source_name = Some(format!("pvc/{}/{volume}", args.namespace));
         opts.excludes = args.excludes.clone();
         opts.repository = Some(format!("{}/{}", args.namespace, args.repository));
-        opts.mode = Some(args.mode.clone());
-        opts.consistency = Some(args.consistency.clone());
+        opts.mode = Some(args.mode.as_str().to_string());
+        opts.consistency = Some(args.consistency.as_str().to_string());
         opts.job = Some(args.job.clone());
-        let mut tags =
-            BTreeMap::from([("priority".to_string(), args.priority.clone()), ("volume".to_string(), volume.clone())]);
+        let mut tags = BTreeMap::from([
+            ("priority".to_string(), args.priority.as_str().to_string()),
+            ("volume".to_string(), volume.clone()),
+        ]);
         if let Some(r) = &args.reason {
             tags.insert("reason".into(), r.clone());
         }
@@ -202,9 +230,9 @@ mod tests {
             namespace: "shop".into(),
             repository: "web".into(),
             job: "j1".into(),
-            mode: "offline".into(),
-            consistency: "consistent".into(),
-            priority: "P2".into(),
+            mode: Mode::Offline,
+            consistency: Consistency::Consistent,
+            priority: Priority::P2,
             reason: Some("pre-upgrade".into()),
             excludes: vec![],
             volumes: vec![("a".into(), tmp.path().join("a")), ("b".into(), tmp.path().join("b"))],
@@ -227,5 +255,60 @@ mod tests {
         assert_eq!(s.consistency.as_deref(), Some("consistent"));
         assert_eq!(s.job.as_deref(), Some("j1"));
         assert_eq!(s.tags.get("reason").map(String::as_str), Some("pre-upgrade"));
+    }
+
+    #[test]
+    fn a_store_with_a_changed_object_fails_the_push_as_damaged() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("v")).unwrap();
+        std::fs::write(tmp.path().join("v/f"), "data").unwrap();
+        let backend = std::sync::Arc::new(crate::store::backend::fs::FsBackend::new(tmp.path().join("store")));
+        let creds =
+            crate::store::keys::Credentials::given(crate::store::keys::Secret::Raw(crate::store::crypto::random_key()));
+        let store = Store::open_or_init(backend, &Default::default(), &creds).unwrap();
+        let args = WorkerArgs {
+            namespace: "shop".into(),
+            repository: "web".into(),
+            job: "j1".into(),
+            mode: Mode::Offline,
+            consistency: Consistency::Consistent,
+            priority: Priority::P4,
+            reason: None,
+            excludes: vec![],
+            volumes: vec![("v".into(), tmp.path().join("v"))],
+            retention: None,
+        };
+        assert!(run(&store, &args).error.is_none());
+        // Someone rewrites every index object of the store (a bit flipped at the end).
+        let mut changed = 0;
+        for e in walk(&tmp.path().join("store/index")) {
+            let mut b = std::fs::read(&e).unwrap();
+            *b.last_mut().unwrap() ^= 1;
+            std::fs::write(&e, b).unwrap();
+            changed += 1;
+        }
+        assert!(changed > 0, "the push wrote no index object");
+        std::fs::write(tmp.path().join("v/f"), "new data").unwrap();
+        let store = Store::open(store.backend().clone(), &creds).unwrap();
+        let report = run(&store, &args);
+        assert!(report.error.is_some(), "a push on a damaged index succeeded");
+        assert_eq!(
+            report.reason,
+            Some(crate::controller::push_job::state::WorkerFailure::StoreDamaged),
+            "{:?}",
+            report.error
+        );
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+        let mut out = vec![];
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
     }
 }

@@ -399,7 +399,7 @@ fn nothing_is_deleted_from_a_store_whose_index_cannot_be_read() {
     assert_eq!(pack_count(&root), packs);
     // The failure is in the audit trail.
     let recs = push_operator::store::audit::list(&store).unwrap();
-    assert_eq!(recs.last().unwrap().result, "failed");
+    assert_eq!(recs.last().unwrap().result, push_operator::store::audit::Outcome::Failed);
 }
 
 #[test]

@@ -75,7 +75,9 @@ pub struct LocalRef {
 }
 
 /// Push mode.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema, clap::ValueEnum,
+)]
 pub enum Mode {
     /// Services keep running; the copy reads a CSI snapshot clone (crash-consistent) or the
     /// live volume (inconsistent).
@@ -107,13 +109,19 @@ impl Mode {
     Hash,
     Default,
     schemars::JsonSchema,
+    clap::ValueEnum,
 )]
 pub enum Priority {
+    #[value(name = "P1")]
     P1,
+    #[value(name = "P2")]
     P2,
+    #[value(name = "P3")]
     P3,
     #[default]
+    #[value(name = "P4")]
     P4,
+    #[value(name = "P5")]
     P5,
 }
 
@@ -131,7 +139,9 @@ impl Priority {
 }
 
 /// What a snapshot can promise about its data.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Consistency {
     /// Offline: services stopped, volumes detached.

@@ -12,13 +12,72 @@ use std::collections::BTreeMap;
 
 pub const AUDIT_PREFIX: &str = "audit/";
 
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Push,
+    Forget,
+    Prune,
+    /// Snapshots written into volumes by a RestoreJob.
+    Restore,
+    /// The undo snapshots of a failed in-place restore written back.
+    Undo,
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    /// A prune or forget that only showed what it would do.
+    DryRun,
+    /// A prune that marked packs for deletion by a later run (pushes were still running).
+    Pending,
+}
+
+impl Action {
+    /// The name in the records (and on the command line).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Push => "push",
+            Action::Forget => "forget",
+            Action::Prune => "prune",
+            Action::Restore => "restore",
+            Action::Undo => "undo",
+        }
+    }
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::DryRun => "dry-run",
+            Outcome::Pending => "pending",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub time: DateTime<Utc>,
-    /// "push", "forget" or "prune".
-    pub action: String,
-    /// "ok", "failed", "dry-run", "pending" (a prune that marked packs for a later run).
-    pub result: String,
+    pub action: Action,
+    pub result: Outcome,
     /// Why: "schedule hourly of policy shop/web", "manual", "retention after push", ...
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
@@ -39,11 +98,11 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    pub fn new(action: &str, result: &str) -> AuditRecord {
+    pub fn new(action: Action, result: Outcome) -> AuditRecord {
         AuditRecord {
             time: Utc::now(),
-            action: action.into(),
-            result: result.into(),
+            action,
+            result,
             reason: String::new(),
             job: None,
             repository: None,
@@ -89,4 +148,29 @@ pub fn list(store: &Store) -> anyhow::Result<Vec<AuditRecord>> {
     }
     out.sort_by_key(|r| r.time);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_names_in_the_records_are_the_names_shown() {
+        for a in [Action::Push, Action::Forget, Action::Prune, Action::Restore, Action::Undo] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+            assert_eq!(serde_json::from_value::<Action>(a.as_str().into()).unwrap(), a);
+        }
+        for o in [Outcome::Ok, Outcome::Failed, Outcome::DryRun, Outcome::Pending] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+        // Padding works as for strings (the `audit` table).
+        assert_eq!(format!("{:<8}|", Outcome::Ok), "ok      |");
+    }
+
+    #[test]
+    fn records_written_before_the_enums_still_read() {
+        let old = r#"{"time":"2026-11-01T00:00:00Z","action":"prune","result":"dry-run","host":"h","program":"p"}"#;
+        let r: AuditRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((r.action, r.result), (Action::Prune, Outcome::DryRun));
+    }
 }

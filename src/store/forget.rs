@@ -2,7 +2,7 @@
 //! reference stays until a prune finds it unreferenced.
 
 use super::Store;
-use super::audit::{self, AuditRecord};
+use super::audit::{self, Action, AuditRecord, Outcome};
 use super::id::Id;
 use super::retention::{KeepPolicy, select};
 use super::snapshot::{Snapshot, snapshot_key};
@@ -158,7 +158,7 @@ pub fn forget_ids(store: &Store, ids: &[String], dry_run: bool, reason: &str) ->
     if dry_run {
         return Ok(report);
     }
-    let mut rec = AuditRecord::new("forget", "ok");
+    let mut rec = AuditRecord::new(Action::Forget, Outcome::Ok);
     rec.reason = reason.into();
     remove(store, &found, rec)?;
     Ok(report)
@@ -179,7 +179,9 @@ pub fn forget(store: &Store, opts: &ForgetOptions) -> anyhow::Result<ForgetRepor
     }
     let ids =
         report.removed.iter().map(|h| Id::parse(h).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
-    let mut rec = AuditRecord::new("forget", "ok").detail("kept", report.kept).detail("rules", opts.rules.to_string());
+    let mut rec = AuditRecord::new(Action::Forget, Outcome::Ok)
+        .detail("kept", report.kept)
+        .detail("rules", opts.rules.to_string());
     rec.reason = opts.reason.clone();
     rec.job = opts.job.clone();
     rec.repository = opts.repository.clone();
@@ -206,7 +208,7 @@ fn remove(store: &Store, ids: &[Id], mut rec: AuditRecord) -> anyhow::Result<()>
     let removed = rec.snapshots.len();
     rec = rec.detail("removed", removed);
     if let Some(f) = &failure {
-        rec.result = "failed".into();
+        rec.result = Outcome::Failed;
         rec.error = Some(f.clone());
     }
     audit::append(store, &rec)?;

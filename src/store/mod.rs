@@ -164,6 +164,12 @@ impl InitOptions {
 
 const NO_KEYS: &str = "the store is not encrypted: it has no keys (it was created with --encryption none or by a release before format 2)";
 
+/// Data of the store that does not match its name or id (changed, truncated, replaced): the
+/// store is damaged. `push-operator verify` says where, and which snapshots it affects.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Damaged(pub String);
+
 /// Why a store cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -513,7 +519,11 @@ impl Store {
                         Err(e) => return Err(e.into()),
                     };
                     if Id::of(&bytes) != id {
-                        bail!("index object {} is damaged (content does not match its name)", o.key);
+                        return Err(Damaged(format!(
+                            "index object {} is damaged (content does not match its name)",
+                            o.key
+                        ))
+                        .into());
                     }
                     Ok(Some((id, self.decode_index(ObjectKind::Index, &o.key, &bytes)?)))
                 })
@@ -641,7 +651,11 @@ impl Store {
                     .map_err(|e| anyhow::anyhow!("stray object {} in the store: {e}", o.key))?;
                 let bytes = self.backend.get(&o.key)?;
                 if Id::of(&bytes) != id {
-                    bail!("snapshot {} is damaged (content does not match its name)", id.short());
+                    return Err(Damaged(format!(
+                        "snapshot {} is damaged (content does not match its name)",
+                        id.short()
+                    ))
+                    .into());
                 }
                 let bytes = self.open_object(ObjectKind::Snapshot, &o.key, &bytes)?;
                 let snap: Snapshot = serde_json::from_slice(&bytes)

@@ -231,7 +231,7 @@ pub fn decode_blob(crypto: &Crypto, entry: &PackEntry, stored: &[u8]) -> anyhow:
             .with_context(|| format!("blob {} does not decompress", entry.id))?,
     };
     if plain.len() != entry.raw_length as usize || crypto.id_of(&plain) != entry.id {
-        bail!("blob {} is damaged: its content does not match its id", entry.id);
+        return Err(super::Damaged(format!("blob {} is damaged: its content does not match its id", entry.id)).into());
     }
     Ok(plain)
 }

@@ -24,7 +24,7 @@
 //! run) completes it. Reads (restore, verify) see the doomed packs meanwhile, so every
 //! snapshot stays restorable throughout. One prune runs at a time (a `prune` lock).
 
-use super::audit::{self, AuditRecord};
+use super::audit::{self, Action, AuditRecord, Outcome};
 use super::backend::BackendError;
 use super::crypto::ObjectKind;
 use super::id::Id;
@@ -201,12 +201,12 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> anyhow::Result<PruneReport> 
     }
     let result = run(store, opts, &lock, &mut report);
     let result_name = match (&result, opts.dry_run) {
-        (Err(_), _) => "failed",
-        (Ok(()), true) => "dry-run",
-        (Ok(()), false) if report.plans_pending > 0 => "pending",
-        _ => "ok",
+        (Err(_), _) => Outcome::Failed,
+        (Ok(()), true) => Outcome::DryRun,
+        (Ok(()), false) if report.plans_pending > 0 => Outcome::Pending,
+        _ => Outcome::Ok,
     };
-    let mut rec = AuditRecord::new("prune", result_name)
+    let mut rec = AuditRecord::new(Action::Prune, result_name)
         .detail("packs_deleted", report.packs_deleted)
         .detail("packs_repacked", report.packs_repack)
         .detail("bytes_reclaimed", report.bytes_reclaimed)
@@ -230,8 +230,55 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     if !opts.dry_run {
         report.locks_removed = lock::remove_expired(store, Utc::now(), opts.ttl)?;
     }
+    let pending_packs = settle_plans(store, opts, report)?;
+    let seen = Seen::read(store, report)?;
+    let overhead = store.crypto().overhead();
+    let d = decide(&seen.entries_of, &pending_packs, |p, e| seen.reads_from(p, e), opts.max_unused, overhead);
+    report.store_bytes = d.store_bytes;
+    let unused: HashSet<Id> = d.delete.iter().copied().collect();
+    let delete = hold_retained(store, d.delete, &seen.entries_of, report)?;
+    let repack = hold_retained(store, d.repack, &seen.entries_of, report)?;
+    if let Some(until) = report.retained_until {
+        report.messages.push(format!(
+            "{} pack(s) no snapshot needs are kept by Object Lock (the first until {}); a later prune deletes them",
+            report.packs_retained,
+            until.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    report.packs_unused = delete.len();
+    report.packs_repack = repack.len();
+    report.bytes_unused_left = d.unused_left;
+    report.bytes_used = d.used;
+    let marked: Vec<Id> = delete.iter().chain(&repack).copied().collect();
+    if !opts.dry_run {
+        // Packs with a referenced blob that stay: not the unused ones (retained or not).
+        let live_packs = seen.entries_of.keys().filter(|p| !unused.contains(p) && !marked.contains(p)).map(pack_key);
+        let live_snapshots = seen.snaps.iter().map(|(id, _)| super::snapshot::snapshot_key(id));
+        let index = seen.files.iter().map(|(id, _)| format!("index/{id}"));
+        extend_retention(store, live_packs.chain(live_snapshots).chain(index), report)?;
+    }
+    let consolidate = seen.files.len() > 8;
+    if opts.dry_run || (marked.is_empty() && !consolidate) {
+        report.index_objects_after = seen.files.len();
+        if opts.dry_run {
+            report.bytes_reclaimed = marked.iter().map(|p| pack_len(&seen.entries_of[p], overhead)).sum();
+        }
+        return Ok(());
+    }
+    let plan = mark(store, me, &seen, &marked)?;
+    crate::test_hooks::crashpoint("prune", 1);
+    let new_packs = repack_packs(store, &seen, &repack, report)?;
+    rewrite_index(store, lock, &seen, &marked, &new_packs, report)?;
+    crate::test_hooks::crashpoint("prune", 2);
+    if marked.is_empty() {
+        return Ok(());
+    }
+    delete_when_unused(store, lock, opts, me, &plan, report)
+}
 
-    // Earlier plans first: finish those whose pushes ended, drop those never completed.
+/// Earlier plans: finishes those whose pushes ended and drops those never completed; returns
+/// the packs of the plans still pending (left alone by this run).
+fn settle_plans(store: &Store, opts: &PruneOptions, report: &mut PruneReport) -> anyhow::Result<HashSet<Id>> {
     let plans = list_plans(store)?;
     let live = lock::live_holders(store, Utc::now())?;
     let mut pending_packs: HashSet<Id> = HashSet::new();
@@ -255,133 +302,146 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
             }
         }
     }
+    Ok(pending_packs)
+}
 
-    // Everything the store has, read in full before anything is decided.
-    let files = store.load_index_files().context("cannot read the index: nothing deleted")?;
-    report.index_objects_before = files.len();
-    // One index serves reading (it holds the doomed packs of pending plans too) and the
-    // question "which pack is this blob read from": live entries come first, so a blob in a
-    // live pack is never located in a doomed one.
-    let read_index = store.index_of(files.clone()).context("cannot read the index: nothing deleted")?;
-    let snaps = store.list_snapshots().context("cannot read the snapshots: nothing deleted")?;
-    report.snapshots = snaps.len();
-    let used = referenced(store, &read_index, &snaps.iter().collect::<Vec<_>>())?;
-    report.blobs_used = used.len();
+/// Everything the store has, read in full before anything is decided.
+struct Seen {
+    files: Vec<(Id, IndexFile)>,
+    /// One index serves reading (it holds the doomed packs of pending plans too) and the
+    /// question "which pack is this blob read from": live entries come first, so a blob in a
+    /// live pack is never located in a doomed one.
+    read_index: Index,
+    snaps: Vec<(Id, Snapshot)>,
+    /// Every blob a snapshot references.
+    used: HashSet<Id>,
+    entries_of: BTreeMap<Id, Vec<PackEntry>>,
+}
 
-    // Per pack: total and referenced bytes. A blob counts as referenced in the pack the index
-    // reads it from; other copies are unused.
-    let mut entries_of: BTreeMap<Id, Vec<PackEntry>> = BTreeMap::new();
-    for (_, f) in &files {
-        for (pack, entries) in &f.packs {
-            entries_of.entry(*pack).or_insert_with(|| entries.clone());
+impl Seen {
+    fn read(store: &Store, report: &mut PruneReport) -> anyhow::Result<Seen> {
+        let files = store.load_index_files().context("cannot read the index: nothing deleted")?;
+        report.index_objects_before = files.len();
+        let read_index = store.index_of(files.clone()).context("cannot read the index: nothing deleted")?;
+        let snaps = store.list_snapshots().context("cannot read the snapshots: nothing deleted")?;
+        report.snapshots = snaps.len();
+        let used = referenced(store, &read_index, &snaps.iter().collect::<Vec<_>>())?;
+        report.blobs_used = used.len();
+        let mut entries_of: BTreeMap<Id, Vec<PackEntry>> = BTreeMap::new();
+        for (_, f) in &files {
+            for (pack, entries) in &f.packs {
+                entries_of.entry(*pack).or_insert_with(|| entries.clone());
+            }
         }
+        report.packs = entries_of.len();
+        Ok(Seen { files, read_index, snaps, used, entries_of })
     }
-    report.packs = entries_of.len();
-    let mut delete = Vec::new();
+
+    /// Whether blob `e` of `pack` is referenced and read from this pack (other copies of a
+    /// blob are unused).
+    fn reads_from(&self, pack: &Id, e: &PackEntry) -> bool {
+        self.used.contains(&e.id) && self.read_index.get(&e.id).is_some_and(|l| self.read_index.pack_id(l) == *pack)
+    }
+}
+
+/// What a prune does with the packs: delete the ones without a referenced blob, repack the
+/// most wasteful until what stays unreferenced is at most `max_unused` of what is referenced.
+#[derive(Debug, Default, PartialEq)]
+struct Decision {
+    delete: Vec<Id>,
+    repack: Vec<Id>,
+    /// Stored bytes of the packs that stay as they are.
+    store_bytes: u64,
+    /// Unreferenced bytes left in the packs that stay.
+    unused_left: u64,
+    /// Referenced bytes.
+    used: u64,
+}
+
+/// The decision (pure). `referenced(pack, entry)`: whether the blob counts as referenced in
+/// that pack; the packs in `pending` belong to an earlier plan and are left alone. Repacking
+/// the most wasteful packs first is restic's `--max-unused`: a few scattered changes leave
+/// many packs a little unused, and they add up.
+fn decide(
+    entries_of: &BTreeMap<Id, Vec<PackEntry>>,
+    pending: &HashSet<Id>,
+    referenced: impl Fn(&Id, &PackEntry) -> bool,
+    max_unused: f64,
+    overhead: usize,
+) -> Decision {
+    let mut d = Decision::default();
     let mut partial: Vec<(Id, u64, u64, u64)> = Vec::new(); // (pack, unused, used, size)
-    let mut used_total = 0u64;
-    for (pack, entries) in &entries_of {
+    for (pack, entries) in entries_of.iter().filter(|(p, _)| !pending.contains(p)) {
         let total: u64 = entries.iter().map(|e| e.length as u64).sum();
-        if pending_packs.contains(pack) {
-            continue;
-        }
-        let used_bytes: u64 = entries
-            .iter()
-            .filter(|e| used.contains(&e.id) && read_index.get(&e.id).is_some_and(|l| read_index.pack_id(l) == *pack))
-            .map(|e| e.length as u64)
-            .sum();
+        let used_bytes: u64 = entries.iter().filter(|e| referenced(pack, e)).map(|e| e.length as u64).sum();
         if used_bytes == 0 {
-            delete.push(*pack);
+            d.delete.push(*pack);
         } else {
-            used_total += used_bytes;
-            partial.push((*pack, total - used_bytes, used_bytes, pack_len(entries, store.crypto().overhead())));
+            d.used += used_bytes;
+            partial.push((*pack, total - used_bytes, used_bytes, pack_len(entries, overhead)));
         }
     }
-    // Repack the most wasteful packs first until what stays unreferenced is at most
-    // `max_unused` of what is referenced (restic's --max-unused): a few scattered changes
-    // leave many packs a little unused, and they add up.
     partial.sort_by(|a, b| {
         let fa = a.1 as f64 / (a.1 + a.2) as f64;
         let fb = b.1 as f64 / (b.1 + b.2) as f64;
         fb.total_cmp(&fa).then(a.0.cmp(&b.0))
     });
-    let mut unused_total: u64 = partial.iter().map(|p| p.1).sum();
-    let mut repack = Vec::new();
-    let mut store_bytes = 0u64;
+    d.unused_left = partial.iter().map(|p| p.1).sum();
     for (pack, unused, _, size) in partial {
-        if unused > 0 && unused_total as f64 > opts.max_unused * used_total as f64 {
-            repack.push(pack);
-            unused_total -= unused;
+        if unused > 0 && d.unused_left as f64 > max_unused * d.used as f64 {
+            d.repack.push(pack);
+            d.unused_left -= unused;
         } else {
-            store_bytes += size;
+            d.store_bytes += size;
         }
     }
-    report.store_bytes = store_bytes;
-    let unused: HashSet<Id> = delete.iter().copied().collect();
-    let delete = hold_retained(store, delete, &entries_of, report)?;
-    let repack = hold_retained(store, repack, &entries_of, report)?;
-    if let Some(until) = report.retained_until {
-        report.messages.push(format!(
-            "{} pack(s) no snapshot needs are kept by Object Lock (the first until {}); a later prune deletes them",
-            report.packs_retained,
-            until.format("%Y-%m-%d %H:%M:%S UTC")
-        ));
-    }
-    report.packs_unused = delete.len();
-    report.packs_repack = repack.len();
-    report.bytes_unused_left = unused_total;
-    report.bytes_used = used_total;
-    let marked: Vec<Id> = delete.iter().chain(&repack).copied().collect();
-    if !opts.dry_run {
-        // Packs with a referenced blob that stay: not the unused ones (retained or not).
-        let live_packs = entries_of.keys().filter(|p| !unused.contains(p) && !marked.contains(p)).map(pack_key);
-        let live_snapshots = snaps.iter().map(|(id, _)| super::snapshot::snapshot_key(id));
-        let index = files.iter().map(|(id, _)| format!("index/{id}"));
-        extend_retention(store, live_packs.chain(live_snapshots).chain(index), report)?;
-    }
-    let consolidate = files.len() > 8;
-    if opts.dry_run || (marked.is_empty() && !consolidate) {
-        report.index_objects_after = files.len();
-        if opts.dry_run {
-            report.bytes_reclaimed = marked.iter().map(|p| pack_len(&entries_of[p], store.crypto().overhead())).sum();
-        }
-        return Ok(());
-    }
+    d
+}
 
-    // Phase 1: the plan, before the index changes.
+/// Phase 1: the plan and the marked packs' entries, written before the index changes.
+fn mark(store: &Store, me: Id, seen: &Seen, marked: &[Id]) -> anyhow::Result<Plan> {
+    let overhead = store.crypto().overhead();
     let plan = Plan {
         id: Id::random(),
         created: Utc::now(),
         holder: me,
-        snapshots: snaps.iter().map(|(id, _)| *id).collect(),
-        packs: marked.clone(),
-        bytes: marked.iter().map(|p| pack_len(&entries_of[p], store.crypto().overhead())).sum(),
+        snapshots: seen.snaps.iter().map(|(id, _)| *id).collect(),
+        packs: marked.to_vec(),
+        bytes: marked.iter().map(|p| pack_len(&seen.entries_of[p], overhead)).sum(),
     };
     if !marked.is_empty() {
         let doomed =
-            IndexFile { supersedes: vec![], packs: marked.iter().map(|p| (*p, entries_of[p].clone())).collect() };
+            IndexFile { supersedes: vec![], packs: marked.iter().map(|p| (*p, seen.entries_of[p].clone())).collect() };
         store.backend().put_if_absent(&key(&plan.id, "index"), &store.encode_index(ObjectKind::PruneIndex, &doomed))?;
         let plan_bytes = serde_json::to_vec_pretty(&plan)?;
         store
             .backend()
             .put_if_absent(&key(&plan.id, "plan"), &store.seal_object(ObjectKind::PrunePlan, &plan_bytes))?;
     }
-    crate::test_hooks::crashpoint("prune", 1);
+    Ok(plan)
+}
 
-    // Repack: the referenced blobs of mostly-unused packs move to new packs (stored bytes
-    // copied as they are, hash checked on the way).
+/// The referenced blobs of the packs to repack, moved to new packs (stored bytes copied as
+/// they are, hash checked on the way); the new packs are indexed as they are written.
+fn repack_packs(
+    store: &Store,
+    seen: &Seen,
+    repack: &[Id],
+    report: &mut PruneReport,
+) -> anyhow::Result<Vec<(Id, Vec<PackEntry>)>> {
     let mut new_packs: Vec<(Id, Vec<PackEntry>)> = Vec::new();
     let mut builder = PackBuilder::new(0);
     let mut kinds_seen: Option<BlobKind> = None;
-    for pack in &repack {
+    for pack in repack {
         let bytes = store.backend().get(&pack_key(pack)).with_context(|| format!("repacking pack {}", pack.short()))?;
         if Id::of(&bytes) != *pack {
-            bail!("pack {} is damaged (content does not match its name): nothing deleted; run verify", pack.short());
+            return Err(super::Damaged(format!(
+                "pack {} is damaged (content does not match its name): nothing deleted; run verify",
+                pack.short()
+            ))
+            .into());
         }
-        for e in &entries_of[pack] {
-            if !used.contains(&e.id) || read_index.get(&e.id).is_none_or(|l| read_index.pack_id(l) != *pack) {
-                continue;
-            }
+        for e in seen.entries_of[pack].iter().filter(|e| seen.reads_from(pack, e)) {
             let stored = &bytes[e.offset as usize..(e.offset + e.length) as usize];
             super::pack::decode_blob(store.crypto(), e, stored)
                 .with_context(|| format!("blob {} in pack {}", e.id.short(), pack.short()))?;
@@ -393,15 +453,23 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
         }
     }
     flush(store, &mut builder, &mut new_packs, report)?;
-    let marked_set: HashSet<Id> = marked.iter().copied().collect();
+    Ok(new_packs)
+}
 
-    // The new index: every pack but the marked ones, in a few new objects; then the objects
-    // read above go. (A reader that lists in between sees both: the same entries twice, or
-    // the marked packs as usable; the pushes that can have seen that are alive now, so they are
-    // waited for below.)
-    // (The repacked packs were indexed as they were written.)
+/// The new index: every pack but the marked ones, in a few new objects; then the objects read
+/// before go. (A reader that lists in between sees both: the same entries twice, or the marked
+/// packs as usable; the pushes that can have seen that are alive now, so phase 2 waits for them.)
+fn rewrite_index(
+    store: &Store,
+    lock: &Lock,
+    seen: &Seen,
+    marked: &[Id],
+    new_packs: &[(Id, Vec<PackEntry>)],
+    report: &mut PruneReport,
+) -> anyhow::Result<()> {
+    let marked_set: HashSet<Id> = marked.iter().copied().collect();
     let keep: Vec<(Id, Vec<PackEntry>)> =
-        entries_of.iter().filter(|(p, _)| !marked_set.contains(p)).map(|(p, e)| (*p, e.clone())).collect();
+        seen.entries_of.iter().filter(|(p, _)| !marked_set.contains(p)).map(|(p, e)| (*p, e.clone())).collect();
     report.store_bytes += new_packs.iter().map(|(_, e)| pack_len(e, store.crypto().overhead())).sum::<u64>();
     // With Object Lock, old index objects may outlive this prune: the last new object
     // supersedes the ones read above and those they superseded that are still there (an
@@ -410,7 +478,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     let locked = store.config.object_lock.is_some();
     let old: Vec<Id> = if locked {
         let read: HashSet<Id> =
-            files.iter().flat_map(|(id, f)| std::iter::once(*id).chain(f.supersedes.iter().copied())).collect();
+            seen.files.iter().flat_map(|(id, f)| std::iter::once(*id).chain(f.supersedes.iter().copied())).collect();
         let present = store.backend().list("index/")?;
         present
             .iter()
@@ -418,7 +486,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
             .filter(|id| read.contains(id))
             .collect()
     } else {
-        files.iter().map(|(id, _)| *id).collect()
+        seen.files.iter().map(|(id, _)| *id).collect()
     };
     let mut chunks: Vec<IndexFile> =
         keep.chunks(PACKS_PER_INDEX).map(|c| IndexFile { supersedes: vec![], packs: c.to_vec() }).collect();
@@ -448,22 +516,27 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
             .push(format!("{retained} superseded index object(s) kept until their Object Lock retention ends"));
     }
     report.index_objects_after = store.backend().list("index/")?.len();
-    crate::test_hooks::crashpoint("prune", 2);
-    if marked.is_empty() {
-        return Ok(());
-    }
+    Ok(())
+}
 
-    // The pushes that may hold the old view.
+/// Phase 2, now or after a wait, or by a later prune: the pushes that may hold the old view are
+/// recorded, and the marked packs are deleted once none of them is alive.
+fn delete_when_unused(
+    store: &Store,
+    lock: &Lock,
+    opts: &PruneOptions,
+    me: Id,
+    plan: &Plan,
+    report: &mut PruneReport,
+) -> anyhow::Result<()> {
     let holders: Vec<Id> = lock::live_holders(store, Utc::now())?.into_keys().filter(|h| *h != me).collect();
     let ready = serde_json::to_vec(&Ready { holders: holders.clone() })?;
     store.backend().put_if_absent(&key(&plan.id, "ready"), &store.seal_object(ObjectKind::PruneReady, &ready))?;
-
-    // Phase 2, now or after a wait, or by a later prune.
     let deadline = opts.wait.map(|w| Instant::now() + w);
     loop {
         let live = lock::live_holders(store, Utc::now())?;
         if holders.iter().all(|h| !live.contains_key(h)) {
-            return finish(store, &plan, report);
+            return finish(store, plan, report);
         }
         if deadline.is_none_or(|d| Instant::now() >= d) {
             let waiting: Vec<String> = holders
@@ -629,4 +702,80 @@ fn finish(store: &Store, plan: &Plan, report: &mut PruneReport) -> anyhow::Resul
         report.bytes_reclaimed += size;
     }
     drop_plan(store, &plan.id)
+}
+
+#[cfg(test)]
+mod decide_tests {
+    //! The prune decision from fixed packs: what goes, what is repacked, what stays.
+    use super::*;
+    use crate::store::pack::Compression;
+
+    /// A pack of blobs of these lengths; returns its id and the ids of its blobs.
+    fn pack(n: u8, lengths: &[u32]) -> (Id, Vec<PackEntry>) {
+        let mut offset = 0;
+        let entries = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &length)| {
+                let e = PackEntry {
+                    kind: BlobKind::Data,
+                    compression: Compression::Raw,
+                    id: Id::of(&[n, i as u8]),
+                    offset,
+                    length,
+                    raw_length: length,
+                };
+                offset += length;
+                e
+            })
+            .collect();
+        (Id::of(&[n]), entries)
+    }
+
+    /// The decision when the blobs in `used` are referenced (each read from the pack it is in).
+    fn decide_with(packs: &[(Id, Vec<PackEntry>)], used: &HashSet<Id>, pending: &[Id], max_unused: f64) -> Decision {
+        let entries_of: BTreeMap<Id, Vec<PackEntry>> = packs.iter().cloned().collect();
+        let pending: HashSet<Id> = pending.iter().copied().collect();
+        decide(&entries_of, &pending, |_, e| used.contains(&e.id), max_unused, 0)
+    }
+
+    #[test]
+    fn a_pack_without_a_referenced_blob_is_deleted_and_a_full_one_stays() {
+        let (a, ea) = pack(1, &[100, 100]);
+        let (b, eb) = pack(2, &[100, 100]);
+        let used: HashSet<Id> = eb.iter().map(|e| e.id).collect();
+        let d = decide_with(&[(a, ea), (b, eb.clone())], &used, &[], 0.05);
+        assert_eq!((d.delete, d.repack), (vec![a], vec![]));
+        assert_eq!((d.used, d.unused_left), (200, 0));
+        assert_eq!(d.store_bytes, pack_len(&eb, 0));
+    }
+
+    #[test]
+    fn the_most_wasteful_packs_are_repacked_until_the_waste_is_within_max_unused() {
+        // Pack 1 is 90% unused, pack 2 50%, pack 3 10%.
+        let (p1, e1) = pack(1, &[10, 90]);
+        let (p2, e2) = pack(2, &[50, 50]);
+        let (p3, e3) = pack(3, &[90, 10]);
+        let used: HashSet<Id> = [e1[0].id, e2[0].id, e3[0].id].into();
+        let packs = [(p1, e1), (p2, e2), (p3, e3)];
+        // 150 bytes referenced; 150 unused. Within 100%: nothing to do.
+        let d = decide_with(&packs, &used, &[], 1.0);
+        assert!(d.repack.is_empty() && d.delete.is_empty());
+        assert_eq!((d.used, d.unused_left), (150, 150));
+        // Within 50% (75 bytes): pack 1 goes (60 left).
+        let d = decide_with(&packs, &used, &[], 0.5);
+        assert_eq!((d.repack, d.unused_left), (vec![p1], 60));
+        // Within 5% (7.5 bytes): after packs 1 and 2, 10 bytes are left; pack 3 goes too.
+        let d = decide_with(&packs, &used, &[], 0.05);
+        assert_eq!((d.repack, d.unused_left, d.store_bytes), (vec![p1, p2, p3], 0, 0));
+    }
+
+    #[test]
+    fn the_packs_of_a_pending_plan_are_left_alone() {
+        let (a, ea) = pack(1, &[100]);
+        let (b, eb) = pack(2, &[100]);
+        let d = decide_with(&[(a, ea), (b, eb)], &HashSet::new(), &[a], 0.05);
+        assert_eq!(d.delete, vec![b], "only the pack no plan holds");
+        assert_eq!(d.store_bytes, 0, "a pending pack is counted by its plan, not here");
+    }
 }

@@ -7,7 +7,7 @@
 //! written; the snapshot object is written last, once everything it references is stored and
 //! indexed. A push that dies leaves no snapshot, and the next push reuses what was stored.
 
-use super::audit::{self, AuditRecord};
+use super::audit::{self, Action, AuditRecord, Outcome};
 use super::id::Id;
 use super::index::{Index, IndexFile};
 use super::lock::Lock;
@@ -611,7 +611,7 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
         super::lock::ttl_from_env(),
     )?;
     let result = push_locked(store, opts, counters, &lock);
-    let mut rec = AuditRecord::new("push", if result.is_ok() { "ok" } else { "failed" });
+    let mut rec = AuditRecord::new(Action::Push, if result.is_ok() { Outcome::Ok } else { Outcome::Failed });
     rec.reason = opts.tags.get("reason").cloned().unwrap_or_else(|| "manual".into());
     rec.job = opts.job.clone();
     rec.repository = opts.repository.clone();

@@ -8,13 +8,12 @@ pub mod plan;
 pub mod restore_tests;
 pub mod schedule;
 
-use super::push_job::build::{WorkerConfig, store_access};
+use super::push_job::build::{WorkerConfig, hardened_pod, store_access};
 use super::push_job::label_selector_string;
+use super::push_job::security::WorkerIdentity;
 use super::{Context, Error, Result, StatusManager, apply_status};
 use crate::api::*;
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, Pod, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
@@ -85,52 +84,20 @@ pub fn prune_pod(policy: &PushPolicy, repo: &Repository, p: &NewPrune, cfg: &Wor
     });
     let mut metadata = run_meta(policy, &p.name, MAINTENANCE, p.scheduled);
     metadata.labels.get_or_insert_default().insert(PRUNE_REPOSITORY_LABEL.into(), p.repository.clone());
-    Pod {
-        metadata,
-        spec: Some(PodSpec {
-            restart_policy: Some("Never".into()),
-            service_account_name: cfg.service_account.clone(),
-            image_pull_secrets: cfg.pull_secrets(),
-            automount_service_account_token: Some(false),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(65532),
-                run_as_group: Some(65532),
-                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-                ..Default::default()
-            }),
-            containers: vec![Container {
-                name: "prune".into(),
-                image: Some(cfg.image.clone()),
-                image_pull_policy: cfg.image_pull_policy.clone(),
-                args: Some(args),
-                env: Some(envs),
-                resources: Some(repo.spec.worker_resources.clone().unwrap_or_else(|| cfg.resources.clone())),
-                volume_mounts: Some(vec![VolumeMount {
-                    name: "tmp".into(),
-                    mount_path: "/tmp".into(),
-                    ..Default::default()
-                }]),
-                termination_message_policy: Some("FallbackToLogsOnError".into()),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    privileged: Some(false),
-                    capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            volumes: Some(vec![Volume {
-                name: "tmp".into(),
-                empty_dir: Some(Default::default()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    }
+    let container = Container {
+        name: "prune".into(),
+        args: Some(args),
+        env: Some(envs),
+        resources: Some(repo.spec.worker_resources.clone().unwrap_or_else(|| cfg.resources.clone())),
+        ..Default::default()
+    };
+    // No volume of the application: the prune reads and writes the store only, as nobody.
+    let nobody = WorkerIdentity::App { uid: PRUNE_USER, gid: Some(PRUNE_USER), groups: vec![] };
+    hardened_pod(metadata, container, vec![], None, &nobody, cfg)
 }
+
+/// The user a prune pod runs as (the image's unprivileged user).
+const PRUNE_USER: i64 = 65532;
 
 fn scheduled_of(meta: &ObjectMeta) -> Option<chrono::DateTime<chrono::Utc>> {
     meta.annotations
@@ -180,14 +147,13 @@ pub fn pod_view(pod: &Pod, repository: &str) -> RunView {
         .and_then(|cs| cs.first())
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.clone());
-    let report: Option<serde_json::Value> =
-        term.as_ref().and_then(|t| t.message.as_deref()).and_then(|m| serde_json::from_str(m).ok());
+    let report = term.as_ref().and_then(|t| t.message.as_deref()).and_then(crate::cli::PruneMessage::parse);
     let outcome = match phase.as_str() {
         "Succeeded" => Outcome::Succeeded,
         "Failed" => Outcome::Failed,
         _ => Outcome::Active,
     };
-    let error = report.as_ref().and_then(|r| r.get("error")).and_then(|e| e.as_str()).map(String::from);
+    let error = report.as_ref().and_then(|r| r.error.clone());
     RunView {
         name: pod.name_any(),
         schedule: MAINTENANCE.into(),
@@ -202,8 +168,8 @@ pub fn pod_view(pod: &Pod, repository: &str) -> RunView {
             None
         },
         forgotten: 0,
-        bytes_reclaimed: report.as_ref().and_then(|r| r.get("bytes_reclaimed")).and_then(|v| v.as_u64()),
-        store_bytes: report.as_ref().and_then(|r| r.get("store_bytes")).and_then(|v| v.as_u64()),
+        bytes_reclaimed: report.as_ref().and_then(|r| r.bytes_reclaimed),
+        store_bytes: report.as_ref().and_then(|r| r.store_bytes),
     }
 }
 

@@ -216,8 +216,8 @@ pub fn worker_pod(
     if let Some(r) = &job.spec.retention {
         args.extend(["--retention".into(), serde_json::to_string(r).expect("retention serializes")]);
     }
-    let mut volumes = vec![Volume { name: "tmp".into(), empty_dir: Some(Default::default()), ..Default::default() }];
-    let mut mounts = vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }];
+    let mut volumes = vec![];
+    let mut mounts = vec![];
     let mut devices = vec![];
     for (i, (volume, claim)) in claims.iter().enumerate() {
         let vname = format!("v{i}");
@@ -254,10 +254,40 @@ pub fn worker_pod(
         args.extend(["--object-lock-period".into(), format!("{}d", lock.retention_days)]);
         args.extend(["--object-lock-mode".into(), mode.into()]);
     }
-    let resources = repo.spec.worker_resources.clone().unwrap_or_else(|| cfg.resources.clone());
+    let container = Container {
+        name: "worker".into(),
+        args: Some(args),
+        env: Some([envs, crate::test_hooks::worker_env(job.metadata.annotations.as_ref())].concat()),
+        resources: Some(repo.spec.worker_resources.clone().unwrap_or_else(|| cfg.resources.clone())),
+        volume_mounts: Some(mounts),
+        volume_devices: if devices.is_empty() { None } else { Some(devices) },
+        ..Default::default()
+    };
+    hardened_pod(meta(job, name), container, volumes, node, identity, cfg)
+}
+
+/// The skeleton of every pod the operator starts (push, restore and prune workers): the
+/// operator's image, never restarted, no ServiceAccount token, run as `identity` with the
+/// runtime's seccomp profile, every capability dropped but what `identity` needs, no privilege
+/// escalation, a read-only root with a writable `/tmp`, and the report read from the
+/// termination message (or the log's tail when there is none). `container` brings its name,
+/// arguments, environment, resources and mounts; `volumes` the pod's volumes besides `/tmp`.
+pub fn hardened_pod(
+    metadata: ObjectMeta,
+    container: Container,
+    volumes: Vec<Volume>,
+    node: Option<String>,
+    identity: &WorkerIdentity,
+    cfg: &WorkerConfig,
+) -> Pod {
     let (pod_security, container_security) = worker_security(identity);
+    let tmp = "tmp".to_string();
+    let mut mounts = vec![VolumeMount { name: tmp.clone(), mount_path: "/tmp".into(), ..Default::default() }];
+    mounts.extend(container.volume_mounts.clone().unwrap_or_default());
+    let mut all_volumes = vec![Volume { name: tmp, empty_dir: Some(Default::default()), ..Default::default() }];
+    all_volumes.extend(volumes);
     Pod {
-        metadata: meta(job, name),
+        metadata,
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             node_name: node,
@@ -266,19 +296,14 @@ pub fn worker_pod(
             automount_service_account_token: Some(false),
             security_context: Some(pod_security),
             containers: vec![Container {
-                name: "worker".into(),
                 image: Some(cfg.image.clone()),
                 image_pull_policy: cfg.image_pull_policy.clone(),
-                args: Some(args),
-                env: Some([envs, crate::test_hooks::worker_env(job.metadata.annotations.as_ref())].concat()),
-                resources: Some(resources),
                 volume_mounts: Some(mounts),
-                volume_devices: if devices.is_empty() { None } else { Some(devices) },
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
                 security_context: Some(container_security),
-                ..Default::default()
+                ..container
             }],
-            volumes: Some(volumes),
+            volumes: Some(all_volumes),
             ..Default::default()
         }),
         status: None,

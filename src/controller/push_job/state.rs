@@ -592,6 +592,9 @@ pub enum WorkerFailure {
     StoreUnreachable,
     /// A volume could not be read at all.
     SourceUnreadable,
+    /// An object of the store does not open (changed, replaced, sealed with another key) or
+    /// its config is damaged.
+    StoreDamaged,
 }
 
 impl WorkerFailure {
@@ -605,6 +608,7 @@ impl WorkerFailure {
             WorkerFailure::StoreBucketMissing => "StoreBucketMissing",
             WorkerFailure::StoreUnreachable => "StoreUnreachable",
             WorkerFailure::SourceUnreadable => "SourceUnreadable",
+            WorkerFailure::StoreDamaged => "StoreDamaged",
         }
     }
 
@@ -635,6 +639,9 @@ impl WorkerFailure {
             WorkerFailure::SourceUnreadable => {
                 "the volume could not be read: check the PVC's filesystem and, under Pod Security restricted, that the application's uid can read it"
             }
+            WorkerFailure::StoreDamaged => {
+                "run `push-operator verify` against the store to see what is damaged and which snapshots it affects; nothing was written over it, and pushing to a new prefix starts a clean store"
+            }
         }
     }
 
@@ -655,6 +662,7 @@ impl WorkerFailure {
                     OpenError::WrongKey { .. } => Some(WorkerFailure::StoreKeyWrong),
                     OpenError::NotEncrypted(_) => Some(WorkerFailure::StoreNotEncrypted),
                     OpenError::NewStoreNeedsKey(_) => Some(WorkerFailure::EncryptionNotConfigured),
+                    OpenError::Damaged { .. } => Some(WorkerFailure::StoreDamaged),
                     OpenError::Backend(b) => backend(b),
                     _ => None,
                 };
@@ -664,6 +672,11 @@ impl WorkerFailure {
             }
             if cause.downcast_ref::<crate::store::push::SourceError>().is_some() {
                 return Some(WorkerFailure::SourceUnreadable);
+            }
+            if cause.downcast_ref::<crate::store::crypto::OpenFailed>().is_some()
+                || cause.downcast_ref::<crate::store::Damaged>().is_some()
+            {
+                return Some(WorkerFailure::StoreDamaged);
             }
         }
         None

@@ -553,6 +553,7 @@ fn each_store_and_source_failure_is_its_own_reason_with_its_fix() {
         (WorkerFailure::StoreBucketMissing, "spec.storage.bucket"),
         (WorkerFailure::StoreUnreachable, "spec.storage.endpoint"),
         (WorkerFailure::SourceUnreadable, "restricted"),
+        (WorkerFailure::StoreDamaged, "push-operator verify"),
     ] {
         let mut j = job(Mode::Offline, Priority::P4);
         let mut w = World::new(Some(repo(None)));
@@ -595,6 +596,12 @@ fn store_errors_are_classified_through_their_context() {
         (OpenError::Backend(BackendError::NoBucket("x".into())).into(), Some(WorkerFailure::StoreBucketMissing)),
         (OpenError::KeyMissing("s3://b".into()).into(), Some(WorkerFailure::StoreKeyMissing)),
         (crate::store::push::SourceError("cannot read".into()).into(), Some(WorkerFailure::SourceUnreadable)),
+        (crate::store::crypto::OpenFailed { what: "index x".into() }.into(), Some(WorkerFailure::StoreDamaged)),
+        (crate::store::Damaged("pack x is damaged".into()).into(), Some(WorkerFailure::StoreDamaged)),
+        (
+            OpenError::Damaged { location: "s3://b".into(), reason: "not JSON".into() }.into(),
+            Some(WorkerFailure::StoreDamaged),
+        ),
         (BackendError::Permanent("bad request".into()).into(), None),
         (anyhow::anyhow!("something else"), None),
     ];
