@@ -623,6 +623,11 @@ fn set_conditions(
     set_condition(c, conditions::RECONCILING, false, "Reconciled", "", g, now);
 }
 
+/// While a run is active the policy looks again this often: a finished job wakes the policy
+/// through its watch, but the job cache the policy reads can lag that event, and the run's
+/// result, history trim and metrics would otherwise wait for the next scheduled time.
+pub const ACTIVE_RUN_REQUEUE: Duration = Duration::from_secs(5);
+
 /// Wake at the next scheduled time (a little after, so "now" is past it), or at the resync
 /// interval; sooner while runs are active, to record their results.
 fn requeue(next_wake: Option<DateTime<Utc>>, runs: &[RunView], now: DateTime<Utc>) -> Duration {
@@ -630,7 +635,7 @@ fn requeue(next_wake: Option<DateTime<Utc>>, runs: &[RunView], now: DateTime<Utc
         .map(|n| (n - now).to_std().unwrap_or_default() + Duration::from_millis(200))
         .unwrap_or(MAX_REQUEUE)
         .min(MAX_REQUEUE);
-    if runs.iter().any(|r| r.outcome == Outcome::Active) { wait.min(Duration::from_secs(30)) } else { wait }
+    if runs.iter().any(|r| r.outcome == Outcome::Active) { wait.min(ACTIVE_RUN_REQUEUE) } else { wait }
 }
 
 fn record(

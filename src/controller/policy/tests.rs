@@ -478,3 +478,17 @@ fn the_sample_policies_schedule_what_their_comments_say() {
     // 01:00 to 23:00 (the policy was created after 00:00), less 08:00.
     assert_eq!(db.iter().filter(|(s, _)| s == "hourly").count(), 22);
 }
+
+#[test]
+fn an_active_run_is_looked_at_again_within_seconds_and_an_idle_policy_sleeps_to_its_next_time() {
+    let mut w = World::new(spec(vec![sched("hourly", Mode::Online, "0 * * * *")]), "2026-11-26T06:30:00Z");
+    let p = w.at("2026-11-26T07:00:00.300Z");
+    assert_eq!(p.create_jobs.len(), 1);
+    // The job runs: its result, the history trim and the metrics must not wait for 08:00.
+    let p = w.at("2026-11-26T07:00:10Z");
+    assert!(p.requeue <= crate::controller::policy::plan::ACTIVE_RUN_REQUEUE, "{:?}", p.requeue);
+    let name = p.status.recent_runs[0].job.clone().unwrap();
+    w.finish(&name, true, "2026-11-26T07:00:20Z");
+    let p = w.at("2026-11-26T07:00:21Z");
+    assert!(p.requeue >= Duration::from_secs(60), "idle: the resync interval, not seconds: {:?}", p.requeue);
+}
