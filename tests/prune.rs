@@ -121,7 +121,9 @@ fn forget_then_prune_reclaims_the_forgotten_data_and_keeps_the_rest_restorable()
     let packs_before = pack_count(&root);
     let bytes_before = dir_bytes(&root);
     let dry = prune(&store, &PruneOptions { dry_run: true, ..quick() }).unwrap();
-    assert!(dry.packs_unused >= 5, "{dry:?}");
+    // The forgotten data's packs go whole, or are repacked when the parallel push put a chunk
+    // the kept snapshot shares into one of them (which pack a chunk lands in varies by run).
+    assert!(dry.packs_unused + dry.packs_repack >= 5, "{dry:?}");
     assert_eq!(pack_count(&root), packs_before, "a dry run deletes nothing");
     assert!(dir_bytes(&root) >= bytes_before, "a dry run deletes nothing (it adds an audit record)");
 
