@@ -226,18 +226,8 @@ mod tests {
         let store =
             Store::open_or_init(backend, &Default::default(), &crate::store::keys::Credentials::given(key)).unwrap();
         assert!(store.is_encrypted());
-        let args = WorkerArgs {
-            namespace: "shop".into(),
-            repository: "web".into(),
-            job: "j1".into(),
-            mode: Mode::Offline,
-            consistency: Consistency::Consistent,
-            priority: Priority::P2,
-            reason: Some("pre-upgrade".into()),
-            excludes: vec![],
-            volumes: vec![("a".into(), tmp.path().join("a")), ("b".into(), tmp.path().join("b"))],
-            retention: None,
-        };
+        let mut args = offline_push(vec![("a".into(), tmp.path().join("a")), ("b".into(), tmp.path().join("b"))]);
+        (args.priority, args.reason) = (Priority::P2, Some("pre-upgrade".into()));
         let report = run(&store, &args);
         assert!(report.error.is_none(), "{:?}", report.error);
         assert_eq!(report.volumes.len(), 2);
@@ -266,18 +256,7 @@ mod tests {
         let creds =
             crate::store::keys::Credentials::given(crate::store::keys::Secret::Raw(crate::store::crypto::random_key()));
         let store = Store::open_or_init(backend, &Default::default(), &creds).unwrap();
-        let args = WorkerArgs {
-            namespace: "shop".into(),
-            repository: "web".into(),
-            job: "j1".into(),
-            mode: Mode::Offline,
-            consistency: Consistency::Consistent,
-            priority: Priority::P4,
-            reason: None,
-            excludes: vec![],
-            volumes: vec![("v".into(), tmp.path().join("v"))],
-            retention: None,
-        };
+        let args = offline_push(vec![("v".into(), tmp.path().join("v"))]);
         assert!(run(&store, &args).error.is_none());
         // Someone rewrites every index object of the store (a bit flipped at the end).
         let mut changed = 0;
@@ -298,6 +277,22 @@ mod tests {
             "{:?}",
             report.error
         );
+    }
+
+    /// The arguments of job shop/j1's offline push of `volumes` (Repository web).
+    fn offline_push(volumes: Vec<(String, PathBuf)>) -> WorkerArgs {
+        WorkerArgs {
+            namespace: "shop".into(),
+            repository: "web".into(),
+            job: "j1".into(),
+            mode: Mode::Offline,
+            consistency: Consistency::Consistent,
+            priority: Priority::P4,
+            reason: None,
+            excludes: vec![],
+            volumes,
+            retention: None,
+        }
     }
 
     fn walk(dir: &std::path::Path) -> Vec<PathBuf> {

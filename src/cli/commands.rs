@@ -465,18 +465,7 @@ fn restore_worker(a: RestoreWorkerCli) -> anyhow::Result<ExitCode> {
         Ok(store) => restore_worker::run(&store, &a.args),
         Err(e) => restore_worker::failure_report(&e),
     };
-    let text = restore_worker::encode_report(&report);
-    if let Err(e) = std::fs::write(&a.args.termination_log, &text) {
-        tracing::warn!(path = %a.args.termination_log.display(), error = %e, "cannot write the termination message");
-    }
-    println!("{text}");
-    Ok(match &report.error {
-        None => ExitCode::SUCCESS,
-        Some(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    })
+    Ok(deliver(&restore_worker::encode_report(&report), &a.args.termination_log, report.error.as_deref()))
 }
 
 fn worker(a: WorkerCli) -> anyhow::Result<ExitCode> {
@@ -490,18 +479,23 @@ fn worker(a: WorkerCli) -> anyhow::Result<ExitCode> {
             WorkerReport { error: Some(format!("{e:#}")), reason: WorkerFailure::of(&e), ..Default::default() }
         }
     };
-    let text = worker::encode_report(&report);
-    if let Err(e) = std::fs::write(&a.termination_log, &text) {
-        tracing::warn!(path = %a.termination_log.display(), error = %e, "cannot write the termination message");
+    Ok(deliver(&worker::encode_report(&report), &a.termination_log, report.error.as_deref()))
+}
+
+/// A worker's end: its report to the termination message (what the operator reads) and to
+/// stdout, the error to stderr; the exit code says whether it failed.
+fn deliver(report: &str, termination_log: &std::path::Path, error: Option<&str>) -> ExitCode {
+    if let Err(e) = std::fs::write(termination_log, report) {
+        tracing::warn!(path = %termination_log.display(), error = %e, "cannot write the termination message");
     }
-    println!("{text}");
-    Ok(match &report.error {
+    println!("{report}");
+    match error {
         None => ExitCode::SUCCESS,
         Some(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    })
+    }
 }
 
 fn forget_snapshots(a: ForgetArgs) -> anyhow::Result<ExitCode> {

@@ -5,7 +5,7 @@
 
 use crate::api::conditions::{self, set_condition};
 use crate::api::{Failure, Priority, ReplicaRecord, WorkloadRef};
-use crate::controller::push_job::state::{Refusal, Settings, WorkloadObs, annotation_value, parse_annotation};
+use crate::controller::push_job::state::{Event, Refusal, Settings, WorkloadObs, annotation_value, parse_annotation};
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use std::time::Duration;
@@ -185,4 +185,55 @@ pub fn gate(
         return Gate::Stop(r.reason.into(), r.message.clone());
     }
     Gate::Go(left)
+}
+
+/// The status fields every job's state machine moves: the phase, when it was entered, the message.
+pub trait Progress {
+    type Phase: Copy + PartialEq;
+    fn phase(&self) -> Option<Self::Phase>;
+    fn phase_name(phase: Self::Phase) -> &'static str;
+    /// Sets the phase; `since` when it is a new one.
+    fn set_phase(&mut self, phase: Self::Phase, since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>);
+    fn set_message(&mut self, message: String);
+}
+
+/// One pass of a job's state machine (PushJob or RestoreJob): the status it builds from the
+/// job's, the actions and Events it decides, and when to look again. Each state machine adds
+/// its own steps in an `impl` of its own `Pass` type.
+pub struct Pass<'a, J, O, S, A> {
+    pub job: &'a J,
+    pub obs: &'a O,
+    pub now: DateTime<Utc>,
+    pub st: S,
+    pub actions: Vec<A>,
+    pub events: Vec<Event>,
+    pub requeue: Option<Duration>,
+}
+
+impl<'a, J, O, S: Progress, A> Pass<'a, J, O, S, A> {
+    pub fn new(job: &'a J, obs: &'a O, now: DateTime<Utc>, st: S) -> Self {
+        Pass { job, obs, now, st, actions: Vec::new(), events: Vec::new(), requeue: None }
+    }
+
+    pub fn event(&mut self, warning: bool, reason: &str, message: impl Into<String>) {
+        self.events.push(Event { warning, reason: reason.into(), message: message.into() });
+    }
+
+    /// Moves to `phase` (an Event when it is a new one) and looks again at once.
+    pub fn enter(&mut self, phase: S::Phase, message: impl Into<String>) {
+        let message = message.into();
+        let new = self.st.phase() != Some(phase);
+        if new {
+            self.event(false, S::phase_name(phase), message.clone());
+        }
+        self.st.set_phase(phase, new.then(|| crate::api::time(self.now)));
+        self.st.set_message(message);
+        self.requeue = Some(Duration::ZERO);
+    }
+
+    /// Stays, saying why, and looks again after `after` at the latest.
+    pub fn wait(&mut self, message: impl Into<String>, after: Duration) {
+        self.st.set_message(message.into());
+        self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
+    }
 }

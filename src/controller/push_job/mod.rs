@@ -6,6 +6,7 @@ pub mod build;
 pub mod security;
 pub mod state;
 
+use super::offline::WorkloadAction;
 use super::{Context, Error, Result, StatusManager, apply_status, queue, snapshots_api, volume_attachment_api};
 use crate::api::*;
 use build::{PodInfo, discover};
@@ -383,6 +384,30 @@ pub async fn patch_workload(
     }
 }
 
+/// A workload action of a PushJob or RestoreJob (`job`: its key, for the log): a workload
+/// already gone is no error when the annotation or the scale would only undo our own change.
+pub(crate) async fn perform_workload(ctx: &Context, ns: &str, job: &str, action: &WorkloadAction) -> Result<()> {
+    let ok_absent = |r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        other => other,
+    };
+    match action {
+        WorkloadAction::Annotate { workload, value } => {
+            let patch = json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: value}}});
+            patch_workload(ctx, ns, workload, patch, false).await?;
+        }
+        WorkloadAction::RemoveAnnotation { workload } => {
+            let patch = json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: null}}});
+            ok_absent(patch_workload(ctx, ns, workload, patch, false).await)?;
+        }
+        WorkloadAction::Scale { workload, replicas } => {
+            ok_absent(patch_workload(ctx, ns, workload, json!({"spec": {"replicas": replicas}}), true).await)?;
+            tracing::info!(job, workload = %workload.name, replicas, "scaled");
+        }
+    }
+    Ok(())
+}
+
 async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
     let ns = job.namespace().unwrap_or_default();
     let ok_absent = |r: Result<(), kube::Error>| match r {
@@ -390,24 +415,7 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
         other => other,
     };
     match action {
-        Action::Annotate { workload, value } => {
-            patch_workload(
-                ctx,
-                &ns,
-                workload,
-                json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: value}}}),
-                false,
-            )
-            .await?;
-        }
-        Action::RemoveAnnotation { workload } => {
-            let patch = json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: null}}});
-            ok_absent(patch_workload(ctx, &ns, workload, patch, false).await)?;
-        }
-        Action::Scale { workload, replicas } => {
-            ok_absent(patch_workload(ctx, &ns, workload, json!({"spec": {"replicas": replicas}}), true).await)?;
-            tracing::info!(job = %key(job), workload = %workload.name, replicas, "scaled");
-        }
+        Action::Workload(w) => perform_workload(ctx, &ns, &key(job), w).await?,
         Action::CreateSnapshot { name, volume, class } => {
             let obj: kube::api::DynamicObject =
                 serde_json::from_value(build::volume_snapshot(job, name, volume, class))?;

@@ -13,6 +13,7 @@ use crate::api::conditions::{self, set_condition};
 use crate::api::*;
 use crate::controller::offline::{self, Detach, Gate, Quiesce, Standing, WorkloadAction};
 use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::time::Duration;
 
 /// The world as the apply layer saw it for one job.
@@ -83,18 +84,8 @@ pub enum WorkerObs {
 /// Something to do to the cluster. Every action is idempotent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Write `<job>=<replicas>` into the workload's annotation (before scaling it).
-    Annotate {
-        workload: WorkloadRef,
-        value: String,
-    },
-    Scale {
-        workload: WorkloadRef,
-        replicas: i32,
-    },
-    RemoveAnnotation {
-        workload: WorkloadRef,
-    },
+    /// Annotate, scale or un-annotate a workload (the offline steps both jobs share).
+    Workload(WorkloadAction),
     CreateSnapshot {
         name: String,
         volume: String,
@@ -118,11 +109,7 @@ pub enum Action {
 
 impl From<WorkloadAction> for Action {
     fn from(a: WorkloadAction) -> Action {
-        match a {
-            WorkloadAction::Annotate { workload, value } => Action::Annotate { workload, value },
-            WorkloadAction::Scale { workload, replicas } => Action::Scale { workload, replicas },
-            WorkloadAction::RemoveAnnotation { workload } => Action::RemoveAnnotation { workload },
-        }
+        Action::Workload(a)
     }
 }
 
@@ -211,13 +198,25 @@ pub fn deadline(job: &PushJob, settings: &Settings) -> Option<Duration> {
     offline::deadline(job.spec.deadline_seconds, job.spec.priority, settings)
 }
 
-struct Builder<'a> {
-    job: &'a PushJob,
-    obs: &'a Observed,
-    st: PushJobStatus,
-    actions: Vec<Action>,
-    events: Vec<Event>,
-    requeue: Option<Duration>,
+type Builder<'a> = offline::Pass<'a, PushJob, Observed, PushJobStatus, Action>;
+
+impl offline::Progress for PushJobStatus {
+    type Phase = Phase;
+    fn phase(&self) -> Option<Phase> {
+        self.phase
+    }
+    fn phase_name(phase: Phase) -> &'static str {
+        phase.as_str()
+    }
+    fn set_phase(&mut self, phase: Phase, since: Option<Time>) {
+        self.phase = Some(phase);
+        if since.is_some() {
+            self.phase_time = since;
+        }
+    }
+    fn set_message(&mut self, message: String) {
+        self.message = Some(message);
+    }
 }
 
 impl Builder<'_> {
@@ -227,26 +226,6 @@ impl Builder<'_> {
 
     fn phase(&self) -> Phase {
         self.st.phase.unwrap_or_default()
-    }
-
-    fn event(&mut self, warning: bool, reason: &str, message: impl Into<String>) {
-        self.events.push(Event { warning, reason: reason.into(), message: message.into() });
-    }
-
-    fn enter(&mut self, phase: Phase, message: impl Into<String>) {
-        let message = message.into();
-        if self.st.phase != Some(phase) {
-            self.st.phase_time = Some(time(self.obs.now));
-            self.event(false, phase.as_str(), message.clone());
-        }
-        self.st.phase = Some(phase);
-        self.st.message = Some(message);
-        self.requeue = Some(Duration::ZERO);
-    }
-
-    fn wait(&mut self, message: impl Into<String>, after: Duration) {
-        self.st.message = Some(message.into());
-        self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }
 
     /// Records a failure and starts unwinding (the worker stops, workloads come back, created
@@ -347,14 +326,7 @@ impl Builder<'_> {
 
 /// The next step for `job` given what was observed.
 pub fn next(job: &PushJob, obs: &Observed, settings: &Settings) -> Decision {
-    let mut b = Builder {
-        job,
-        obs,
-        st: job.status.clone().unwrap_or_default(),
-        actions: Vec::new(),
-        events: Vec::new(),
-        requeue: None,
-    };
+    let mut b = Builder::new(job, obs, obs.now, job.status.clone().unwrap_or_default());
     if b.st.phase.is_none() {
         b.st.phase = Some(Phase::Pending);
         b.st.phase_time = Some(time(obs.now));
@@ -849,10 +821,10 @@ pub fn cleanup(job: &PushJob, obs: &Observed) -> Vec<Action> {
         if let (Some(want), Some(current)) = (recorded.or(annotated), obs_w.replicas)
             && current != want
         {
-            actions.push(Action::Scale { workload: obs_w.workload.clone(), replicas: want });
+            actions.push(WorkloadAction::Scale { workload: obs_w.workload.clone(), replicas: want }.into());
         }
         if annotated.is_some() {
-            actions.push(Action::RemoveAnnotation { workload: obs_w.workload.clone() });
+            actions.push(WorkloadAction::RemoveAnnotation { workload: obs_w.workload.clone() }.into());
         }
     }
     for o in &st.created {

@@ -135,10 +135,10 @@ impl World {
     fn apply(&mut self, actions: &[Action]) {
         for a in actions {
             match a {
-                Action::Annotate { workload, value } => {
+                Action::Workload(WorkloadAction::Annotate { workload, value }) => {
                     self.annotations.insert(workload.clone(), value.clone());
                 }
-                Action::Scale { workload, replicas } => {
+                Action::Workload(WorkloadAction::Scale { workload, replicas }) => {
                     assert!(
                         *replicas == 0
                             || self.annotations.contains_key(workload)
@@ -154,7 +154,7 @@ impl World {
                     self.replicas.insert(workload.clone(), *replicas);
                     self.history.push((workload.clone(), *replicas));
                 }
-                Action::RemoveAnnotation { workload } => {
+                Action::Workload(WorkloadAction::RemoveAnnotation { workload }) => {
                     self.annotations.remove(workload);
                 }
                 Action::RunHooks(stage) => self.log.push(format!("hooks {stage:?}")),
@@ -333,13 +333,19 @@ fn replicas_are_stored_before_any_workload_is_touched() {
         .actions
         .iter()
         .map(|a| match a {
-            Action::Annotate { workload, .. } => format!("annotate {}", workload.name),
-            Action::Scale { workload, replicas } => format!("scale {} {replicas}", workload.name),
+            Action::Workload(WorkloadAction::Annotate { workload, .. }) => format!("annotate {}", workload.name),
+            Action::Workload(WorkloadAction::Scale { workload, replicas }) => {
+                format!("scale {} {replicas}", workload.name)
+            }
             other => format!("{other:?}"),
         })
         .collect();
     assert_eq!(kinds, vec!["annotate web", "scale web 0", "annotate db", "scale db 0"]);
-    assert!(d.actions.iter().any(|a| matches!(a, Action::Annotate { value, .. } if value == "j1=3")));
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Workload(WorkloadAction::Annotate { value, .. }) if value == "j1=3"))
+    );
 }
 
 #[test]
@@ -703,7 +709,10 @@ fn cleanup_trusts_the_annotation_when_the_status_was_lost() {
     let acts = cleanup(&j, &w.observe());
     assert_eq!(
         acts,
-        vec![Action::Scale { workload: web.clone(), replicas: 3 }, Action::RemoveAnnotation { workload: web }]
+        vec![
+            WorkloadAction::Scale { workload: web.clone(), replicas: 3 }.into(),
+            WorkloadAction::RemoveAnnotation { workload: web }.into()
+        ]
     );
 }
 

@@ -122,19 +122,7 @@ async fn perform(job: &RestoreJob, ctx: &Context, action: &Action) -> Result<()>
         other => other,
     };
     match action {
-        Action::Annotate { workload, value } => {
-            let patch = json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: value}}});
-            push_job::patch_workload(ctx, &ns, workload, patch, false).await?;
-        }
-        Action::RemoveAnnotation { workload } => {
-            let patch = json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: null}}});
-            ok_absent(push_job::patch_workload(ctx, &ns, workload, patch, false).await)?;
-        }
-        Action::Scale { workload, replicas } => {
-            let patch = json!({"spec": {"replicas": replicas}});
-            ok_absent(push_job::patch_workload(ctx, &ns, workload, patch, true).await)?;
-            tracing::info!(job = %key(job), workload = %workload.name, replicas, "scaled");
-        }
+        Action::Workload(w) => push_job::perform_workload(ctx, &ns, &key(job), w).await?,
         Action::CreateClaim { name, volume, size } => {
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
             let source = pvcs.get_opt(volume).await?;

@@ -17,6 +17,7 @@ use crate::controller::offline::{self, Detach, Gate, Quiesce, Standing, Workload
 use crate::controller::push_job::state::{Event, Refusal, WorkerObs, WorkloadObs, object_name};
 use crate::restore_worker::{RestoreWorkerReport, WorkerStep};
 use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::time::Duration;
 
 /// Undo attempts before an in-place restore gives up on writing the undo snapshot back.
@@ -54,17 +55,8 @@ pub struct Observed {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Annotate {
-        workload: WorkloadRef,
-        value: String,
-    },
-    Scale {
-        workload: WorkloadRef,
-        replicas: i32,
-    },
-    RemoveAnnotation {
-        workload: WorkloadRef,
-    },
+    /// Annotate, scale or un-annotate a workload (the offline steps both jobs share).
+    Workload(WorkloadAction),
     /// A new PVC for `volume` named `name` of `size`.
     CreateClaim {
         name: String,
@@ -81,11 +73,7 @@ pub enum Action {
 
 impl From<WorkloadAction> for Action {
     fn from(a: WorkloadAction) -> Action {
-        match a {
-            WorkloadAction::Annotate { workload, value } => Action::Annotate { workload, value },
-            WorkloadAction::Scale { workload, replicas } => Action::Scale { workload, replicas },
-            WorkloadAction::RemoveAnnotation { workload } => Action::RemoveAnnotation { workload },
-        }
+        Action::Workload(a)
     }
 }
 
@@ -157,13 +145,25 @@ pub fn consistency_advice(c: Consistency) -> &'static str {
     }
 }
 
-struct Builder<'a> {
-    job: &'a RestoreJob,
-    obs: &'a Observed,
-    st: RestoreJobStatus,
-    actions: Vec<Action>,
-    events: Vec<Event>,
-    requeue: Option<Duration>,
+type Builder<'a> = offline::Pass<'a, RestoreJob, Observed, RestoreJobStatus, Action>;
+
+impl offline::Progress for RestoreJobStatus {
+    type Phase = RestorePhase;
+    fn phase(&self) -> Option<RestorePhase> {
+        self.phase
+    }
+    fn phase_name(phase: RestorePhase) -> &'static str {
+        phase.as_str()
+    }
+    fn set_phase(&mut self, phase: RestorePhase, since: Option<Time>) {
+        self.phase = Some(phase);
+        if since.is_some() {
+            self.phase_time = since;
+        }
+    }
+    fn set_message(&mut self, message: String) {
+        self.message = Some(message);
+    }
 }
 
 impl Builder<'_> {
@@ -177,26 +177,6 @@ impl Builder<'_> {
 
     fn in_place(&self) -> bool {
         self.job.spec.target.kind() == TargetKind::InPlace
-    }
-
-    fn event(&mut self, warning: bool, reason: &str, message: impl Into<String>) {
-        self.events.push(Event { warning, reason: reason.into(), message: message.into() });
-    }
-
-    fn enter(&mut self, phase: RestorePhase, message: impl Into<String>) {
-        let message = message.into();
-        if self.st.phase != Some(phase) {
-            self.st.phase_time = Some(time(self.obs.now));
-            self.event(false, phase.as_str(), message.clone());
-        }
-        self.st.phase = Some(phase);
-        self.st.message = Some(message);
-        self.requeue = Some(Duration::ZERO);
-    }
-
-    fn wait(&mut self, message: impl Into<String>, after: Duration) {
-        self.st.message = Some(message.into());
-        self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }
 
     fn created(&mut self, kind: CreatedKind, name: &str) {
@@ -355,14 +335,7 @@ fn consistency_message(c: Consistency, alternatives: &[String]) -> String {
 
 /// The next step for `job` given what was observed.
 pub fn next(job: &RestoreJob, obs: &Observed, settings: &Settings) -> Decision {
-    let mut b = Builder {
-        job,
-        obs,
-        st: job.status.clone().unwrap_or_default(),
-        actions: Vec::new(),
-        events: Vec::new(),
-        requeue: None,
-    };
+    let mut b = Builder::new(job, obs, obs.now, job.status.clone().unwrap_or_default());
     if b.st.phase.is_none() {
         b.st.phase = Some(RestorePhase::Pending);
         b.st.phase_time = Some(time(obs.now));

@@ -121,9 +121,13 @@ impl World {
         for a in &d.actions {
             self.log.push(a.clone());
             match a {
-                Action::Annotate { value, .. } => self.obs.workloads[0].annotation = Some(value.clone()),
-                Action::RemoveAnnotation { .. } => self.obs.workloads[0].annotation = None,
-                Action::Scale { replicas, .. } => self.obs.workloads[0].replicas = Some(*replicas),
+                Action::Workload(WorkloadAction::Annotate { value, .. }) => {
+                    self.obs.workloads[0].annotation = Some(value.clone())
+                }
+                Action::Workload(WorkloadAction::RemoveAnnotation { .. }) => self.obs.workloads[0].annotation = None,
+                Action::Workload(WorkloadAction::Scale { replicas, .. }) => {
+                    self.obs.workloads[0].replicas = Some(*replicas)
+                }
                 Action::CreateClaim { name, .. } => self.obs.existing_claims.push(name.clone()),
                 Action::CreateWorker { name, .. } => {
                     self.obs.pods.push(name.clone());
@@ -354,7 +358,7 @@ fn new_volumes_are_created_after_resolving_sized_for_the_snapshot_and_kept_on_su
     w.until(RestorePhase::Succeeded);
     assert!(w.obs.existing_claims.contains(&"data-r1".to_string()), "the result stays");
     assert_eq!(w.obs.workloads[0].replicas, Some(2), "new volumes touch no workload");
-    assert!(!w.log.iter().any(|a| matches!(a, Action::Scale { .. })));
+    assert!(!w.log.iter().any(|a| matches!(a, Action::Workload(WorkloadAction::Scale { .. }))));
 }
 
 #[test]
@@ -482,7 +486,7 @@ fn the_replica_annotation_names_the_restore_job() {
     let mut w = World::new(in_place(), obs());
     to_in_place_restoring(&mut w, Consistency::Consistent);
     let ann = w.log.iter().find_map(|a| match a {
-        Action::Annotate { value, .. } => Some(value.clone()),
+        Action::Workload(WorkloadAction::Annotate { value, .. }) => Some(value.clone()),
         _ => None,
     });
     assert_eq!(ann.as_deref(), Some("restore:r1=2"));
