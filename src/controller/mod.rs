@@ -74,6 +74,15 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A create, patch or delete of an operator-made change whose object is already gone (404) or
+/// already there (409): nothing left to do.
+pub(crate) fn ok_absent(r: Result<(), kube::Error>) -> Result<(), kube::Error> {
+    match r {
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        other => other,
+    }
+}
+
 /// A job's reconcile under its finalizer: `reconcile` gets Apply while the job lives and Cleanup
 /// once it is deleted. The finalizer goes only when Cleanup returns Ok; a Cleanup that returns
 /// [`Error::CleanupPending`] is called again after its delay (a requeue, not an error).

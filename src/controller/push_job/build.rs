@@ -274,7 +274,7 @@ pub fn worker_pod(
 /// arguments, environment, resources and mounts; `volumes` the pod's volumes besides `/tmp`.
 pub fn hardened_pod(
     metadata: ObjectMeta,
-    container: Container,
+    mut container: Container,
     volumes: Vec<Volume>,
     node: Option<String>,
     identity: &WorkerIdentity,
@@ -283,7 +283,7 @@ pub fn hardened_pod(
     let (pod_security, container_security) = worker_security(identity);
     let tmp = "tmp".to_string();
     let mut mounts = vec![VolumeMount { name: tmp.clone(), mount_path: "/tmp".into(), ..Default::default() }];
-    mounts.extend(container.volume_mounts.clone().unwrap_or_default());
+    mounts.extend(container.volume_mounts.take().unwrap_or_default());
     let mut all_volumes = vec![Volume { name: tmp, empty_dir: Some(Default::default()), ..Default::default() }];
     all_volumes.extend(volumes);
     Pod {

@@ -387,10 +387,6 @@ pub async fn patch_workload(
 /// A workload action of a PushJob or RestoreJob (`job`: its key, for the log): a workload
 /// already gone is no error when the annotation or the scale would only undo our own change.
 pub(crate) async fn perform_workload(ctx: &Context, ns: &str, job: &str, action: &WorkloadAction) -> Result<()> {
-    let ok_absent = |r: Result<(), kube::Error>| match r {
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        other => other,
-    };
     match action {
         WorkloadAction::Annotate { workload, value } => {
             let patch = json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: value}}});
@@ -398,10 +394,10 @@ pub(crate) async fn perform_workload(ctx: &Context, ns: &str, job: &str, action:
         }
         WorkloadAction::RemoveAnnotation { workload } => {
             let patch = json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: null}}});
-            ok_absent(patch_workload(ctx, ns, workload, patch, false).await)?;
+            super::ok_absent(patch_workload(ctx, ns, workload, patch, false).await)?;
         }
         WorkloadAction::Scale { workload, replicas } => {
-            ok_absent(patch_workload(ctx, ns, workload, json!({"spec": {"replicas": replicas}}), true).await)?;
+            super::ok_absent(patch_workload(ctx, ns, workload, json!({"spec": {"replicas": replicas}}), true).await)?;
             tracing::info!(job, workload = %workload.name, replicas, "scaled");
         }
     }
@@ -410,22 +406,18 @@ pub(crate) async fn perform_workload(ctx: &Context, ns: &str, job: &str, action:
 
 async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
     let ns = job.namespace().unwrap_or_default();
-    let ok_absent = |r: Result<(), kube::Error>| match r {
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        other => other,
-    };
     match action {
         Action::Workload(w) => perform_workload(ctx, &ns, &key(job), w).await?,
         Action::CreateSnapshot { name, volume, class } => {
             let obj: kube::api::DynamicObject =
                 serde_json::from_value(build::volume_snapshot(job, name, volume, class))?;
-            ok_absent(snapshots_api(&ctx.client, &ns).create(&PostParams::default(), &obj).await.map(|_| ()))?;
+            super::ok_absent(snapshots_api(&ctx.client, &ns).create(&PostParams::default(), &obj).await.map(|_| ()))?;
         }
         Action::CreateClone { name, volume, snapshot } => {
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
             let source = pvcs.get(volume).await?;
             let clone = build::clone_pvc(job, name, &source, snapshot);
-            ok_absent(pvcs.create(&PostParams::default(), &clone).await.map(|_| ()))?;
+            super::ok_absent(pvcs.create(&PostParams::default(), &clone).await.map(|_| ()))?;
         }
         Action::CreateWorker { name, claims, node } => {
             let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
@@ -452,7 +444,7 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
             {
                 return Err(Error::WorkerNotAdmitted(why));
             }
-            ok_absent(created)?;
+            super::ok_absent(created)?;
         }
         Action::RunHooks(stage) => {
             let (outcome, any_failed) = run_hooks(job, ctx, *stage).await?;
@@ -481,7 +473,7 @@ async fn perform(job: &PushJob, ctx: &Context, action: &Action) -> Result<()> {
                     .map(|_| ()),
                 CreatedKind::VolumeSnapshot => snapshots_api(&ctx.client, &ns).delete(&o.name, &dp).await.map(|_| ()),
             };
-            ok_absent(r)?;
+            super::ok_absent(r)?;
         }
     }
     Ok(())

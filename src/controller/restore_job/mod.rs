@@ -117,10 +117,6 @@ async fn observe(job: &RestoreJob, ctx: &Context, deleted: bool) -> Result<Obser
 
 async fn perform(job: &RestoreJob, ctx: &Context, action: &Action) -> Result<()> {
     let ns = job.namespace().unwrap_or_default();
-    let ok_absent = |r: Result<(), kube::Error>| match r {
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        other => other,
-    };
     match action {
         Action::Workload(w) => push_job::perform_workload(ctx, &ns, &key(job), w).await?,
         Action::CreateClaim { name, volume, size } => {
@@ -128,7 +124,7 @@ async fn perform(job: &RestoreJob, ctx: &Context, action: &Action) -> Result<()>
             let source = pvcs.get_opt(volume).await?;
             let claim = build::new_claim(job, name, source.as_ref(), size);
             // 409: it exists; the next observation tells whether it is ours.
-            ok_absent(pvcs.create(&PostParams::default(), &claim).await.map(|_| ()))?;
+            super::ok_absent(pvcs.create(&PostParams::default(), &claim).await.map(|_| ()))?;
         }
         Action::CreateWorker { name, step } => create_worker(job, ctx, &ns, name, *step).await?,
         Action::Delete(o) => {
@@ -143,7 +139,7 @@ async fn perform(job: &RestoreJob, ctx: &Context, action: &Action) -> Result<()>
                     .map(|_| ()),
                 CreatedKind::VolumeSnapshot => Ok(()),
             };
-            ok_absent(r)?;
+            super::ok_absent(r)?;
         }
     }
     Ok(())
