@@ -117,7 +117,11 @@ resolvConf: /etc/resolv.conf
 # The images are imported, never pulled: image garbage collection must not remove them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+# The node's disk is the machine's, shared with builds and caches: a percentage of it says nothing
+# about what the pods need (1% of a 252 GB disk put a CI node under disk pressure with 2.5 GB
+# free). Under pressure the kubelet taints the node, evicts every pod and removes unused images,
+# which are imported and never pulled back. Evict only when the disk is really full.
+evictionHard: {memory.available: 100Mi, nodefs.available: 256Mi, imagefs.available: 256Mi, nodefs.inodesFree: 1%}
 serializeImagePulls: false
 shutdownGracePeriod: 0s
 # A pod's volume is mounted only once the kubelet has reported it in node.status.volumesInUse, and

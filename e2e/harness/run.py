@@ -383,6 +383,24 @@ class Harness:
         r = self.kubectl("logs", "-n", OPERATOR_NS, f"deploy/{RELEASE}", f"--tail={n}", timeout=20)
         return r.stdout + r.stderr
 
+    def cluster_report(self, n=20):
+        """What the cluster says went wrong: node conditions other than Ready=True (DiskPressure,
+        MemoryPressure...) and the newest Warning events of every namespace."""
+        try:
+            lines = [f"node {nd['metadata']['name']}: {c['type']}={c['status']} {c.get('reason', '')}: "
+                     f"{c.get('message', '')}"
+                     for nd in self.c.list(CORE + "/nodes") for c in (nd.get("status") or {}).get("conditions") or []
+                     if (c["type"] == "Ready") != (c["status"] == "True")]
+            evs = [e for e in self.c.list("/apis/events.k8s.io/v1/events") if e.get("type") == "Warning"]
+            evs.sort(key=lambda e: e.get("eventTime") or e.get("deprecatedLastTimestamp")
+                     or e["metadata"].get("creationTimestamp") or "")
+            lines += [f"{e.get('eventTime') or e.get('deprecatedLastTimestamp') or ''} "
+                      f"{e['metadata'].get('namespace', '')}/{(e.get('regarding') or {}).get('name', '')} "
+                      f"{e.get('reason')}: {(e.get('note') or '')[:200]}" for e in evs[-n:]]
+            return "\n".join(lines) or "(all nodes Ready, no Warning events)"
+        except Exception as e:  # noqa: BLE001
+            return f"(cluster state unavailable: {e})"
+
 
 # ---------------------------------------------------------------- scenario helpers
 def ensure_namespace(h, ns, labels=None):
@@ -488,7 +506,24 @@ class Ctx:
                 if not p["metadata"].get("deletionTimestamp") and (p.get("status") or {}).get("phase") == "Running"]
 
     def wait_running(self, app, n, timeout=30):
-        wait_for(lambda: len(self.running_pods(app)) == n, timeout, f"{n} running pods of {app}")
+        try:
+            wait_for(lambda: len(self.running_pods(app)) == n, timeout, f"{n} running pods of {app}")
+        except Failure as e:
+            raise Failure(f"{e}; pods: {self.pod_states(app)}") from None
+
+    def pod_states(self, app):
+        """Each pod of app with its phase and the reason of its first unmet condition or waiting
+        container (Unschedulable, ContainerCreating, ErrImageNeverPull...)."""
+        out = []
+        for p in self.c.list(nsp(CORE, self.ns, "pods"), f"app={app}"):
+            st = p.get("status") or {}
+            why = [f"{c['type']}: {c.get('reason', '')} {c.get('message', '')}".strip()
+                   for c in st.get("conditions") or [] if c["status"] != "True"][:1]
+            why += [f"{cs['name']}: {w.get('reason', '')} {w.get('message', '')}".strip()
+                    for cs in st.get("containerStatuses") or [] for w in [(cs.get("state") or {}).get("waiting")]
+                    if w][:1]
+            out.append(f"{p['metadata']['name']} {st.get('phase')} {'; '.join(why)}".strip())
+        return out or "none"
 
     def app(self, name, replicas, pvc, seed, node=None, security=None, image=None, stop_seconds=0, **repo):
         """A PVC filled with seeded data, a Deployment using it and a Repository of the same
@@ -2026,6 +2061,8 @@ class Results:
                 print(f"FAIL {name} ({time.time() - t:.1f}s): {msg}", flush=True)
                 if self.failed == 1:
                     print(f"--- last 50 lines of the operator log ---\n{self.h.operator_tail()}", flush=True)
+                    print(f"--- node conditions and the newest Warning events ---\n{self.h.cluster_report()}",
+                          flush=True)
 
 
 def run_scenarios(h, chosen, parallel):
