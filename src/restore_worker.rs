@@ -271,23 +271,6 @@ fn parse_pair_str(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-pub fn parse_consistency(s: Option<&str>) -> Consistency {
-    match s {
-        Some("consistent") => Consistency::Consistent,
-        Some("crash-consistent") => Consistency::CrashConsistent,
-        // Unlabelled (a CLI push of a live directory) promises nothing.
-        _ => Consistency::Inconsistent,
-    }
-}
-
-pub fn parse_mode(s: Option<&str>) -> Option<Mode> {
-    match s {
-        Some("offline") => Some(Mode::Offline),
-        Some("online") => Some(Mode::Online),
-        _ => None,
-    }
-}
-
 /// What `resolve` is asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
@@ -307,8 +290,8 @@ fn resolved(id: &Id, s: &Snapshot, volume: &str) -> ResolvedVolume {
         volume: volume.to_string(),
         snapshot: id.to_hex(),
         time: s.time,
-        consistency: parse_consistency(s.consistency.as_deref()),
-        mode: parse_mode(s.mode.as_deref()),
+        consistency: Consistency::of_snapshot(s.consistency),
+        mode: Mode::of_snapshot(s.mode),
         bytes: s.stats.bytes_total as i64,
         changed_during_read: s.changed_during_read.iter().take(20).cloned().collect(),
     }
@@ -353,7 +336,7 @@ pub fn choose(
             let best = snaps
                 .iter()
                 .filter(|(_, s)| s.source == src)
-                .filter(|(_, s)| sel.mode.is_none() || parse_mode(s.mode.as_deref()) == sel.mode)
+                .filter(|(_, s)| sel.mode.is_none() || Mode::of_snapshot(s.mode) == sel.mode)
                 .filter(|(_, s)| sel.as_of.is_none_or(|t| s.time <= t))
                 .max_by_key(|(id, s)| (s.time, id.to_hex()));
             let Some((id, s)) = best else {
@@ -372,7 +355,7 @@ pub fn choose(
         let src = source_of(&sel.namespace, &r.volume);
         if let Some((id, _)) = snaps
             .iter()
-            .filter(|(_, s)| s.source == src && parse_consistency(s.consistency.as_deref()) == Consistency::Consistent)
+            .filter(|(_, s)| s.source == src && Consistency::of_snapshot(s.consistency) == Consistency::Consistent)
             .max_by_key(|(id, s)| (s.time, id.to_hex()))
         {
             alternatives.push(id.to_hex());
@@ -450,7 +433,7 @@ fn run_restore(store: &Store, args: &RestoreWorkerArgs) -> anyhow::Result<Restor
             };
             let (sid, snap) = store.find_snapshot(id)?;
             audit_rec.snapshots.push(sid.to_hex());
-            let consistent = parse_consistency(snap.consistency.as_deref()) == Consistency::Consistent;
+            let consistent = Consistency::of_snapshot(snap.consistency) == Consistency::Consistent;
             let cleanup = match args.cleanup_when {
                 CleanupWhen::Always => args.cleanup.clone(),
                 CleanupWhen::NotConsistent if !consistent => args.cleanup.clone(),

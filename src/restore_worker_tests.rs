@@ -17,8 +17,9 @@ fn snap(source: &str, mode: Option<&str>, consistency: Option<&str>, minute: u32
         parent: None,
         tags: Default::default(),
         repository: Some("ns/shop".into()),
-        mode: mode.map(String::from),
-        consistency: consistency.map(String::from),
+        // The labels as a snapshot file spells them.
+        mode: mode.map(|m| serde_json::from_value(m.into()).unwrap()),
+        consistency: consistency.map(|c| serde_json::from_value(c.into()).unwrap()),
         job: None,
         stats: PushStats { bytes_total: minute as u64 * 100, ..Default::default() },
         warnings: vec![],
@@ -98,8 +99,12 @@ fn ids_pick_their_own_volumes_and_are_checked() {
 
 #[test]
 fn unlabelled_snapshots_promise_nothing() {
-    assert_eq!(parse_consistency(None), Consistency::Inconsistent);
-    assert_eq!(parse_consistency(Some("consistent")), Consistency::Consistent);
+    use crate::store::snapshot::Consistency as Recorded;
+    assert_eq!(Consistency::of_snapshot(None), Consistency::Inconsistent);
+    assert_eq!(Consistency::of_snapshot(Some(Recorded::Unknown)), Consistency::Inconsistent);
+    assert_eq!(Consistency::of_snapshot(Some(Recorded::Consistent)), Consistency::Consistent);
+    assert_eq!(Consistency::of_snapshot(Some(Recorded::CrashConsistent)), Consistency::CrashConsistent);
+    assert_eq!(Mode::of_snapshot(Some(crate::store::snapshot::Mode::Unknown)), None);
 }
 
 #[test]

@@ -84,8 +84,8 @@ pub fn run(store: &Store, args: &WorkerArgs) -> WorkerReport {
         opts.source_name = Some(format!("pvc/{}/{volume}", args.namespace));
         opts.excludes = args.excludes.clone();
         opts.repository = Some(format!("{}/{}", args.namespace, args.repository));
-        opts.mode = Some(args.mode.as_str().to_string());
-        opts.consistency = Some(args.consistency.as_str().to_string());
+        opts.mode = Some(args.mode.into());
+        opts.consistency = Some(args.consistency.into());
         opts.job = Some(args.job.clone());
         let mut tags = BTreeMap::from([
             ("priority".to_string(), args.priority.as_str().to_string()),
@@ -106,9 +106,7 @@ pub fn run(store: &Store, args: &WorkerArgs) -> WorkerReport {
                     files: s.files as i64,
                     bytes_total: s.bytes_total as i64,
                     bytes_new: s.bytes_new as i64,
-                    consistency: Some(crate::restore_worker::parse_consistency(
-                        outcome.snapshot.consistency.as_deref(),
-                    )),
+                    consistency: Some(crate::api::Consistency::of_snapshot(outcome.snapshot.consistency)),
                     changed_during_read: outcome.snapshot.changed_during_read.iter().take(10).cloned().collect(),
                 });
                 if s.files_changed_during_read > 0 {
@@ -242,7 +240,7 @@ mod tests {
         assert_eq!(snaps.len(), 2);
         let s = &snaps.iter().find(|(_, s)| s.source == "pvc/shop/a").unwrap().1;
         assert_eq!(s.repository.as_deref(), Some("shop/web"));
-        assert_eq!(s.consistency.as_deref(), Some("consistent"));
+        assert_eq!(s.consistency, Some(crate::store::snapshot::Consistency::Consistent));
         assert_eq!(s.job.as_deref(), Some("j1"));
         assert_eq!(s.tags.get("reason").map(String::as_str), Some("pre-upgrade"));
     }

@@ -93,6 +93,25 @@ impl Mode {
             Mode::Offline => "offline",
         }
     }
+
+    /// The mode a snapshot records; none for an unlabelled one or a mode this version does not know.
+    pub fn of_snapshot(m: Option<crate::store::snapshot::Mode>) -> Option<Mode> {
+        use crate::store::snapshot::Mode as Recorded;
+        match m? {
+            Recorded::Online => Some(Mode::Online),
+            Recorded::Offline => Some(Mode::Offline),
+            Recorded::Unknown => None,
+        }
+    }
+}
+
+impl From<Mode> for crate::store::snapshot::Mode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Online => Self::Online,
+            Mode::Offline => Self::Offline,
+        }
+    }
 }
 
 /// Queue priority, P1 (emergency) to P5 (optional).
@@ -158,6 +177,27 @@ impl Consistency {
             Consistency::Consistent => "consistent",
             Consistency::CrashConsistent => "crash-consistent",
             Consistency::Inconsistent => "inconsistent",
+        }
+    }
+
+    /// What a snapshot's label promises. An unlabelled snapshot (a CLI push of a live
+    /// directory) or a label this version does not know promises nothing.
+    pub fn of_snapshot(c: Option<crate::store::snapshot::Consistency>) -> Consistency {
+        use crate::store::snapshot::Consistency as Recorded;
+        match c {
+            Some(Recorded::Consistent) => Consistency::Consistent,
+            Some(Recorded::CrashConsistent) => Consistency::CrashConsistent,
+            Some(Recorded::Inconsistent | Recorded::Unknown) | None => Consistency::Inconsistent,
+        }
+    }
+}
+
+impl From<Consistency> for crate::store::snapshot::Consistency {
+    fn from(c: Consistency) -> Self {
+        match c {
+            Consistency::Consistent => Self::Consistent,
+            Consistency::CrashConsistent => Self::CrashConsistent,
+            Consistency::Inconsistent => Self::Inconsistent,
         }
     }
 }

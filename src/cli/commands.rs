@@ -249,7 +249,7 @@ fn push_cmd(a: PushArgs) -> anyhow::Result<ExitCode> {
         o.insert("warnings".into(), outcome.warnings.clone().into());
         let changed: Vec<String> = outcome.snapshot.changed_during_read.iter().take(100).cloned().collect();
         o.insert("changed_during_read".into(), changed.into());
-        o.insert("consistency".into(), outcome.snapshot.consistency.clone().into());
+        o.insert("consistency".into(), serde_json::to_value(outcome.snapshot.consistency)?);
         o.insert("store_bytes".into(), outcome.store_bytes.into());
         println!("{}", serde_json::to_string(&v)?);
     } else {
@@ -314,7 +314,7 @@ fn snapshots(a: SnapshotsArgs) -> anyhow::Result<ExitCode> {
                 snap.time.format("%Y-%m-%d %H:%M:%S"),
                 format!("{:?}", snap.kind).to_lowercase(),
                 HumanBytes(snap.stats.bytes_total).to_string(),
-                snap.mode.as_deref().unwrap_or("-"),
+                snap.mode.map_or("-", |m| m.as_str()),
                 snap.source,
                 tags.join(",")
             );
@@ -523,7 +523,7 @@ fn forget_cmd(a: ForgetArgs) -> anyhow::Result<ExitCode> {
         dry_run: a.dry_run,
         repository: a.repository.clone(),
         source: a.source.clone(),
-        mode: a.mode.clone(),
+        mode: a.mode,
         reason: "manual".into(),
         job: None,
     };
@@ -532,7 +532,7 @@ fn forget_cmd(a: ForgetArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for g in &report.groups {
-            let mode = g.mode.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+            let mode = g.mode.map(|m| format!(" ({m})")).unwrap_or_default();
             println!("{}{mode}: keep {} by {}", g.source, g.keep.len(), g.policy);
             for d in &g.keep {
                 println!("  keep   {:.8} {}  {}", d.id, d.time, d.reasons.join(", "));

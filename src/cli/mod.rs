@@ -231,10 +231,10 @@ pub struct PushArgs {
     pub repository: Option<String>,
     /// Recorded in the snapshot: online or offline.
     #[arg(long, hide = true)]
-    pub mode: Option<String>,
+    pub mode: Option<crate::store::snapshot::Mode>,
     /// Recorded in the snapshot: consistent, crash-consistent or inconsistent.
     #[arg(long, hide = true)]
-    pub consistency: Option<String>,
+    pub consistency: Option<crate::store::snapshot::Consistency>,
     /// Recorded in the snapshot: the PushJob.
     #[arg(long, hide = true)]
     pub job: Option<String>,
@@ -457,9 +457,9 @@ pub struct ForgetArgs {
     /// Only snapshots of this source.
     #[arg(long)]
     pub source: Option<String>,
-    /// Only snapshots of this mode (online, offline).
-    #[arg(long, value_parser = ["online", "offline"])]
-    pub mode: Option<String>,
+    /// Only snapshots of this mode.
+    #[arg(long)]
+    pub mode: Option<crate::store::snapshot::Mode>,
     /// Time zone of the calendar periods (an IANA name; default UTC).
     #[arg(long, value_parser = parse_tz)]
     pub time_zone: Option<chrono_tz::Tz>,

@@ -5,7 +5,7 @@ use super::Store;
 use super::audit::{self, Action, AuditRecord, Outcome};
 use super::id::Id;
 use super::retention::{KeepPolicy, select};
-use super::snapshot::{Snapshot, snapshot_key};
+use super::snapshot::{Mode, Snapshot, snapshot_key};
 use chrono_tz::Tz;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -24,11 +24,11 @@ impl Rules {
         self.online.is_some() || self.offline.is_some()
     }
 
-    pub fn for_mode(&self, mode: Option<&str>) -> &KeepPolicy {
+    pub fn for_mode(&self, mode: Option<Mode>) -> &KeepPolicy {
         match mode {
-            Some("online") => self.online.as_ref().unwrap_or(&self.default),
-            Some("offline") => self.offline.as_ref().unwrap_or(&self.default),
-            _ => &self.default,
+            Some(Mode::Online) => self.online.as_ref().unwrap_or(&self.default),
+            Some(Mode::Offline) => self.offline.as_ref().unwrap_or(&self.default),
+            Some(Mode::Unknown) | None => &self.default,
         }
     }
 
@@ -62,8 +62,8 @@ pub struct ForgetOptions {
     pub repository: Option<String>,
     /// Only snapshots of this source.
     pub source: Option<String>,
-    /// Only snapshots of this mode (online, offline).
-    pub mode: Option<String>,
+    /// Only snapshots of this mode.
+    pub mode: Option<Mode>,
     /// For the audit record.
     pub reason: String,
     pub job: Option<String>,
@@ -80,7 +80,7 @@ pub struct SnapshotDecision {
 pub struct GroupReport {
     pub source: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     pub policy: String,
     pub keep: Vec<SnapshotDecision>,
     pub remove: Vec<SnapshotDecision>,
@@ -98,20 +98,20 @@ pub struct ForgetReport {
 pub fn plan(snaps: &[(Id, Snapshot)], opts: &ForgetOptions) -> ForgetReport {
     let tz = opts.tz.unwrap_or(Tz::UTC);
     type Group<'a> = Vec<&'a (Id, Snapshot)>;
-    let mut groups: BTreeMap<(String, Option<String>), Group> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, Option<Mode>), Group> = BTreeMap::new();
     for s in snaps {
         if opts.repository.as_ref().is_some_and(|r| s.1.repository.as_ref() != Some(r))
             || opts.source.as_ref().is_some_and(|src| &s.1.source != src)
-            || opts.mode.as_ref().is_some_and(|m| s.1.mode.as_ref() != Some(m))
+            || opts.mode.is_some_and(|m| s.1.mode != Some(m))
         {
             continue;
         }
-        let mode = if opts.rules.per_mode() { s.1.mode.clone() } else { None };
+        let mode = if opts.rules.per_mode() { s.1.mode } else { None };
         groups.entry((s.1.source.clone(), mode)).or_default().push(s);
     }
     let mut report = ForgetReport { dry_run: opts.dry_run, ..Default::default() };
     for ((source, mode), members) in groups {
-        let policy = opts.rules.for_mode(mode.as_deref());
+        let policy = opts.rules.for_mode(mode);
         let mut g = GroupReport { source, mode, policy: policy.to_string(), keep: vec![], remove: vec![] };
         let times: Vec<_> = members.iter().map(|(_, s)| s.time).collect();
         let decisions = if policy.is_empty() {

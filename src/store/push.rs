@@ -53,8 +53,8 @@ pub struct PushOptions {
     pub excludes: Vec<String>,
     pub parent: ParentChoice,
     pub repository: Option<String>,
-    pub mode: Option<String>,
-    pub consistency: Option<String>,
+    pub mode: Option<super::snapshot::Mode>,
+    pub consistency: Option<super::snapshot::Consistency>,
     pub job: Option<String>,
     /// Uploads in flight at once.
     pub uploaders: usize,
@@ -619,10 +619,11 @@ pub fn push(store: &Store, opts: &PushOptions, counters: &Counters) -> anyhow::R
         Ok(o) => {
             rec.snapshots = vec![o.id.to_hex()];
             rec = rec.detail("source", o.snapshot.source.clone());
-            for (k, v) in [("mode", &o.snapshot.mode), ("consistency", &o.snapshot.consistency)] {
-                if let Some(v) = v {
-                    rec = rec.detail(k, v.clone());
-                }
+            if let Some(m) = o.snapshot.mode {
+                rec = rec.detail("mode", m.as_str());
+            }
+            if let Some(c) = o.snapshot.consistency {
+                rec = rec.detail("consistency", c.as_str());
             }
             rec = rec
                 .detail("files", o.snapshot.stats.files)
@@ -780,9 +781,9 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
             first = %changed.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
             "files changed while they were read: the snapshot is marked inconsistent"
         );
-        Some("inconsistent".to_string())
+        Some(super::snapshot::Consistency::Inconsistent)
     } else {
-        opts.consistency.clone()
+        opts.consistency
     };
     let snapshot = Snapshot {
         version: super::FORMAT_VERSION,
@@ -795,7 +796,7 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
         parent: parent.map(|(id, _)| id),
         tags: opts.tags.clone(),
         repository: opts.repository.clone(),
-        mode: opts.mode.clone(),
+        mode: opts.mode,
         consistency,
         job: opts.job.clone(),
         stats: counters.stats(started.elapsed().as_secs_f64()),

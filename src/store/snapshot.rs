@@ -16,6 +16,71 @@ pub enum SourceKind {
     Device,
 }
 
+/// How the source was read, as the snapshot records it (the operator sets it; a CLI push may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Services kept running: the source was a CSI snapshot's clone or the live volume.
+    Online,
+    /// Workloads scaled to zero and volumes detached before the copy.
+    Offline,
+    /// A mode this version does not know (a newer one wrote it): matches no mode filter and
+    /// takes the default retention rules.
+    #[serde(other)]
+    #[value(skip)]
+    Unknown,
+}
+
+impl Mode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Online => "online",
+            Mode::Offline => "offline",
+            Mode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a restore of the snapshot can promise, as the snapshot records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Read with the services stopped and the volumes detached.
+    Consistent,
+    /// Read from a CSI snapshot of the live volume: as after a power cut.
+    CrashConsistent,
+    /// Read live while services wrote, or files changed during the read: files may be torn.
+    Inconsistent,
+    /// A label this version does not know (a newer one wrote it): treated as inconsistent,
+    /// because it promises nothing this version can check.
+    #[serde(other)]
+    #[value(skip)]
+    Unknown,
+}
+
+impl Consistency {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Consistency::Consistent => "consistent",
+            Consistency::CrashConsistent => "crash-consistent",
+            Consistency::Inconsistent => "inconsistent",
+            Consistency::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a push did, as reported by `push --json` and recorded in the snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PushStats {
@@ -81,9 +146,9 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consistency: Option<String>,
+    pub consistency: Option<Consistency>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
     pub stats: PushStats,
@@ -126,5 +191,27 @@ mod tests {
         let back = serde_json::to_value(&s).unwrap();
         assert!(back.get("changed_during_read").is_none());
         assert_eq!(serde_json::from_value::<Snapshot>(back).unwrap(), s);
+    }
+
+    #[test]
+    fn mode_and_consistency_read_back_and_unknown_labels_still_parse() {
+        for m in [Mode::Online, Mode::Offline] {
+            let v = serde_json::to_value(m).unwrap();
+            assert_eq!(v, m.as_str());
+            assert_eq!(serde_json::from_value::<Mode>(v).unwrap(), m);
+        }
+        for c in [Consistency::Consistent, Consistency::CrashConsistent, Consistency::Inconsistent] {
+            let v = serde_json::to_value(c).unwrap();
+            assert_eq!(v, c.as_str());
+            assert_eq!(serde_json::from_value::<Consistency>(v).unwrap(), c);
+        }
+        // A label written by a newer version does not make the snapshot unreadable.
+        assert_eq!(serde_json::from_str::<Mode>(r#""standby""#).unwrap(), Mode::Unknown);
+        assert_eq!(serde_json::from_str::<Consistency>(r#""app-consistent""#).unwrap(), Consistency::Unknown);
+        // The CLI takes the known ones only.
+        use clap::ValueEnum;
+        assert!(Mode::from_str("online", false).is_ok() && Mode::from_str("unknown", false).is_err());
+        assert!(Consistency::from_str("crash-consistent", false).is_ok());
+        assert!(Consistency::from_str("unknown", false).is_err());
     }
 }
