@@ -69,19 +69,23 @@ pub fn quiesce(recorded: &[ReplicaRecord], workloads: &[WorkloadObs], job: &str)
     if actions.is_empty() { Quiesce::Stopped } else { Quiesce::Act(actions) }
 }
 
-/// Bringing the workloads back to their recorded counts and removing `job`'s annotation; empty
-/// when every workload is back.
+/// Bringing the workloads back and removing `job`'s annotation; empty when every workload is
+/// back. The counts recorded in the status win; a workload `job` annotated whose count the
+/// status never stored goes back to the annotated count.
 pub fn resume(recorded: &[ReplicaRecord], workloads: &[WorkloadObs], job: &str) -> Vec<WorkloadAction> {
     let mut actions = Vec::new();
-    for rec in recorded {
-        let w = WorkloadRef { kind: rec.kind, name: rec.name.clone() };
-        let Some(obs) = workloads.iter().find(|o| o.workload == w) else { continue };
+    for obs in workloads {
         let Some(current) = obs.replicas else { continue }; // deleted: nothing to bring back
-        if current != rec.replicas {
-            actions.push(WorkloadAction::Scale { workload: w.clone(), replicas: rec.replicas });
+        let w = &obs.workload;
+        let stored = recorded.iter().find(|r| r.kind == w.kind && r.name == w.name).map(|r| r.replicas);
+        let annotated = obs.annotation.as_deref().and_then(parse_annotation).filter(|(j, _)| j == job).map(|(_, n)| n);
+        if let Some(want) = stored.or(annotated)
+            && current != want
+        {
+            actions.push(WorkloadAction::Scale { workload: w.clone(), replicas: want });
         }
-        if obs.annotation.as_deref().and_then(parse_annotation).is_some_and(|(j, _)| j == job) {
-            actions.push(WorkloadAction::RemoveAnnotation { workload: w });
+        if annotated.is_some() {
+            actions.push(WorkloadAction::RemoveAnnotation { workload: w.clone() });
         }
     }
     actions

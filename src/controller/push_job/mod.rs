@@ -151,12 +151,12 @@ pub async fn pods_and_owners(ctx: &Context, ns: &str) -> Result<(Vec<PodInfo>, B
     Ok((infos, owners))
 }
 
-async fn observe(job: &PushJob, ctx: &Context) -> Result<Observed> {
+async fn observe(job: &PushJob, ctx: &Context, deleted: bool) -> Result<Observed> {
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
     let phase = job.phase();
     let status = job.status.clone().unwrap_or_default();
-    let mut obs = Observed { now: chrono::Utc::now(), ..Default::default() };
+    let mut obs = Observed { now: chrono::Utc::now(), deleted, ..Default::default() };
     obs.refused = ctx.refusals.lock().await.remove(&key(job));
     let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
     obs.repository = repos.get_opt(&job.spec.repository_ref.name).await?.map(|r| r.spec);
@@ -597,13 +597,12 @@ async fn publish(ctx: &Context, job: &PushJob, warning: bool, reason: &str, mess
     super::publish_event(ctx, &job.object_ref(&()), "Push", warning, reason, message).await;
 }
 
-async fn apply(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
+/// One step of the state machine: observe, decide, store the status, act. Returns the phase
+/// reached and when to look again.
+async fn pass(job: &PushJob, ctx: &Context, deleted: bool) -> Result<(Phase, Option<Duration>)> {
     let before = job.phase();
-    if before.is_terminal() {
-        return finished(&job, &ctx).await;
-    }
-    let obs = observe(&job, &ctx).await?;
-    let decision = state::next(&job, &obs, &ctx.config.settings);
+    let obs = observe(job, ctx, deleted).await?;
+    let decision = state::next(job, &obs, &ctx.config.settings);
     let ns = job.namespace().unwrap_or_default();
     let api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &ns);
     // Status first: what will be done (replica records, objects about to be created) is
@@ -612,23 +611,34 @@ async fn apply(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
         apply_status(&api, &job.name_any(), StatusManager::PushJob, serde_json::to_value(&decision.status)?).await?;
     }
     for a in &decision.actions {
-        if let Err(e) = perform(&job, &ctx, a).await {
+        if let Err(e) = perform(job, ctx, a).await {
             let Some(refusal) = e.refusal() else { return Err(e) };
             // The next pass fails the job (its status already records what this pass meant to do).
-            tracing::warn!(job = %key(&job), reason = refusal.reason, "{}", refusal.message);
-            ctx.refusals.lock().await.insert(key(&job), refusal);
-            return Ok(Requeue::requeue(Duration::from_millis(200)));
+            tracing::warn!(job = %key(job), reason = refusal.reason, "{}", refusal.message);
+            ctx.refusals.lock().await.insert(key(job), refusal);
+            return Ok((before, Some(Duration::from_millis(200))));
         }
     }
     for e in &decision.events {
-        publish(&ctx, &job, e.warning, &e.reason, &e.message).await;
+        publish(ctx, job, e.warning, &e.reason, &e.message).await;
     }
     let after = decision.status.phase.unwrap_or_default();
     if after.is_terminal() && !before.is_terminal() {
-        ctx.slot_freed(key(&job)).await;
-        record_completion(&job, &decision.status, &ctx).await?;
+        ctx.slot_freed(key(job)).await;
+        // A job deleted mid-flow is no push result: no metric, no Repository record.
+        if !deleted {
+            record_completion(job, &decision.status, ctx).await?;
+        }
     }
-    Ok(match decision.requeue {
+    Ok((after, decision.requeue))
+}
+
+async fn apply(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
+    if job.phase().is_terminal() {
+        return finished(&job, &ctx).await;
+    }
+    let (_, requeue) = pass(&job, &ctx, false).await?;
+    Ok(match requeue {
         Some(d) => Requeue::requeue(d.max(Duration::from_millis(200))),
         None => Requeue::requeue(Duration::from_secs(300)),
     })
@@ -717,23 +727,21 @@ pub fn push_records(
     serde_json::to_value(&r).expect("a status serializes")
 }
 
-/// Finalizer: a deleted job stops its worker, brings its workloads back and deletes what it
-/// created before it goes; one round per call, called again until nothing is left to do.
+/// Finalizer: a deleted job that has not finished unwinds through the state machine, the same
+/// way as after a failure (the worker stops, post hooks thaw, the workloads come back, what it
+/// created goes) before the finalizer goes; one step per call, called again until the job has
+/// reached an end.
 async fn cleanup(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
-    let obs = observe(&job, &ctx).await?;
-    let actions = state::cleanup(&job, &obs);
-    if actions.is_empty() {
-        if !job.phase().is_terminal() {
-            ctx.slot_freed(key(&job)).await;
-            publish(&ctx, &job, false, "CleanedUp", "deleted mid-flow: nothing of it is left scaled down or behind")
-                .await;
-        }
+    if job.phase().is_terminal() {
         return Ok(Requeue::await_change());
     }
-    for a in &actions {
-        perform(&job, &ctx, a).await?;
+    let (phase, requeue) = pass(&job, &ctx, true).await?;
+    if phase.is_terminal() {
+        publish(&ctx, &job, false, "CleanedUp", "deleted mid-flow: nothing of it is left scaled down or behind").await;
+        return Ok(Requeue::await_change());
     }
-    Err(Error::CleanupPending { job: key(&job), after: Duration::from_millis(500) })
+    let after = requeue.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(200), Duration::from_secs(2));
+    Err(Error::CleanupPending { job: key(&job), after })
 }
 
 pub fn error_policy(job: Arc<PushJob>, err: &Error, ctx: Arc<Context>) -> Requeue {

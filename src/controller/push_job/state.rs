@@ -46,6 +46,8 @@ pub struct Observed {
     /// The queue's answer: may this job start?
     pub admitted: bool,
     pub queue_position: Option<i32>,
+    /// The job is being deleted: it unwinds as after a failure.
+    pub deleted: bool,
 }
 
 /// An action the API server refused and will refuse again: retrying cannot help, the job fails.
@@ -238,7 +240,7 @@ impl Builder<'_> {
         }
         self.stop_worker();
         self.thaw_if_needed();
-        if self.job.spec.mode == Mode::Offline && !self.st.replicas.is_empty() {
+        if !offline::resume(&self.st.replicas, &self.obs.workloads, self.name()).is_empty() {
             self.enter(Phase::Resuming, format!("{reason}: bringing the workloads back"));
         } else {
             self.enter(Phase::CleaningUp, format!("{reason}: cleaning up"));
@@ -336,6 +338,10 @@ pub fn next(job: &PushJob, obs: &Observed, settings: &Settings) -> Decision {
         return b.finish();
     }
     let unwinding = matches!(phase, Phase::Resuming | Phase::CleaningUp);
+    if !unwinding && obs.deleted {
+        b.fail("Deleted", format!("the PushJob was deleted in phase {}", phase.as_str()));
+        return b.finish();
+    }
 
     // The job deadline counts from creation; unwinding is never cut short, and retries what
     // the API server refused instead of failing again.
@@ -796,45 +802,6 @@ fn cleaning_up(b: &mut Builder) {
         b.enter(Phase::Succeeded, "push complete");
     }
     b.requeue = None;
-}
-
-/// What a deleted job (finalizer) must still do: stop the worker, bring the workloads back,
-/// delete what it created. Empty when nothing is left.
-pub fn cleanup(job: &PushJob, obs: &Observed) -> Vec<Action> {
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let st = job.status.clone().unwrap_or_default();
-    let mut actions = Vec::new();
-    if let Some(w) = &obs.worker
-        && matches!(w, WorkerObs::Pending | WorkerObs::Running)
-    {
-        actions.push(Action::Delete(CreatedObject { kind: CreatedKind::Pod, name: worker_name(&name) }));
-    }
-    for obs_w in &obs.workloads {
-        let recorded = st
-            .replicas
-            .iter()
-            .find(|r| r.kind == obs_w.workload.kind && r.name == obs_w.workload.name)
-            .map(|r| r.replicas);
-        let annotated =
-            obs_w.annotation.as_deref().and_then(parse_annotation).filter(|(j, _)| *j == name).map(|(_, n)| n);
-        // The status record wins; the annotation is the truth when the status was never stored.
-        if let (Some(want), Some(current)) = (recorded.or(annotated), obs_w.replicas)
-            && current != want
-        {
-            actions.push(WorkloadAction::Scale { workload: obs_w.workload.clone(), replicas: want }.into());
-        }
-        if annotated.is_some() {
-            actions.push(WorkloadAction::RemoveAnnotation { workload: obs_w.workload.clone() }.into());
-        }
-    }
-    for o in &st.created {
-        if exists(obs, o)
-            && !(o.kind == CreatedKind::Pod && actions.iter().any(|a| matches!(a, Action::Delete(d) if d == o)))
-        {
-            actions.push(Action::Delete(o.clone()));
-        }
-    }
-    actions
 }
 
 #[cfg(test)]

@@ -75,6 +75,8 @@ struct World {
     refuse_snapshot: Option<Refusal>,
     /// The refusal the apply layer hands to the next pass.
     refused: std::cell::RefCell<Option<Refusal>>,
+    /// The job has been deleted (its finalizer runs the machine).
+    deleted: bool,
 }
 
 impl World {
@@ -101,6 +103,7 @@ impl World {
             refuse_worker: None,
             refuse_snapshot: None,
             refused: Default::default(),
+            deleted: false,
         }
     }
 
@@ -129,6 +132,7 @@ impl World {
             refused: self.refused.borrow_mut().take(),
             admitted: self.admitted,
             queue_position: if self.admitted { None } else { Some(2) },
+            deleted: self.deleted,
         }
     }
 
@@ -663,42 +667,45 @@ fn detach_timeout_fails_and_restores() {
 }
 
 #[test]
-fn deleted_mid_flow_cleanup_restores_and_deletes() {
-    for phase in [Phase::Quiescing, Phase::WaitingForDetach, Phase::Pushing, Phase::Snapshotting, Phase::Cloning] {
+fn deleted_mid_flow_unwinds_like_a_failure() {
+    for phase in
+        [Phase::Queued, Phase::Quiescing, Phase::WaitingForDetach, Phase::Pushing, Phase::Snapshotting, Phase::Cloning]
+    {
         let mode = if matches!(phase, Phase::Snapshotting | Phase::Cloning) { Mode::Online } else { Mode::Offline };
         let mut j = job(mode, Priority::P4);
         let mut w = World::new(Some(repo(Some("csi"))));
         w.worker_outcome = WorkerObs::Running;
-        let s = Settings::default();
-        for _ in 0..100 {
-            let d = next(&j, &w.observe(), &s);
-            w.apply(&d.actions);
-            j.status = Some(d.status);
-            w.tick();
-            if j.phase() == phase {
-                // one more round inside the phase so it acts
-                let d = next(&j, &w.observe(), &s);
-                w.apply(&d.actions);
-                j.status = Some(d.status);
-                break;
+        w.admitted = phase != Phase::Queued;
+        // Deleted one step after the job entered the phase (the phase has acted once).
+        let mut steps_in = 0;
+        let events = run(&mut j, &mut w, |_, job, world| {
+            if steps_in > 0 || job.phase() == phase {
+                steps_in += 1;
             }
-        }
-        // The job is deleted: the finalizer runs cleanup until nothing is left.
-        for _ in 0..10 {
-            let acts = cleanup(&j, &w.observe());
-            if acts.is_empty() {
-                break;
-            }
-            w.apply(&acts);
-        }
-        assert!(cleanup(&j, &w.observe()).is_empty());
+            world.deleted |= steps_in == 2;
+        });
+        assert!(w.deleted, "{phase:?} was reached");
+        assert_eq!(cond(&j, "Failed").as_deref(), Some("True/Deleted"), "deleted in {phase:?}");
+        assert!(events.iter().any(|e| e.reason == "Deleted" && e.warning), "{events:?}");
         assert_nothing_lost(&w);
     }
 }
 
 #[test]
-fn cleanup_trusts_the_annotation_when_the_status_was_lost() {
-    let j = job(Mode::Offline, Priority::P4);
+fn a_job_deleted_between_freeze_and_thaw_still_thaws() {
+    let mut j = job(Mode::Online, Priority::P3);
+    let mut w = World::new(Some(with_hooks(repo(Some("csi")))));
+    run(&mut j, &mut w, |_, job, world| {
+        world.deleted |= job.status.as_ref().is_some_and(|s| s.pre_hook.is_some());
+    });
+    assert_eq!(cond(&j, "Failed").as_deref(), Some("True/Deleted"));
+    assert_eq!(w.log, vec!["hooks Pre", "hooks Post"], "the post hooks undo the freeze");
+    assert_nothing_lost(&w);
+}
+
+#[test]
+fn a_deleted_job_trusts_the_annotation_when_the_status_was_lost() {
+    let mut j = job(Mode::Offline, Priority::P4);
     let mut w = World::new(Some(repo(None)));
     let web = wl(WorkloadKind::Deployment, "web");
     w.annotations.insert(web.clone(), "j1=3".into());
@@ -706,9 +713,14 @@ fn cleanup_trusts_the_annotation_when_the_status_was_lost() {
     // another job's annotation is not ours to act on
     let db = wl(WorkloadKind::StatefulSet, "db");
     w.annotations.insert(db.clone(), "other=1".into());
-    let acts = cleanup(&j, &w.observe());
+    w.deleted = true;
+    let s = Settings::default();
+    let d = next(&j, &w.observe(), &s);
+    assert_eq!(d.status.phase, Some(Phase::Resuming));
+    j.status = Some(d.status);
+    let d = next(&j, &w.observe(), &s);
     assert_eq!(
-        acts,
+        d.actions,
         vec![
             WorkloadAction::Scale { workload: web.clone(), replicas: 3 }.into(),
             WorkloadAction::RemoveAnnotation { workload: web }.into()

@@ -211,7 +211,7 @@ impl Builder<'_> {
         self.stop_worker();
         if self.undo_owed() {
             self.enter(RestorePhase::Undoing, format!("{reason}: writing the undo snapshot back"));
-        } else if !self.st.replicas.is_empty() {
+        } else if !offline::resume(&self.st.replicas, &self.obs.workloads, &annotation_job(self.name())).is_empty() {
             self.enter(RestorePhase::Resuming, format!("{reason}: bringing the workloads back"));
         } else {
             self.enter(RestorePhase::CleaningUp, format!("{reason}: cleaning up"));
