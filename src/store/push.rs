@@ -664,100 +664,14 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
     if adopted > 0 {
         tracing::info!(packs = adopted, "indexed packs left by an interrupted push");
     }
-    let parent: Option<(Id, Snapshot)> = match &opts.parent {
-        ParentChoice::None => None,
-        ParentChoice::Snapshot(spec) => Some(store.find_snapshot(spec)?),
-        ParentChoice::Auto => {
-            store.list_snapshots()?.into_iter().rev().find(|(_, s)| s.source == source_name && s.kind == kind)
-        }
-    };
+    let parent = find_parent(store, &opts.parent, &source_name, kind)?;
 
     let (tx, rx) = crossbeam_channel::bounded::<SealedPack>(1);
-    let pack_size = store.config.pack_size as usize;
-    let pusher = Pusher {
-        store,
-        index: &index,
-        reader: BlobReader::new(store, &index),
-        level: store.config.compression.level,
-        pack_size,
-        index_every: opts.index_every_packs.max(1),
-        pending: Mutex::new(HashSet::new()),
-        data_pack: Mutex::new(PackBuilder::new(pack_size + (1 << 20))),
-        tree_pack: Mutex::new(PackBuilder::new(0)),
-        tx: Mutex::new(Some(tx)),
-        index_buf: Mutex::new(IndexFile::default()),
-        counters,
-        warnings: Mutex::new(Vec::new()),
-        changed: Mutex::new(Vec::new()),
-        excludes,
-        abort: AtomicBool::new(false),
-        failure: Mutex::new(None),
-    };
-
+    let pusher = Pusher::new(store, &index, opts, counters, excludes, tx);
     let name = canonical.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| OsString::from("root"));
-    let walked: anyhow::Result<(Id, Node)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..opts.uploaders.max(1))
-            .map(|_| {
-                let rx = rx.clone();
-                let p = &pusher;
-                s.spawn(move || p.upload_loop(rx))
-            })
-            .collect();
-        drop(rx);
-        let parent_root = parent.as_ref().and_then(|(_, snap)| match pusher.reader.read_tree(&snap.tree) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "parent snapshot unreadable; reading everything");
-                None
-            }
-        });
-        let result = (|| -> anyhow::Result<(Id, Node)> {
-            let root = match kind {
-                SourceKind::Dir => {
-                    let mut node = Node::from_metadata(&name, NodeKind::Dir, &meta);
-                    let tree = match pusher.archive_dir(source, Path::new(""), parent_root.as_ref()) {
-                        Ok(id) => id,
-                        Err(EntryError::Source(e)) => {
-                            return Err(SourceError(format!("cannot read source {}: {e}", source.display())).into());
-                        }
-                        Err(EntryError::Fatal(e)) => return Err(e),
-                    };
-                    node.subtree = Some(tree);
-                    (tree, node)
-                }
-                SourceKind::File | SourceKind::Device => {
-                    let mut node = Node::from_metadata(&name, NodeKind::File, &meta);
-                    let pnode = parent_root.as_ref().and_then(|t| t.find(name.as_bytes()));
-                    let rel = Path::new(&name);
-                    match pusher.archive_file(source, rel, &mut node, pnode, kind == SourceKind::Device) {
-                        Ok(()) => {}
-                        Err(EntryError::Source(e)) => {
-                            return Err(SourceError(format!("cannot read source {}: {e}", source.display())).into());
-                        }
-                        Err(EntryError::Fatal(e)) => return Err(e),
-                    }
-                    let tree = Tree { nodes: vec![node.clone()] };
-                    let (id, new) = pusher.store_blob(BlobKind::Tree, &tree.encode())?;
-                    if new {
-                        add(&counters.trees_new, 1);
-                    }
-                    (id, node)
-                }
-            };
-            pusher.flush_packs()?;
-            Ok(root)
-        })();
-        if result.is_err() {
-            pusher.abort.store(true, Ordering::SeqCst);
-        }
-        // Closing the queue lets the uploaders store what is queued, then stop.
-        pusher.tx.lock().unwrap().take();
-        for h in handles {
-            if let Err(panic) = h.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        result
+    let walked = pusher.with_uploaders(rx, opts.uploaders, || {
+        let parent_root = pusher.parent_root(parent.as_ref().map(|(_, snap)| snap));
+        pusher.archive_root(source, kind, &meta, &name, parent_root.as_ref())
     });
     if let Some(msg) = pusher.failure.lock().unwrap().take() {
         bail!("push failed: {msg}");
@@ -768,23 +682,7 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
     crate::test_hooks::crashpoint("snapshot", 0);
     crate::test_hooks::pausepoint();
     lock.check()?;
-    let mut warnings = std::mem::take(&mut *pusher.warnings.lock().unwrap());
-    warnings.sort();
-    let mut changed = std::mem::take(&mut *pusher.changed.lock().unwrap());
-    changed.sort();
-    let changed_total = changed.len();
-    changed.truncate(CHANGED_DURING_READ_MAX);
-    // Whatever the caller said: a snapshot that holds torn files is not consistent.
-    let consistency = if changed_total > 0 {
-        tracing::warn!(
-            files = changed_total,
-            first = %changed.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
-            "files changed while they were read: the snapshot is marked inconsistent"
-        );
-        Some(super::snapshot::Consistency::Inconsistent)
-    } else {
-        opts.consistency
-    };
+    let (warnings, changed, changed_total) = pusher.findings();
     let snapshot = Snapshot {
         version: super::FORMAT_VERSION,
         time: chrono::Utc::now(),
@@ -797,7 +695,7 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
         tags: opts.tags.clone(),
         repository: opts.repository.clone(),
         mode: opts.mode,
-        consistency,
+        consistency: consistency(opts.consistency, &changed, changed_total),
         job: opts.job.clone(),
         stats: counters.stats(started.elapsed().as_secs_f64()),
         warnings: warnings.clone(),
@@ -807,4 +705,162 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
     let (id, _) = store.write_snapshot(&snapshot).context("cannot write the snapshot")?;
     let store_bytes = index.pack_bytes() + counters.pack_bytes.load(Ordering::Relaxed);
     Ok(PushOutcome { id, snapshot, warnings, store_bytes })
+}
+
+/// The snapshot whose files a push compares against (unchanged files are not read again): the
+/// one named, or the newest of the same source and kind.
+fn find_parent(
+    store: &Store,
+    choice: &ParentChoice,
+    source_name: &str,
+    kind: SourceKind,
+) -> anyhow::Result<Option<(Id, Snapshot)>> {
+    Ok(match choice {
+        ParentChoice::None => None,
+        ParentChoice::Snapshot(spec) => Some(store.find_snapshot(spec)?),
+        ParentChoice::Auto => {
+            store.list_snapshots()?.into_iter().rev().find(|(_, s)| s.source == source_name && s.kind == kind)
+        }
+    })
+}
+
+/// The label a snapshot gets. Whatever the caller said: a snapshot that holds torn files is
+/// not consistent.
+fn consistency(
+    claimed: Option<super::snapshot::Consistency>,
+    changed: &[String],
+    changed_total: usize,
+) -> Option<super::snapshot::Consistency> {
+    if changed_total == 0 {
+        return claimed;
+    }
+    tracing::warn!(
+        files = changed_total,
+        first = %changed.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+        "files changed while they were read: the snapshot is marked inconsistent"
+    );
+    Some(super::snapshot::Consistency::Inconsistent)
+}
+
+impl<'a> Pusher<'a> {
+    fn new(
+        store: &'a Store,
+        index: &'a Index,
+        opts: &PushOptions,
+        counters: &'a Counters,
+        excludes: GlobSet,
+        tx: Sender<SealedPack>,
+    ) -> Pusher<'a> {
+        let pack_size = store.config.pack_size as usize;
+        Pusher {
+            store,
+            index,
+            reader: BlobReader::new(store, index),
+            level: store.config.compression.level,
+            pack_size,
+            index_every: opts.index_every_packs.max(1),
+            pending: Mutex::new(HashSet::new()),
+            data_pack: Mutex::new(PackBuilder::new(pack_size + (1 << 20))),
+            tree_pack: Mutex::new(PackBuilder::new(0)),
+            tx: Mutex::new(Some(tx)),
+            index_buf: Mutex::new(IndexFile::default()),
+            counters,
+            warnings: Mutex::new(Vec::new()),
+            changed: Mutex::new(Vec::new()),
+            excludes,
+            abort: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        }
+    }
+}
+
+impl Pusher<'_> {
+    /// Runs `walk` while `uploaders` threads store the packs it seals; a failed walk aborts
+    /// them. Closing the queue lets the uploaders store what is queued, then stop.
+    fn with_uploaders<T>(
+        &self,
+        rx: Receiver<SealedPack>,
+        uploaders: usize,
+        walk: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..uploaders.max(1))
+                .map(|_| {
+                    let rx = rx.clone();
+                    s.spawn(move || self.upload_loop(rx))
+                })
+                .collect();
+            drop(rx);
+            let result = walk().and_then(|r| self.flush_packs().map(|()| r));
+            if result.is_err() {
+                self.abort.store(true, Ordering::SeqCst);
+            }
+            self.tx.lock().unwrap().take();
+            for h in handles {
+                if let Err(panic) = h.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            result
+        })
+    }
+
+    /// The parent's root tree; an unreadable parent means reading everything.
+    fn parent_root(&self, parent: Option<&Snapshot>) -> Option<Tree> {
+        match self.reader.read_tree(&parent?.tree) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "parent snapshot unreadable; reading everything");
+                None
+            }
+        }
+    }
+
+    /// Archives the source (a directory's tree, or one file or device as a one-node tree) and
+    /// returns the root tree's id and the root node.
+    fn archive_root(
+        &self,
+        source: &Path,
+        kind: SourceKind,
+        meta: &fs::Metadata,
+        name: &OsStr,
+        parent_root: Option<&Tree>,
+    ) -> anyhow::Result<(Id, Node)> {
+        let unreadable = |e: EntryError| match e {
+            EntryError::Source(e) => SourceError(format!("cannot read source {}: {e}", source.display())).into(),
+            EntryError::Fatal(e) => e,
+        };
+        match kind {
+            SourceKind::Dir => {
+                let mut node = Node::from_metadata(name, NodeKind::Dir, meta);
+                let tree = self.archive_dir(source, Path::new(""), parent_root).map_err(unreadable)?;
+                node.subtree = Some(tree);
+                Ok((tree, node))
+            }
+            SourceKind::File | SourceKind::Device => {
+                let mut node = Node::from_metadata(name, NodeKind::File, meta);
+                let pnode = parent_root.and_then(|t| t.find(name.as_bytes()));
+                self.archive_file(source, Path::new(name), &mut node, pnode, kind == SourceKind::Device)
+                    .map_err(unreadable)?;
+                let tree = Tree { nodes: vec![node.clone()] };
+                let (id, new) = self.store_blob(BlobKind::Tree, &tree.encode())?;
+                if new {
+                    add(&self.counters.trees_new, 1);
+                }
+                Ok((id, node))
+            }
+        }
+    }
+
+    /// The paths skipped with a warning and the files that changed while they were read
+    /// (at most CHANGED_DURING_READ_MAX named, all counted), sorted.
+    fn findings(&self) -> (Vec<String>, Vec<String>, usize) {
+        let mut warnings = std::mem::take(&mut *self.warnings.lock().unwrap());
+        warnings.sort();
+        let mut changed = std::mem::take(&mut *self.changed.lock().unwrap());
+        changed.sort();
+        let total = changed.len();
+        changed.truncate(CHANGED_DURING_READ_MAX);
+        (warnings, changed, total)
+    }
 }

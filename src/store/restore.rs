@@ -100,12 +100,19 @@ struct FilePlan {
     node: Node,
 }
 
+#[derive(Default)]
 struct Plan {
     dirs: Vec<(PathBuf, Node)>,
     files: Vec<FilePlan>,
     symlinks: Vec<(PathBuf, Node)>,
     /// (link path, index in `files` of the first path of the same inode, node)
     hardlinks: Vec<(PathBuf, usize, Node)>,
+    /// The target directory did not exist: the restore made it (and gives it the root's metadata).
+    root_created: bool,
+    /// A file snapshot restored onto a block device: written in place, never resized.
+    device_target: bool,
+    /// Entries a mirror restore removed because the snapshot does not have them.
+    removed: u64,
 }
 
 fn included(rel: &Path, includes: &[PathBuf]) -> (bool, bool) {
@@ -335,6 +342,41 @@ fn cleanup_tree(root: &Path, rel: &Path, globs: &GlobSet, cleaned: &mut Vec<Path
 pub fn restore(store: &Store, snap: &Snapshot, opts: &RestoreOptions) -> anyhow::Result<RestoreStats> {
     let started = Instant::now();
     // Refusals come before anything is read or changed.
+    let cleanup = check_request(snap, opts)?;
+    let index = store.load_index()?;
+    let reader = BlobReader::new(store, &index);
+    let owners = am_root();
+    let plan = match snap.kind {
+        SourceKind::Dir => plan_dir(&reader, snap, opts)?,
+        SourceKind::File | SourceKind::Device => plan_single(&reader, snap, opts)?,
+    };
+    create_entries(&plan)?;
+    let counters = Counters::default();
+    let packs_read = fill_files(store, &index, &plan, &counters)?;
+    link_and_set_meta(&plan, snap, opts, owners)?;
+    let cleaned = if !cleanup.is_empty() && snap.kind == SourceKind::Dir {
+        clean(&plan, snap, opts, &cleanup)?
+    } else {
+        Vec::new()
+    };
+    Ok(RestoreStats {
+        files: plan.files.len() as u64,
+        dirs: plan.dirs.len() as u64,
+        symlinks: plan.symlinks.len() as u64,
+        hardlinks: plan.hardlinks.len() as u64,
+        bytes_total: plan.files.iter().map(|f| f.node.size).sum(),
+        bytes_written: counters.bytes_written.load(Ordering::Relaxed),
+        blobs_checked: counters.blobs_checked.load(Ordering::Relaxed),
+        packs_read,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        removed: plan.removed,
+        cleaned,
+        changed_during_read: snap.changed_during_read.clone(),
+    })
+}
+
+/// Refuses what cannot be done before anything is read or changed; returns the cleanup globs.
+fn check_request(snap: &Snapshot, opts: &RestoreOptions) -> anyhow::Result<GlobSet> {
     let cleanup = build_cleanup(&opts.cleanup)?;
     if opts.mirror {
         if !opts.includes.is_empty() {
@@ -352,59 +394,53 @@ pub fn restore(store: &Store, snap: &Snapshot, opts: &RestoreOptions) -> anyhow:
     if !opts.cleanup.is_empty() && snap.kind != SourceKind::Dir {
         tracing::warn!(kind = kind_name(snap.kind), "cleanup patterns apply to directory snapshots only: ignored");
     }
-    let index = store.load_index()?;
-    let reader = BlobReader::new(store, &index);
-    let owners = am_root();
-    let mut plan = Plan { dirs: Vec::new(), files: Vec::new(), symlinks: Vec::new(), hardlinks: Vec::new() };
-    let mut root_created = false;
-    let mut device_target = false;
-    let mut removed = 0;
-    match snap.kind {
-        SourceKind::Dir => {
-            if !opts.target.exists() {
-                fs::create_dir_all(&opts.target)
-                    .with_context(|| format!("cannot create target {}", opts.target.display()))?;
-                root_created = true;
-            } else if !opts.target.is_dir() {
-                bail!(
-                    "target {} exists and is not a directory; this snapshot is of a directory",
-                    opts.target.display()
-                );
-            }
-            plan_tree(
-                &reader,
-                &snap.tree,
-                Path::new(""),
-                &opts.target,
-                &opts.includes,
-                &mut plan,
-                &mut HashMap::new(),
-            )?;
-            if opts.mirror && !root_created {
-                let mut keep: HashMap<PathBuf, NodeKind> = HashMap::new();
-                keep.extend(plan.dirs.iter().map(|(p, n)| (p.clone(), n.kind)));
-                keep.extend(plan.files.iter().map(|f| (f.path.clone(), NodeKind::File)));
-                keep.extend(plan.symlinks.iter().map(|(p, n)| (p.clone(), n.kind)));
-                keep.extend(plan.hardlinks.iter().map(|(p, _, _)| (p.clone(), NodeKind::File)));
-                removed = mirror_prune(&opts.target, &keep)?;
-            }
-        }
-        SourceKind::File | SourceKind::Device => {
-            let tree = reader.read_tree(&snap.tree)?;
-            let node = tree.nodes.into_iter().next().context("file snapshot has an empty tree")?;
-            let mut path = opts.target.clone();
-            match fs::metadata(&path) {
-                Ok(m) if m.is_dir() => path = path.join(node.os_name()),
-                Ok(m) if m.file_type().is_block_device() => device_target = true,
-                _ => {}
-            }
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-            }
-            plan.files.push(FilePlan { path, node });
-        }
-    }
+    Ok(cleanup)
+}
 
+/// A directory snapshot: the target directory (made when missing), every entry to restore, and
+/// for a mirror restore the removal of what the snapshot does not have.
+fn plan_dir(reader: &BlobReader, snap: &Snapshot, opts: &RestoreOptions) -> anyhow::Result<Plan> {
+    let mut plan = Plan::default();
+    if !opts.target.exists() {
+        fs::create_dir_all(&opts.target).with_context(|| format!("cannot create target {}", opts.target.display()))?;
+        plan.root_created = true;
+    } else if !opts.target.is_dir() {
+        bail!("target {} exists and is not a directory; this snapshot is of a directory", opts.target.display());
+    }
+    plan_tree(reader, &snap.tree, Path::new(""), &opts.target, &opts.includes, &mut plan, &mut HashMap::new())?;
+    if opts.mirror && !plan.root_created {
+        let mut keep: HashMap<PathBuf, NodeKind> = HashMap::new();
+        keep.extend(plan.dirs.iter().map(|(p, n)| (p.clone(), n.kind)));
+        keep.extend(plan.files.iter().map(|f| (f.path.clone(), NodeKind::File)));
+        keep.extend(plan.symlinks.iter().map(|(p, n)| (p.clone(), n.kind)));
+        keep.extend(plan.hardlinks.iter().map(|(p, _, _)| (p.clone(), NodeKind::File)));
+        plan.removed = mirror_prune(&opts.target, &keep)?;
+    }
+    Ok(plan)
+}
+
+/// A file or device snapshot: one file, into the target directory, onto the target block
+/// device, or at the target path.
+fn plan_single(reader: &BlobReader, snap: &Snapshot, opts: &RestoreOptions) -> anyhow::Result<Plan> {
+    let mut plan = Plan::default();
+    let tree = reader.read_tree(&snap.tree)?;
+    let node = tree.nodes.into_iter().next().context("file snapshot has an empty tree")?;
+    let mut path = opts.target.clone();
+    match fs::metadata(&path) {
+        Ok(m) if m.is_dir() => path = path.join(node.os_name()),
+        Ok(m) if m.file_type().is_block_device() => plan.device_target = true,
+        _ => {}
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    plan.files.push(FilePlan { path, node });
+    Ok(plan)
+}
+
+/// Every directory, and every file at its final size (a device must be large enough); the
+/// chunks are written into them afterwards.
+fn create_entries(plan: &Plan) -> anyhow::Result<()> {
     for (path, _) in &plan.dirs {
         match fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => {}
@@ -415,9 +451,8 @@ pub fn restore(store: &Store, snap: &Snapshot, opts: &RestoreOptions) -> anyhow:
             Err(_) => fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?,
         }
     }
-    // Create every file at its final size; chunks are written into them below.
     plan.files.par_iter().try_for_each(|f| -> anyhow::Result<()> {
-        if device_target {
+        if plan.device_target {
             let dev = OpenOptions::new()
                 .write(true)
                 .open(&f.path)
@@ -434,8 +469,11 @@ pub fn restore(store: &Store, snap: &Snapshot, opts: &RestoreOptions) -> anyhow:
         let file = File::create(&f.path).with_context(|| format!("cannot create {}", f.path.display()))?;
         file.set_len(f.node.size).with_context(|| format!("cannot size {}", f.path.display()))?;
         Ok(())
-    })?;
+    })
+}
 
+/// Writes every chunk into every place it fills, reading each pack once; returns the packs read.
+fn fill_files(store: &Store, index: &Index, plan: &Plan, counters: &Counters) -> anyhow::Result<u64> {
     // blob -> every (file, offset) it fills
     let mut targets: HashMap<Id, Vec<(u32, u64)>> = HashMap::new();
     for (i, f) in plan.files.iter().enumerate() {
@@ -451,20 +489,24 @@ pub fn restore(store: &Store, snap: &Snapshot, opts: &RestoreOptions) -> anyhow:
             bail!("{}: chunks add up to {offset} bytes but the file has {}", f.path.display(), f.node.size);
         }
     }
-    let by_pack = super::group_by_pack(&index, targets.keys());
-    let counters = Counters::default();
+    let by_pack = super::group_by_pack(index, targets.keys());
     let mut packs: Vec<(&Id, &Vec<Id>)> = by_pack.iter().collect();
     packs.sort();
     packs.par_iter().try_for_each(|(pack, blobs)| {
-        restore_pack(store, &index, pack, blobs, &targets, &plan.files, device_target, &counters)
+        restore_pack(store, index, pack, blobs, &targets, &plan.files, plan.device_target, counters)
     })?;
+    Ok(packs.len() as u64)
+}
 
+/// Hard links, then metadata: files, symlinks (made here), directories deepest first (their
+/// times change while their entries are written), and the root when the restore made it.
+fn link_and_set_meta(plan: &Plan, snap: &Snapshot, opts: &RestoreOptions, owners: bool) -> anyhow::Result<()> {
     for (path, first, _) in &plan.hardlinks {
         remove_existing(path)?;
         fs::hard_link(&plan.files[*first].path, path)
             .with_context(|| format!("cannot link {} to {}", path.display(), plan.files[*first].path.display()))?;
     }
-    if !device_target {
+    if !plan.device_target {
         plan.files.par_iter().try_for_each(|f| set_meta(&f.path, &f.node, owners))?;
     }
     for (path, node) in &plan.symlinks {
@@ -477,43 +519,33 @@ pub fn restore(store: &Store, snap: &Snapshot, opts: &RestoreOptions) -> anyhow:
     for (path, node) in plan.dirs.iter().rev() {
         set_meta(path, node, owners)?;
     }
-    if root_created {
+    if plan.root_created {
         set_meta(&opts.target, &snap.root_node, owners)?;
     }
+    Ok(())
+}
+
+/// Removes what the cleanup globs match (a crashed database's lock file...) and gives the
+/// directories that held them their restored times back; returns the removed paths, sorted.
+fn clean(plan: &Plan, snap: &Snapshot, opts: &RestoreOptions, globs: &GlobSet) -> anyhow::Result<Vec<String>> {
     let mut cleaned = Vec::new();
-    if !cleanup.is_empty() && snap.kind == SourceKind::Dir {
-        cleanup_tree(&opts.target, Path::new(""), &cleanup, &mut cleaned)?;
-        // Removing entries touched their directories: give them their restored times back.
-        let dirs: HashMap<&Path, &Node> = plan.dirs.iter().map(|(p, n)| (p.as_path(), n)).collect();
-        let parents: HashSet<PathBuf> =
-            cleaned.iter().map(|r| opts.target.join(r)).filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
-        for parent in parents {
-            let node = match dirs.get(parent.as_path()) {
-                Some(n) => Some(*n),
-                None if root_created && parent == opts.target => Some(&snap.root_node),
-                None => None,
-            };
-            if let Some(node) = node {
-                set_times(&parent, node, false).with_context(|| format!("cannot set times of {}", parent.display()))?;
-            }
+    cleanup_tree(&opts.target, Path::new(""), globs, &mut cleaned)?;
+    let dirs: HashMap<&Path, &Node> = plan.dirs.iter().map(|(p, n)| (p.as_path(), n)).collect();
+    let parents: HashSet<PathBuf> =
+        cleaned.iter().map(|r| opts.target.join(r)).filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
+    for parent in parents {
+        let node = match dirs.get(parent.as_path()) {
+            Some(n) => Some(*n),
+            None if plan.root_created && parent == opts.target => Some(&snap.root_node),
+            None => None,
+        };
+        if let Some(node) = node {
+            set_times(&parent, node, false).with_context(|| format!("cannot set times of {}", parent.display()))?;
         }
     }
     let mut cleaned: Vec<String> = cleaned.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     cleaned.sort();
-    Ok(RestoreStats {
-        files: plan.files.len() as u64,
-        dirs: plan.dirs.len() as u64,
-        symlinks: plan.symlinks.len() as u64,
-        hardlinks: plan.hardlinks.len() as u64,
-        bytes_total: plan.files.iter().map(|f| f.node.size).sum(),
-        bytes_written: counters.bytes_written.load(Ordering::Relaxed),
-        blobs_checked: counters.blobs_checked.load(Ordering::Relaxed),
-        packs_read: packs.len() as u64,
-        duration_seconds: started.elapsed().as_secs_f64(),
-        removed,
-        cleaned,
-        changed_during_read: snap.changed_during_read.clone(),
-    })
+    Ok(cleaned)
 }
 
 fn type_name(ft: &fs::FileType) -> &'static str {

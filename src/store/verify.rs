@@ -130,9 +130,21 @@ fn selected(pack: &Id, percent: f64, salt: &Id) -> bool {
 
 pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let backend = store.backend();
+    let index = load_index(store, &mut report)?;
+    let packs = Packs::of(store, &index)?;
+    let mut damaged = check_packs(&index, &packs, &mut report);
+    if let Some(percent) = opts.read_data_percent {
+        damaged.extend(read_packs(store, &index, &packs, percent, &mut report));
+    }
+    let snaps = load_snapshots(store, &mut report)?;
+    check_snapshots(store, &index, &damaged, &snaps, &mut report);
+    Ok(report)
+}
 
-    // Index objects, one by one, so one damaged object does not hide the rest.
+/// The index objects, one by one, so one damaged object does not hide the rest; the packs a
+/// pending prune marked for deletion are still read (see store::prune).
+fn load_index(store: &Store, report: &mut VerifyReport) -> anyhow::Result<Index> {
+    let backend = store.backend();
     let objects = backend.list("index/")?;
     let loaded: Vec<Result<(Id, IndexFile), String>> = objects
         .par_iter()
@@ -156,7 +168,6 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
         }
     }
     let mut index = Index::from_files(files, store.crypto().overhead());
-    // Packs a pending prune marked for deletion are still read (see store::prune).
     match store.doomed_packs() {
         Ok(doomed) => {
             for (pack, entries) in doomed {
@@ -168,87 +179,123 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
     report.index_objects = index.files.len();
     report.packs_indexed = index.packs.len();
     report.blobs_indexed = index.blob_count();
+    Ok(index)
+}
 
-    // Packs: present and long enough.
-    let present: HashMap<Id, u64> = backend
-        .list("packs/")?
-        .into_iter()
-        .filter_map(|o| Some((Id::parse(o.key.rsplit('/').next()?).ok()?, o.size)))
-        .collect();
-    let mut pack_end: HashMap<Id, u64> = HashMap::new();
-    let mut pack_blobs: HashMap<Id, Vec<Id>> = HashMap::new();
-    for (id, loc) in index.iter() {
-        let p = index.pack_id(loc);
-        let end = pack_end.entry(p).or_default();
-        *end = (*end).max((loc.offset + loc.length) as u64);
-        pack_blobs.entry(p).or_default().push(*id);
+/// The packs as the index describes them and as the backend holds them.
+struct Packs {
+    /// Sizes of the packs the backend holds.
+    present: HashMap<Id, u64>,
+    /// The blobs the index places in each pack.
+    blobs: HashMap<Id, Vec<Id>>,
+    /// How long each pack must be to hold its indexed blobs.
+    end: HashMap<Id, u64>,
+    /// The indexed packs, sorted.
+    indexed: Vec<Id>,
+}
+
+impl Packs {
+    fn of(store: &Store, index: &Index) -> anyhow::Result<Packs> {
+        let present = store
+            .backend()
+            .list("packs/")?
+            .into_iter()
+            .filter_map(|o| Some((Id::parse(o.key.rsplit('/').next()?).ok()?, o.size)))
+            .collect();
+        let mut end: HashMap<Id, u64> = HashMap::new();
+        let mut blobs: HashMap<Id, Vec<Id>> = HashMap::new();
+        for (id, loc) in index.iter() {
+            let p = index.pack_id(loc);
+            let e = end.entry(p).or_default();
+            *e = (*e).max((loc.offset + loc.length) as u64);
+            blobs.entry(p).or_default().push(*id);
+        }
+        let mut indexed: Vec<Id> = index.packs.to_vec();
+        indexed.sort();
+        Ok(Packs { present, blobs, end, indexed })
     }
+
+    fn blobs(&self, pack: &Id) -> &[Id] {
+        self.blobs.get(pack).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+}
+
+/// Every indexed pack present and long enough; returns the blobs of those that are not.
+fn check_packs(index: &Index, packs: &Packs, report: &mut VerifyReport) -> HashSet<Id> {
     let mut damaged: HashSet<Id> = HashSet::new();
-    let mut packs_sorted: Vec<&Id> = index.packs.iter().collect();
-    packs_sorted.sort();
-    for p in &packs_sorted {
-        let blobs = pack_blobs.get(*p).map(|v| v.as_slice()).unwrap_or(&[]);
-        match present.get(*p) {
+    for p in &packs.indexed {
+        let blobs = packs.blobs(p);
+        match packs.present.get(p) {
             // Deleted by a prune that has not yet removed its plan: only a snapshot that
-            // needs it makes it a problem (reported below).
+            // needs it makes it a problem (reported by check_snapshots).
             None if index.is_doomed_pack(p) => damaged.extend(blobs.iter().copied()),
             None => {
                 report.problems.push(format!("pack {} is missing ({} blobs lost)", p.short(), blobs.len()));
                 damaged.extend(blobs.iter().copied());
             }
-            Some(&size) if size < pack_end.get(*p).copied().unwrap_or(0) => {
+            Some(&size) if size < packs.end.get(p).copied().unwrap_or(0) => {
                 report.problems.push(format!("pack {} is truncated ({size} bytes)", p.short()));
                 damaged.extend(blobs.iter().copied());
             }
             _ => {}
         }
     }
-    report.packs_unindexed = present.keys().filter(|p| !index.contains_pack(p)).count();
+    report.packs_unindexed = packs.present.keys().filter(|p| !index.contains_pack(p)).count();
+    damaged
+}
 
-    // Data: read packs back.
-    if let Some(percent) = opts.read_data_percent {
-        let salt = Id::random();
-        let chosen: Vec<&Id> =
-            packs_sorted.iter().copied().filter(|p| present.contains_key(*p) && selected(p, percent, &salt)).collect();
-        let results: Vec<(Vec<String>, Vec<Id>, usize)> = chosen
-            .par_iter()
-            .map(|p| {
-                let blobs = pack_blobs.get(*p).map(|v| v.as_slice()).unwrap_or(&[]);
-                let bytes = match backend.get(&pack_key(p)) {
-                    Ok(b) => b,
-                    Err(e) => return (vec![format!("pack {}: {e}", p.short())], blobs.to_vec(), 0),
-                };
-                let mut problems = Vec::new();
-                let mut bad = Vec::new();
-                if Id::of(&bytes) != **p {
-                    problems.push(format!("pack {} is damaged: content does not match its name", p.short()));
-                }
-                if let Err(e) = parse_pack(store.crypto(), &bytes) {
-                    problems.push(format!("pack {} has a damaged trailer: {e:#}", p.short()));
-                }
-                let mut read = 0;
-                for id in blobs {
-                    let e = index.entry(id).expect("from the index");
-                    let (s, t) = (e.offset as usize, (e.offset + e.length) as usize);
-                    let ok = t <= bytes.len() && decode_blob(store.crypto(), &e, &bytes[s..t]).is_ok();
-                    read += 1;
-                    if !ok {
-                        problems.push(format!("blob {} in pack {} is damaged", id.short(), p.short()));
-                        bad.push(*id);
-                    }
-                }
-                (problems, bad, read)
-            })
-            .collect();
-        report.packs_read = chosen.len();
-        for (problems, bad, read) in results {
-            report.problems.extend(problems);
-            damaged.extend(bad);
-            report.blobs_read += read;
+/// Reads `percent` of the present packs back whole (a random share, different each run):
+/// each pack's hash against its name, its trailer, every blob against its id. Returns the
+/// blobs found damaged.
+fn read_packs(store: &Store, index: &Index, packs: &Packs, percent: f64, report: &mut VerifyReport) -> Vec<Id> {
+    let salt = Id::random();
+    let chosen: Vec<&Id> =
+        packs.indexed.iter().filter(|p| packs.present.contains_key(*p) && selected(p, percent, &salt)).collect();
+    let results: Vec<PackRead> = chosen.par_iter().map(|p| read_pack(store, index, p, packs.blobs(p))).collect();
+    report.packs_read = chosen.len();
+    let mut damaged = Vec::new();
+    for r in results {
+        report.problems.extend(r.problems);
+        damaged.extend(r.bad);
+        report.blobs_read += r.read;
+    }
+    damaged
+}
+
+struct PackRead {
+    problems: Vec<String>,
+    bad: Vec<Id>,
+    read: usize,
+}
+
+fn read_pack(store: &Store, index: &Index, p: &Id, blobs: &[Id]) -> PackRead {
+    let bytes = match store.backend().get(&pack_key(p)) {
+        Ok(b) => b,
+        Err(e) => return PackRead { problems: vec![format!("pack {}: {e}", p.short())], bad: blobs.to_vec(), read: 0 },
+    };
+    let mut out = PackRead { problems: Vec::new(), bad: Vec::new(), read: 0 };
+    if Id::of(&bytes) != *p {
+        out.problems.push(format!("pack {} is damaged: content does not match its name", p.short()));
+    }
+    if let Err(e) = parse_pack(store.crypto(), &bytes) {
+        out.problems.push(format!("pack {} has a damaged trailer: {e:#}", p.short()));
+    }
+    for id in blobs {
+        let e = index.entry(id).expect("from the index");
+        let (s, t) = (e.offset as usize, (e.offset + e.length) as usize);
+        let ok = t <= bytes.len() && decode_blob(store.crypto(), &e, &bytes[s..t]).is_ok();
+        out.read += 1;
+        if !ok {
+            out.problems.push(format!("blob {} in pack {} is damaged", id.short(), p.short()));
+            out.bad.push(*id);
         }
     }
+    out
+}
 
-    // Snapshots: every tree readable, every chunk indexed and undamaged.
+/// Every snapshot object, oldest first; a damaged one is a problem, not an error.
+fn load_snapshots(store: &Store, report: &mut VerifyReport) -> anyhow::Result<Vec<(Id, Snapshot)>> {
+    let backend = store.backend();
     let mut snaps: Vec<(Id, Snapshot)> = Vec::new();
     for o in backend.list("snapshots/")? {
         let name = o.key.trim_start_matches("snapshots/").to_string();
@@ -267,40 +314,52 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
     }
     snaps.sort_by_key(|a| a.1.time);
     report.snapshots = snaps.len();
+    Ok(snaps)
+}
+
+/// Every snapshot's trees readable and every chunk indexed and undamaged; a snapshot that is
+/// not is reported with the paths that cannot be restored intact.
+fn check_snapshots(
+    store: &Store,
+    index: &Index,
+    damaged: &HashSet<Id>,
+    snaps: &[(Id, Snapshot)],
+    report: &mut VerifyReport,
+) {
     let walker = Walker {
-        reader: BlobReader::new(store, &index),
-        index: &index,
-        damaged: &damaged,
+        reader: BlobReader::new(store, index),
+        index,
+        damaged,
         memo: Mutex::new(HashMap::new()),
         problems: Mutex::new(Vec::new()),
         trees: Default::default(),
     };
-    for (id, snap) in &snaps {
+    for (id, snap) in snaps {
         let bad = walker.walk(&snap.tree);
-        if !bad.is_empty() {
-            let mut paths: Vec<String> =
-                bad.iter().map(|p| if p.is_empty() { "/".to_string() } else { p.clone() }).collect();
-            paths.sort();
-            paths.dedup();
-            report.problems.push(format!(
-                "snapshot {} ({}, {}): {} path(s) cannot be restored intact",
-                id.short(),
-                snap.time.format("%Y-%m-%d %H:%M:%S"),
-                snap.source,
-                paths.len()
-            ));
-            report.affected.push(AffectedSnapshot {
-                id: id.to_hex(),
-                time: snap.time.to_rfc3339(),
-                source: snap.source.clone(),
-                paths,
-            });
+        if bad.is_empty() {
+            continue;
         }
+        let mut paths: Vec<String> =
+            bad.iter().map(|p| if p.is_empty() { "/".to_string() } else { p.clone() }).collect();
+        paths.sort();
+        paths.dedup();
+        report.problems.push(format!(
+            "snapshot {} ({}, {}): {} path(s) cannot be restored intact",
+            id.short(),
+            snap.time.format("%Y-%m-%d %H:%M:%S"),
+            snap.source,
+            paths.len()
+        ));
+        report.affected.push(AffectedSnapshot {
+            id: id.to_hex(),
+            time: snap.time.to_rfc3339(),
+            source: snap.source.clone(),
+            paths,
+        });
     }
     report.trees_checked = walker.trees.load(std::sync::atomic::Ordering::Relaxed);
     let mut tree_problems = walker.problems.into_inner().unwrap();
     tree_problems.sort();
     tree_problems.dedup();
     report.problems.extend(tree_problems);
-    Ok(report)
 }
