@@ -187,52 +187,9 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
         return Ok(Requeue::await_change());
     }
     let now = chrono::Utc::now();
-    let repos_api: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut repositories = BTreeMap::new();
-    let mut repo_objects = BTreeMap::new();
-    if let Some(r) = &policy.spec.repository_ref {
-        match repos_api.get_opt(&r.name).await? {
-            Some(obj) => {
-                repositories.insert(r.name.clone(), true);
-                repo_objects.insert(r.name.clone(), obj);
-            }
-            None => {
-                repositories.insert(r.name.clone(), false);
-            }
-        }
-    } else if let Some(sel) = &policy.spec.repository_selector {
-        for obj in repos_api.list(&ListParams::default().labels(&label_selector_string(sel))).await? {
-            repositories.insert(obj.name_any(), true);
-            repo_objects.insert(obj.name_any(), obj);
-        }
-    }
-
-    // The PushJob cache: right after a start it may still be filling; a job it misses is found
-    // by name when the create is refused (409), so no duplicate can result.
-    let all_jobs = ctx.jobs.state();
-    let mut runs: Vec<RunView> = all_jobs
-        .iter()
-        .filter(|j| j.namespace().as_deref() == Some(ns.as_str()) && owned_by(&j.metadata, &policy))
-        .map(|j| job_view(j))
-        .collect();
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods = pods_api
-        .list(&ListParams::default().labels(&format!("{POLICY_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}")))
-        .await?;
-    for pod in pods.items.iter().filter(|p| owned_by(&p.metadata, &policy)) {
-        let repo = pod.labels().get(PRUNE_REPOSITORY_LABEL).cloned().unwrap_or_default();
-        runs.push(pod_view(pod, &repo));
-    }
-    let offline_active: BTreeSet<String> = all_jobs
-        .iter()
-        .filter(|j| {
-            j.namespace().as_deref() == Some(ns.as_str()) && j.spec.mode == Mode::Offline && !j.phase().is_terminal()
-        })
-        .map(|j| j.spec.repository_ref.name.clone())
-        .collect();
-
+    let repos = Repositories::of(&policy, &ctx, &ns).await?;
+    let (runs, offline_active) = observe_runs(&policy, &ctx, &ns).await?;
     let created = policy.metadata.creation_timestamp.as_ref().map(|t| chrono_of(&t.0)).unwrap_or(now);
-    let present: Vec<String> = repositories.iter().filter(|(_, exists)| **exists).map(|(r, _)| r.clone()).collect();
     // The status this process wrote last is the truth (one leader writes it); the cached object
     // can lag it by a reconcile, which would repeat events and metrics.
     let uid = policy.metadata.uid.clone().unwrap_or_default();
@@ -244,61 +201,13 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
         generation: policy.metadata.generation,
         created,
         now,
-        repositories,
+        repositories: repos.exists.clone(),
         runs,
         offline_active,
     });
-
-    // Apply: create first (a crash after this leaves jobs the next reconcile finds by name).
-    let jobs_api: Api<PushJob> = Api::namespaced(ctx.client.clone(), &ns);
-    for j in &p.create_jobs {
-        match jobs_api.create(&PostParams::default(), &job_object(&policy, j)).await {
-            Ok(_) => {
-                tracing::info!(policy = %name, job = %j.name, schedule = %j.schedule, "scheduled PushJob created");
-                ctx.metrics.policy_runs.with_label_values(&[&ns, &name, &j.schedule, "created"]).inc();
-                publish(
-                    &ctx,
-                    &policy,
-                    false,
-                    "JobCreated",
-                    &format!("schedule {}: PushJob {} ({})", j.schedule, j.name, j.spec.mode.as_str()),
-                )
-                .await;
-            }
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                tracing::info!(job = %j.name, "scheduled PushJob exists already");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    for pr in &p.create_prunes {
-        let Some(repo) = repo_objects.get(&pr.repository) else { continue };
-        match pods_api.create(&PostParams::default(), &prune_pod(&policy, repo, pr, &ctx.config.worker)).await {
-            Ok(_) => {
-                publish(&ctx, &policy, false, "PruneStarted", &format!("maintenance: prune Pod {}", pr.name)).await;
-            }
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    for (schedule, n) in &p.missed {
-        ctx.metrics.missed_schedules.with_label_values(&[&ns, &name, schedule]).inc_by(*n as u64);
-    }
-    for f in &p.finished {
-        let r = &f.run;
-        let result = if r.outcome == Outcome::Succeeded { "succeeded" } else { "failed" };
-        tracing::info!(policy = %name, run = %r.name, result, "scheduled run finished");
-        ctx.metrics.policy_runs.with_label_values(&[&ns, &name, &r.schedule, result]).inc();
-        if r.forgotten > 0 {
-            ctx.metrics.snapshots_forgotten.with_label_values(&[&ns, &r.repository]).inc_by(r.forgotten as u64);
-        }
-        if let Some(b) = r.bytes_reclaimed {
-            ctx.metrics.bytes_reclaimed.with_label_values(&[&ns, &r.repository]).inc_by(b);
-        }
-        if let Some(b) = r.store_bytes {
-            ctx.metrics.store_bytes.with_label_values(&[&ns, &r.repository]).set(b as i64);
-        }
-    }
+    // Create first: a crash after this leaves jobs the next reconcile finds by name.
+    create_runs(&policy, &ctx, &ns, &p, &repos.objects).await?;
+    record_finished(&ctx, &ns, &name, &p);
     for e in &p.events {
         publish(&ctx, &policy, e.warning, &e.reason, &e.note).await;
     }
@@ -307,24 +216,140 @@ pub async fn reconcile(policy: Arc<PushPolicy>, ctx: Arc<Context>) -> Result<Req
         apply_status(&api, &name, StatusManager::PushPolicy, serde_json::to_value(&p.status)?).await?;
     }
     ctx.policy_status.lock().await.insert(uid, p.status.clone());
+    let present: Vec<String> = repos.objects.keys().cloned().collect();
     let test_requeue = restore_tests_pass(&policy, &ctx, &ns, &present, created, now).await?;
     // History last: the status above already holds what these runs did.
-    let bg = DeleteParams::background();
-    for j in &p.delete_jobs {
-        match jobs_api.delete(j, &bg).await {
-            Ok(_) => tracing::info!(job = %j, "old PushJob deleted (history limit)"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    for pod in &p.delete_pods {
-        match pods_api.delete(pod, &bg).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    delete_history(&ctx, &ns, &p).await?;
     Ok(Requeue::requeue(test_requeue.map_or(p.requeue, |t| t.min(p.requeue))))
+}
+
+/// The Repositories the policy names (by name or by selector).
+struct Repositories {
+    /// Each named or selected Repository and whether it exists.
+    exists: BTreeMap<String, bool>,
+    /// The ones that exist.
+    objects: BTreeMap<String, Repository>,
+}
+
+impl Repositories {
+    async fn of(policy: &PushPolicy, ctx: &Context, ns: &str) -> Result<Repositories> {
+        let api: Api<Repository> = Api::namespaced(ctx.client.clone(), ns);
+        let mut exists = BTreeMap::new();
+        let mut objects = BTreeMap::new();
+        if let Some(r) = &policy.spec.repository_ref {
+            let obj = api.get_opt(&r.name).await?;
+            exists.insert(r.name.clone(), obj.is_some());
+            if let Some(obj) = obj {
+                objects.insert(r.name.clone(), obj);
+            }
+        } else if let Some(sel) = &policy.spec.repository_selector {
+            for obj in api.list(&ListParams::default().labels(&label_selector_string(sel))).await? {
+                exists.insert(obj.name_any(), true);
+                objects.insert(obj.name_any(), obj);
+            }
+        }
+        Ok(Repositories { exists, objects })
+    }
+}
+
+/// The policy's runs (its PushJobs and prune pods), and the Repositories of the namespace with
+/// an offline push in flight (maintenance waits for them).
+async fn observe_runs(policy: &PushPolicy, ctx: &Context, ns: &str) -> Result<(Vec<RunView>, BTreeSet<String>)> {
+    // The PushJob cache: right after a start it may still be filling; a job it misses is found
+    // by name when the create is refused (409), so no duplicate can result.
+    let all_jobs = ctx.jobs.state();
+    let mut runs: Vec<RunView> = all_jobs
+        .iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns) && owned_by(&j.metadata, policy))
+        .map(|j| job_view(j))
+        .collect();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{POLICY_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}", policy.name_any());
+    let pods = pods_api.list(&ListParams::default().labels(&selector)).await?;
+    for pod in pods.items.iter().filter(|p| owned_by(&p.metadata, policy)) {
+        let repo = pod.labels().get(PRUNE_REPOSITORY_LABEL).cloned().unwrap_or_default();
+        runs.push(pod_view(pod, &repo));
+    }
+    let offline_active = all_jobs
+        .iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns) && j.spec.mode == Mode::Offline && !j.phase().is_terminal())
+        .map(|j| j.spec.repository_ref.name.clone())
+        .collect();
+    Ok((runs, offline_active))
+}
+
+/// Creates the PushJobs and prune pods that are due; one that exists already (a restart
+/// between its create and the status) is left as it is.
+async fn create_runs(
+    policy: &PushPolicy,
+    ctx: &Context,
+    ns: &str,
+    p: &Plan,
+    repos: &BTreeMap<String, Repository>,
+) -> Result<()> {
+    let name = policy.name_any();
+    let jobs_api: Api<PushJob> = Api::namespaced(ctx.client.clone(), ns);
+    for j in &p.create_jobs {
+        match jobs_api.create(&PostParams::default(), &job_object(policy, j)).await {
+            Ok(_) => {
+                tracing::info!(policy = %name, job = %j.name, schedule = %j.schedule, "scheduled PushJob created");
+                ctx.metrics.policy_runs.with_label_values(&[ns, &name, &j.schedule, "created"]).inc();
+                let note = format!("schedule {}: PushJob {} ({})", j.schedule, j.name, j.spec.mode.as_str());
+                publish(ctx, policy, false, "JobCreated", &note).await;
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::info!(job = %j.name, "scheduled PushJob exists already");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    for pr in &p.create_prunes {
+        let Some(repo) = repos.get(&pr.repository) else { continue };
+        match pods_api.create(&PostParams::default(), &prune_pod(policy, repo, pr, &ctx.config.worker)).await {
+            Ok(_) => publish(ctx, policy, false, "PruneStarted", &format!("maintenance: prune Pod {}", pr.name)).await,
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Metrics of the runs that just finished and of the schedules that were missed.
+fn record_finished(ctx: &Context, ns: &str, name: &str, p: &Plan) {
+    for (schedule, n) in &p.missed {
+        ctx.metrics.missed_schedules.with_label_values(&[ns, name, schedule]).inc_by(*n as u64);
+    }
+    for f in &p.finished {
+        let r = &f.run;
+        let result = if r.outcome == Outcome::Succeeded { "succeeded" } else { "failed" };
+        tracing::info!(policy = %name, run = %r.name, result, "scheduled run finished");
+        ctx.metrics.policy_runs.with_label_values(&[ns, name, &r.schedule, result]).inc();
+        if r.forgotten > 0 {
+            ctx.metrics.snapshots_forgotten.with_label_values(&[ns, &r.repository]).inc_by(r.forgotten as u64);
+        }
+        if let Some(b) = r.bytes_reclaimed {
+            ctx.metrics.bytes_reclaimed.with_label_values(&[ns, &r.repository]).inc_by(b);
+        }
+        if let Some(b) = r.store_bytes {
+            ctx.metrics.store_bytes.with_label_values(&[ns, &r.repository]).set(b as i64);
+        }
+    }
+}
+
+/// Deletes the jobs and pods beyond the history limits.
+async fn delete_history(ctx: &Context, ns: &str, p: &Plan) -> Result<()> {
+    let bg = DeleteParams::background();
+    let jobs_api: Api<PushJob> = Api::namespaced(ctx.client.clone(), ns);
+    for j in &p.delete_jobs {
+        super::ok_absent(jobs_api.delete(j, &bg).await.map(|_| ()))?;
+        tracing::info!(job = %j, "old PushJob deleted (history limit)");
+    }
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    for pod in &p.delete_pods {
+        super::ok_absent(pods_api.delete(pod, &bg).await.map(|_| ()))?;
+    }
+    Ok(())
 }
 
 /// Creates the restore test runs that are due and deletes old ones; returns when to look again.
