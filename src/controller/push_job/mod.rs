@@ -11,7 +11,7 @@ use super::{Context, Error, Result, StatusManager, apply_status, queue, snapshot
 use crate::api::*;
 use build::{PodInfo, discover};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Namespace, PersistentVolumeClaim, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
@@ -273,12 +273,22 @@ pub(crate) fn worker_obs(p: &Pod) -> Option<WorkerObs> {
         Some("Succeeded") => WorkerObs::Succeeded { message },
         Some("Failed") => WorkerObs::Failed {
             message: if message.is_empty() { status.message.unwrap_or_default() } else { message },
-            oom_killed: term.as_ref().and_then(|t| t.reason.as_deref()) == Some("OOMKilled"),
+            oom_killed: killed_for_memory(term.as_ref(), status.reason.as_deref()),
             exit_code: term.map(|t| t.exit_code),
         },
         Some("Running") => WorkerObs::Running,
         _ => WorkerObs::Pending,
     })
+}
+
+/// Whether the worker's container was killed for its memory. The runtime says `OOMKilled` when
+/// the container's own cgroup hit its limit; when the pod's cgroup did (cgroup v1 charges the
+/// pod as a whole), containerd attributes the OOM to the sandbox and the container ends as
+/// `Error` with exit 137 (SIGKILL). Nothing else SIGKILLs a worker that is not deleted (it has
+/// no probes): an eviction says `Evicted` on the pod.
+fn killed_for_memory(term: Option<&ContainerStateTerminated>, pod_reason: Option<&str>) -> bool {
+    let Some(t) = term else { return false };
+    t.reason.as_deref() == Some("OOMKilled") || (t.exit_code == 137 && pod_reason != Some("Evicted"))
 }
 
 /// The queue's answer for one job (serialized: one admission decision at a time).
@@ -753,6 +763,21 @@ pub fn error_policy(job: Arc<PushJob>, err: &Error, ctx: Arc<Context>) -> Requeu
 #[cfg(test)]
 mod hook_tests {
     use super::*;
+
+    #[test]
+    fn a_worker_killed_at_its_memory_limit_is_oom_killed_whichever_cgroup_hit_it() {
+        let term = |reason: &str, exit_code| ContainerStateTerminated {
+            reason: Some(reason.into()),
+            exit_code,
+            ..Default::default()
+        };
+        assert!(killed_for_memory(Some(&term("OOMKilled", 137)), None));
+        // The pod's cgroup hit the limit: the runtime blames the sandbox, the container says Error.
+        assert!(killed_for_memory(Some(&term("Error", 137)), None));
+        assert!(!killed_for_memory(Some(&term("Error", 137)), Some("Evicted")), "an eviction is not OOM");
+        assert!(!killed_for_memory(Some(&term("Error", 1)), None));
+        assert!(!killed_for_memory(None, None));
+    }
 
     fn status(s: &str, message: Option<&str>) -> Option<ExecStatus> {
         Some(ExecStatus { status: Some(s.into()), message: message.map(String::from), ..Default::default() })
