@@ -1925,6 +1925,38 @@ def sc_worker_oom(h):
         x.close()
 
 
+def sc_safety_net(h):
+    """A PushJob deleted without its finalizer (stripped by hand) while its workloads are scaled
+    down: nothing of the job is left to unwind them, so the operator's sweep finds the replica
+    annotation of a job that is gone and scales them back."""
+    x = Ctx(h, "net")
+    try:
+        x.secret()
+        x.app("app", 2, "data", 61, stop_seconds=15)
+        x.job("orphan", "app", "Offline")
+
+        def annotation():
+            d = x.c.get(nsp(APPS, "net", "deployments", "app")) or {}
+            return ((d.get("metadata") or {}).get("annotations") or {}).get("rediacc.io/push-original-replicas")
+        wait_for(lambda: x.replicas("Deployment", "app") == 0 and annotation(), 30, "the app scaled to 0 and annotated")
+        job = nsp(GROUP, "net", "pushjobs", "orphan")
+        phase = ((x.c.get(job) or {}).get("status") or {}).get("phase")
+        x.c.merge(job, {"metadata": {"finalizers": None}})
+        x.c.delete(job)
+        wait_for(lambda: x.c.get(job) is None, 10, "the job gone")
+        t = time.time()
+        wait_for(lambda: x.replicas("Deployment", "app") == 2 and not annotation(), 75,
+                 "replicas back to 2 and the annotation removed by the sweep")
+        took = time.time() - t
+        x.wait_running("app", 2, 60)
+        text = h.http(f"{h.metrics_url}/metrics") or ""
+        series = 'push_operator_workloads_restored_total{namespace="net"}'
+        expect(series in text, f"{series} not in /metrics")
+        return f"job deleted without its finalizer in {phase}: replicas back to 2 after {took:.0f}s, annotation removed"
+    finally:
+        x.close()
+
+
 def sc_operator_kill(h):
     """The operator pod deleted with --force --grace-period=0 (SIGKILL, no lease hand-over) while a
     job is Quiescing, WaitingForDetach (the app takes 8 s to stop) and Pushing: the Deployment's new
@@ -2021,6 +2053,7 @@ SCENARIOS = [
     ("restore-live-read", sc_restore_live_read, False),
     ("retention", sc_retention, False),
     ("alerts", sc_alerts, False),
+    ("safety-net", sc_safety_net, False),
     ("restore-new-volumes", sc_restore_new_volumes, False),
     ("p1-deadline", sc_p1_deadline, False),
     ("pg-online", sc_pg_online, False),

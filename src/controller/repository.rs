@@ -173,7 +173,6 @@ pub async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Reque
         bare_pods: if repo.spec.workloads.is_some() { vec![] } else { d.bare_pods },
         mounted,
     };
-    sweep_orphaned_scale_downs(&ctx, &ns).await?;
     let st = status_from(&checks, repo.status.as_ref(), repo.metadata.generation, chrono::Utc::now());
     if repo.status.as_ref() != Some(&st) {
         let api: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
@@ -194,12 +193,41 @@ pub async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Reque
         }
         apply_status(&api, &repo.name_any(), StatusManager::Repository, mine).await?;
     }
-    Ok(Requeue::requeue(Duration::from_secs(30)))
+    Ok(Requeue::requeue(recheck_after(&st)))
+}
+
+/// A Repository is checked again on a timer (its PVCs, pods and Secrets are not watched): soon
+/// while something is missing, so it turns Ready shortly after the fix; rarely once it is
+/// Ready, so a thousand idle Repositories cost little.
+pub fn recheck_after(st: &RepositoryStatus) -> Duration {
+    let ready = st.conditions.iter().any(|c| c.type_ == conditions::READY && c.status == "True");
+    if ready { Duration::from_secs(120) } else { Duration::from_secs(30) }
+}
+
+/// How often the namespaces that hold Repositories are swept for scale-downs a gone job left.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The safety net of offline pushes, apart from the Repositories' own checks (which are rare
+/// once they are Ready): every [`SWEEP_EVERY`], each namespace with a Repository is swept once.
+pub async fn sweep_loop(ctx: Arc<Context>, repos: kube::runtime::reflector::Store<Repository>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let namespaces: std::collections::BTreeSet<String> =
+            repos.state().iter().filter_map(|r| r.namespace()).collect();
+        for ns in namespaces {
+            if let Err(e) = sweep_orphaned_scale_downs(&ctx, &ns).await {
+                tracing::warn!(namespace = %ns, error = %e, "sweep for scale-downs left by gone jobs failed");
+                ctx.metrics.reconcile_errors.with_label_values(&["sweep", &e.metric_label()]).inc();
+            }
+        }
+    }
 }
 
 /// Workloads left scaled down by a job that no longer runs (deleted without its finalizer,
 /// or a crash between the annotation and the status): scale them back.
-async fn sweep_orphaned_scale_downs(ctx: &Context, ns: &str) -> Result<()> {
+pub async fn sweep_orphaned_scale_downs(ctx: &Context, ns: &str) -> Result<()> {
     let jobs: Api<PushJob> = Api::namespaced(ctx.client.clone(), ns);
     let restores: Api<RestoreJob> = Api::namespaced(ctx.client.clone(), ns);
     // A job is live while it has not finished, or is deleted and still unwinding.
@@ -220,15 +248,16 @@ async fn sweep_orphaned_scale_downs(ctx: &Context, ns: &str) -> Result<()> {
             Ok(!phase_done || deleting)
         }
     };
+    // Metadata only: the annotation is all the sweep reads.
     let mut annotated: Vec<(WorkloadRef, String)> = Vec::new();
     let deps: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    for d in deps.list(&ListParams::default()).await? {
+    for d in deps.list_metadata(&ListParams::default()).await? {
         if let Some(v) = d.annotations().get(REPLICAS_ANNOTATION) {
             annotated.push((WorkloadRef { kind: WorkloadKind::Deployment, name: d.name_any() }, v.clone()));
         }
     }
     let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
-    for s in sts.list(&ListParams::default()).await? {
+    for s in sts.list_metadata(&ListParams::default()).await? {
         if let Some(v) = s.annotations().get(REPLICAS_ANNOTATION) {
             annotated.push((WorkloadRef { kind: WorkloadKind::StatefulSet, name: s.name_any() }, v.clone()));
         }
@@ -286,6 +315,16 @@ mod tests {
         let st = status_from(&bare, None, None, now);
         assert!(conditions::condition_true(&st.conditions, "Ready"), "online pushes still work");
         assert!(st.conditions.iter().any(|c| c.type_ == "OfflineBlocked" && c.reason == "BarePod"));
+    }
+
+    #[test]
+    fn a_ready_repository_is_checked_rarely_and_a_stalled_one_soon() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let ok = Checks { volumes: vec!["data".into()], ..Default::default() };
+        assert_eq!(recheck_after(&status_from(&ok, None, None, now)), Duration::from_secs(120));
+        let missing = Checks { missing_volumes: vec!["gone".into()], ..ok };
+        assert_eq!(recheck_after(&status_from(&missing, None, None, now)), Duration::from_secs(30));
+        assert_eq!(recheck_after(&RepositoryStatus::default()), Duration::from_secs(30), "never checked");
     }
 
     #[test]
