@@ -172,12 +172,9 @@ pub enum Consistency {
 }
 
 impl Consistency {
+    /// As a snapshot records it.
     pub fn as_str(&self) -> &'static str {
-        match self {
-            Consistency::Consistent => "consistent",
-            Consistency::CrashConsistent => "crash-consistent",
-            Consistency::Inconsistent => "inconsistent",
-        }
+        crate::store::snapshot::Consistency::from(*self).as_str()
     }
 
     /// What a snapshot's label promises. An unlabelled snapshot (a CLI push of a live

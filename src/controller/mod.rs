@@ -74,6 +74,16 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// A finalizer's cleanup that made one step and must be called again: after the step's
+    /// requeue, between 200 ms and 2 s.
+    pub fn cleanup_pending(job: String, requeue: Option<std::time::Duration>) -> Error {
+        use std::time::Duration;
+        let after = requeue.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(200), Duration::from_secs(2));
+        Error::CleanupPending { job, after }
+    }
+}
+
 /// A create, patch or delete of an operator-made change whose object is already gone (404) or
 /// already there (409): nothing left to do.
 pub(crate) fn ok_absent(r: Result<(), kube::Error>) -> Result<(), kube::Error> {

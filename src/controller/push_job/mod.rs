@@ -750,8 +750,7 @@ async fn cleanup(job: Arc<PushJob>, ctx: Arc<Context>) -> Result<Requeue> {
         publish(&ctx, &job, false, "CleanedUp", "deleted mid-flow: nothing of it is left scaled down or behind").await;
         return Ok(Requeue::await_change());
     }
-    let after = requeue.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(200), Duration::from_secs(2));
-    Err(Error::CleanupPending { job: key(&job), after })
+    Err(Error::cleanup_pending(key(&job), requeue))
 }
 
 pub fn error_policy(job: Arc<PushJob>, err: &Error, ctx: Arc<Context>) -> Requeue {

@@ -249,8 +249,7 @@ async fn cleanup(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Requeue> {
         publish(&ctx, &job, false, "CleanedUp", "deleted mid-flow: unwound before the finalizer was removed").await;
         return Ok(Requeue::await_change());
     }
-    let after = requeue.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(200), Duration::from_secs(2));
-    Err(Error::CleanupPending { job: key(&job), after })
+    Err(Error::cleanup_pending(key(&job), requeue))
 }
 
 /// Metrics, and for a restore test the Repository's `lastRestoreTest`, of a job that just
