@@ -200,8 +200,11 @@ pub async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Reque
 /// while something is missing, so it turns Ready shortly after the fix; rarely once it is
 /// Ready, so a thousand idle Repositories cost little.
 pub fn recheck_after(st: &RepositoryStatus) -> Duration {
-    let ready = st.conditions.iter().any(|c| c.type_ == conditions::READY && c.status == "True");
-    if ready { Duration::from_secs(120) } else { Duration::from_secs(30) }
+    if conditions::condition_true(&st.conditions, conditions::READY) {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(30)
+    }
 }
 
 /// How often the namespaces that hold Repositories are swept for scale-downs a gone job left.
@@ -227,7 +230,7 @@ pub async fn sweep_loop(ctx: Arc<Context>, repos: kube::runtime::reflector::Stor
 
 /// Workloads left scaled down by a job that no longer runs (deleted without its finalizer,
 /// or a crash between the annotation and the status): scale them back.
-pub async fn sweep_orphaned_scale_downs(ctx: &Context, ns: &str) -> Result<()> {
+async fn sweep_orphaned_scale_downs(ctx: &Context, ns: &str) -> Result<()> {
     let jobs: Api<PushJob> = Api::namespaced(ctx.client.clone(), ns);
     let restores: Api<RestoreJob> = Api::namespaced(ctx.client.clone(), ns);
     // A job is live while it has not finished, or is deleted and still unwinding.
