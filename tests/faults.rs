@@ -241,7 +241,7 @@ fn a_damaged_tree_pack_is_found_without_reading_data() {
 }
 
 #[test]
-fn a_deleted_index_is_found_and_the_next_push_reindexes_from_the_packs() {
+fn a_deleted_index_is_found_and_the_next_prune_reindexes_from_the_packs() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, _) = damaged_fixture(tmp.path());
     let store_s = store.to_str().unwrap();
@@ -257,7 +257,10 @@ fn a_deleted_index_is_found_and_the_next_push_reindexes_from_the_packs() {
         "{}",
         stdout(&v)
     );
-    // Packs carry their own trailers: the next push indexes them again and nothing is lost.
+    // Packs carry their own trailers: the next prune indexes them again and nothing is lost.
+    // (A push looks for unindexed packs only when another push left its lock behind.)
+    let p = ok(run(&["prune", "--store", store_s]));
+    assert!(stdout(&p).contains("indexed again"), "{}", stdout(&p));
     let r = push_json(&tmp.path().join("src"), store_s, &[]);
     assert_eq!(r["bytes_new"], 0, "every chunk is found again in the re-indexed packs");
     ok(run(&["verify", "--store", store_s, "--read-data"]));

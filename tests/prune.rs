@@ -535,3 +535,63 @@ fn the_cli_forgets_prunes_and_lists_the_audit_trail() {
     let o = ok(run(&["audit", "--store", s, "--action", "push", "--last", "1"]));
     assert!(stdout(&o).contains("1 records") && stdout(&o).contains("nightly"), "{}", stdout(&o));
 }
+
+/// After a prune the index is one consolidated table; once it is large, a push reads it in
+/// part (its header and a page per lookup), and dedup, restore and verify work as before.
+#[test]
+fn a_push_into_a_consolidated_store_reads_the_table_in_part() {
+    let f = fixture();
+    // 24k distinct small files: one blob each, a table over 1 MiB.
+    for d in 0..24 {
+        let dir = f.src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..1000 {
+            fs::write(dir.join(format!("f{i:04}")), format!("file {d} {i} {}", "x".repeat(i % 50))).unwrap();
+        }
+    }
+    fs::write(f.src.join("big"), text_bytes(5, 6 * MIB)).unwrap();
+    push_dir(&f.store, &f.src, "src");
+    let other = f.tmp.path().join("other");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("one"), "another source").unwrap();
+    push_dir(&f.store, &other, "other");
+    prune(&f.store, &quick()).unwrap();
+    let index: Vec<_> = f.store.backend().list("index/").unwrap();
+    assert_eq!(index.len(), 1, "the prune consolidated the index into one table");
+    let table = f.store.backend().get(&index[0].key).unwrap();
+    assert!(push_operator::store::table::is_table(&table));
+    assert!(index[0].size >= push_operator::store::LAZY_TABLE_BYTES, "{} bytes", index[0].size);
+
+    // Without a parent every file is read and chunked again: every chunk is found in the table.
+    let mut o = PushOptions::new(&f.src);
+    o.source_name = Some("src".into());
+    o.parent = push_operator::store::push::ParentChoice::None;
+    let again = push(&f.store, &o, &Counters::default()).unwrap();
+    let s = &again.snapshot.stats;
+    assert_eq!(s.chunks_new, 0, "{s:?}");
+    assert!(s.chunks_reused > 24_000, "{s:?}");
+    // Every page at most once: no more than the table.
+    assert!(s.index_bytes_read > 0 && s.index_bytes_read <= index[0].size, "{s:?}");
+
+    // A change after the table: the new chunks go into a new index object, the rest is found.
+    let mut big = fs::read(f.src.join("big")).unwrap();
+    big[3 * MIB..3 * MIB + 1000].fill(b'!');
+    fs::write(f.src.join("big"), &big).unwrap();
+    fs::write(f.src.join("d00/new"), "a new file").unwrap();
+    let changed = push_dir(&f.store, &f.src, "src");
+    assert!(
+        changed.snapshot.stats.chunks_new >= 1 && changed.snapshot.stats.chunks_new <= 4,
+        "{:?}",
+        changed.snapshot.stats
+    );
+    // Its 24k unchanged files are checked against the table: each page read at most once.
+    assert!(changed.snapshot.stats.index_bytes_read <= index[0].size + (1 << 20), "{:?}", changed.snapshot.stats);
+
+    assert_restores(&f.store, "latest", &f.src, f.tmp.path());
+    assert_verified(&f.store);
+    // A second prune reads the table in full and writes the next one.
+    forget(&f.store, &keep_last(1)).unwrap();
+    prune(&f.store, &quick()).unwrap();
+    assert_restores(&f.store, "latest", &f.src, f.tmp.path());
+    assert_verified(&f.store);
+}

@@ -194,6 +194,23 @@ pub enum Command {
     },
     /// Check that every snapshot is restorable; with --read-data, read the data back too.
     Verify(VerifyArgs),
+    /// Benchmarks only: add a consolidated index of made-up blobs in packs that do not exist,
+    /// so a store looks as large as a real one to a push (never use on a store you keep:
+    /// verify and prune report the packs missing).
+    #[command(hide = true)]
+    SyntheticIndex(SyntheticIndexArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct SyntheticIndexArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// How many blobs.
+    #[arg(long)]
+    pub blobs: u64,
+    /// Blobs per made-up pack (32: 512 KiB chunks in 16 MiB packs).
+    #[arg(long, default_value_t = 32)]
+    pub per_pack: u32,
 }
 
 #[derive(Args, Clone)]

@@ -40,6 +40,10 @@ pub enum ObjectKind {
     PruneIndex,
     PrunePlan,
     PruneReady,
+    /// The header of a consolidated index (see [`super::table`]).
+    IndexTable,
+    /// One page of a consolidated index.
+    IndexPage,
 }
 
 impl ObjectKind {
@@ -51,6 +55,8 @@ impl ObjectKind {
             ObjectKind::PruneIndex => 5,
             ObjectKind::PrunePlan => 6,
             ObjectKind::PruneReady => 7,
+            ObjectKind::IndexTable => 8,
+            ObjectKind::IndexPage => 9,
         }
     }
 }

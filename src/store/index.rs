@@ -14,6 +14,7 @@
 
 use super::id::Id;
 use super::pack::{BlobKind, Compression, PackEntry, pack_len};
+use super::table::TableReader;
 use anyhow::{Context, bail};
 use std::collections::{HashMap, HashSet};
 
@@ -121,7 +122,9 @@ pub struct BlobLoc {
     pub compression: Compression,
 }
 
-/// The in-memory index of a store: every blob of every indexed pack.
+/// The index of a store: every blob of every indexed pack, in memory, plus the consolidated
+/// tables a push reads in part ([`TableReader`]; readers that need everything load tables in
+/// full, see [`super::Store::load_index`]).
 #[derive(Default)]
 pub struct Index {
     pub packs: Vec<Id>,
@@ -136,6 +139,12 @@ pub struct Index {
     /// Positions of packs a prune has marked for deletion (see `store::prune`): their blobs
     /// can be read but must not be reused by a push.
     doomed: HashSet<u32>,
+    /// The ids of the doomed packs (for blobs found in a table).
+    doomed_ids: HashSet<Id>,
+    /// Tables read in part: looked up after the blobs in memory.
+    tables: Vec<TableReader>,
+    /// Bytes of the index objects loaded in full (set by the loader).
+    pub loaded_bytes: u64,
 }
 
 impl Index {
@@ -168,16 +177,64 @@ impl Index {
         }
         self.add_pack(pack, entries);
         self.doomed.insert(self.pack_pos[&pack]);
+        self.doomed_ids.insert(pack);
+    }
+
+    /// Adds a table read in part.
+    pub fn add_table(&mut self, table: TableReader) {
+        self.tables.push(table);
     }
 
     /// True when a push may reference `id` without storing it: indexed, and not only in packs
-    /// marked for deletion.
+    /// marked for deletion. A table page that cannot be read counts as "not indexed": the blob
+    /// is stored again, which costs space, never a snapshot.
     pub fn usable(&self, id: &Id) -> bool {
-        self.blobs.get(id).is_some_and(|l| !self.doomed.contains(&l.pack))
+        if let Some(l) = self.blobs.get(id) {
+            return !self.doomed.contains(&l.pack);
+        }
+        match self.locate_in_tables(id) {
+            Ok(Some((pack, _))) => !self.doomed_ids.contains(&pack),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(blob = %id, error = %format!("{e:#}"), "index table page unreadable; the blob is stored again");
+                false
+            }
+        }
     }
 
     pub fn is_doomed_pack(&self, id: &Id) -> bool {
-        self.pack_pos.get(id).is_some_and(|p| self.doomed.contains(p))
+        self.doomed_ids.contains(id)
+    }
+
+    /// Where `id` is: its pack and entry, from memory or a table.
+    pub fn locate(&self, id: &Id) -> anyhow::Result<Option<(Id, PackEntry)>> {
+        if let Some(l) = self.blobs.get(id) {
+            return Ok(Some((self.packs[l.pack as usize], self.entry(id).expect("in memory"))));
+        }
+        self.locate_in_tables(id)
+    }
+
+    fn locate_in_tables(&self, id: &Id) -> anyhow::Result<Option<(Id, PackEntry)>> {
+        for t in &self.tables {
+            if let Some((pack, entry)) = t.lookup(id)? {
+                return Ok(Some((t.pack_id(pack)?, entry)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every pack the tables read in part list (all their pack pages: 32 bytes a pack).
+    pub fn table_pack_ids(&self) -> anyhow::Result<HashSet<Id>> {
+        let mut out = HashSet::new();
+        for t in &self.tables {
+            out.extend(t.pack_ids()?);
+        }
+        Ok(out)
+    }
+
+    /// Bytes of the tables read in part so far, and how many pages.
+    pub fn table_reads(&self) -> (u64, u64) {
+        self.tables.iter().fold((0, 0), |(b, p), t| (b + t.bytes_read(), p + t.pages_read()))
     }
 
     /// Builds the index from decoded index objects, dropping the superseded ones.
@@ -197,6 +254,8 @@ impl Index {
         idx
     }
 
+    /// The blob's location, from the blobs in memory (tables read in part are not asked: see
+    /// [`Index::locate`]).
     pub fn get(&self, id: &Id) -> Option<&BlobLoc> {
         self.blobs.get(id)
     }
@@ -215,11 +274,11 @@ impl Index {
 
     /// Bytes of all indexed packs (marked ones included: they exist until a prune deletes them).
     pub fn pack_bytes(&self) -> u64 {
-        self.pack_lens.iter().sum()
+        self.pack_lens.iter().sum::<u64>() + self.tables.iter().map(|t| t.header.pack_bytes).sum::<u64>()
     }
 
     pub fn blob_count(&self) -> usize {
-        self.blobs.len()
+        self.blobs.len() + self.tables.iter().map(|t| t.header.entries as usize).sum::<usize>()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Id, &BlobLoc)> {

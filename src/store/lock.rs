@@ -86,6 +86,13 @@ pub fn live_holders(store: &Store, now: DateTime<Utc>) -> anyhow::Result<BTreeMa
     ))
 }
 
+/// Whether the store holds a lock object of another holder than `me`, live or expired (keys
+/// only: nothing is read). A push that died leaves its lock behind until a prune removes it.
+pub fn others_present(backend: &dyn Backend, me: Id) -> anyhow::Result<bool> {
+    let mine = format!("{LOCK_PREFIX}{me}-");
+    Ok(backend.list(LOCK_PREFIX)?.iter().any(|o| !o.key.starts_with(&mine)))
+}
+
 /// Every lock object (key, content). Objects that vanish or do not parse while being read are
 /// skipped: a refresh deletes old objects at any time.
 pub fn read_locks(backend: &dyn Backend) -> anyhow::Result<Vec<(String, LockInfo)>> {
@@ -121,6 +128,8 @@ struct Shared {
     info: Mutex<(LockInfo, String)>,
     ttl: Duration,
     lost: AtomicBool,
+    /// Leave the object to expire instead of deleting it (see [`Lock::leave_behind`]).
+    leave: AtomicBool,
     stop: Mutex<bool>,
     wake: Condvar,
 }
@@ -159,12 +168,20 @@ impl Lock {
             info: Mutex::new((info, key)),
             ttl,
             lost: AtomicBool::new(false),
+            leave: AtomicBool::new(false),
             stop: Mutex::new(false),
             wake: Condvar::new(),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new().name("lock-refresh".into()).spawn(move || refresher(s))?;
         Ok(Lock { shared, thread: Some(thread) })
+    }
+
+    /// When dropped, stop refreshing but leave the object to expire: a push that stored packs
+    /// it could not index does this, so the next push sees a lock that is not its own and
+    /// looks for unindexed packs (as after a push that was killed).
+    pub fn leave_behind(&self) {
+        self.shared.leave.store(true, Ordering::SeqCst);
     }
 
     pub fn holder(&self) -> Id {
@@ -239,6 +256,9 @@ impl Drop for Lock {
             let _ = t.join();
         }
         let key = self.shared.info.lock().unwrap().1.clone();
+        if self.shared.leave.load(Ordering::SeqCst) {
+            return;
+        }
         if let Err(e) = self.shared.backend.delete(&key) {
             tracing::warn!(key = %key, error = %e, "lock object not deleted; it expires by itself");
         }

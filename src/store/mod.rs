@@ -3,7 +3,7 @@
 //! ```text
 //! config                 JSON: format version, store id, chunker and compression parameters
 //! packs/<2 hex>/<id>     blobs (file chunks and trees), see [`pack`]
-//! index/<id>             which pack holds which blob, see [`index`]
+//! index/<id>             which pack holds which blob, see [`index`]; a prune's [`table`]
 //! snapshots/<id>         one JSON object per push, written last, see [`snapshot`]
 //! keys/<id>              the master key wrapped by a passphrase or a raw key, see [`keys`]
 //! ```
@@ -27,13 +27,14 @@ pub mod push;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;
+pub mod table;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod testdata;
 pub mod tree;
 pub mod verify;
 
 use anyhow::{Context, bail};
-use backend::{Backend, BackendError, Retention, RetentionMode};
+use backend::{Backend, BackendError, ObjectInfo, Retention, RetentionMode};
 use chunker::{Chunker, ChunkerParams};
 use crypto::{Crypto, Keys, ObjectKind, Sealed};
 use id::Id;
@@ -46,12 +47,31 @@ use snapshot::Snapshot;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use table::TableReader;
 use tree::Tree;
 
 /// The format this program writes; it reads this one and [`FORMAT_V1`].
 pub const FORMAT_VERSION: u32 = 2;
 /// The first format: no encryption, plain BLAKE3 ids. Still read and written to.
 pub const FORMAT_V1: u32 = 1;
+
+/// Tables at least this large are read in part by a push; smaller ones are simply loaded.
+pub const LAZY_TABLE_BYTES: u64 = 1 << 20;
+
+/// One index object as a loader sees it.
+enum IndexPart {
+    /// Loaded in full: its content and stored length.
+    File(Id, IndexFile, u64),
+    Table(Id, Box<TableReader>),
+}
+
+/// What [`Store::load_index_parts`] found.
+struct IndexParts {
+    files: Vec<(Id, IndexFile)>,
+    tables: Vec<TableReader>,
+    /// Bytes of the objects loaded in full.
+    loaded_bytes: u64,
+}
 
 /// How a store's objects are protected (format 2; format 1 is always `None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -207,7 +227,7 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     pub config: Config,
     chunker: Chunker,
-    crypto: Crypto,
+    crypto: Arc<Crypto>,
     /// The key slot that opened the store and the master key it holds (encrypted stores).
     slot: Option<(Id, crypto::Key32)>,
 }
@@ -255,7 +275,7 @@ impl Store {
             }
         };
         let chunker = Chunker::new(&config.chunker, crypto.gear());
-        Ok(Store { backend, config, chunker, crypto, slot })
+        Ok(Store { backend, config, chunker, crypto: Arc::new(crypto), slot })
     }
 
     /// The config, checked for a format this program reads.
@@ -500,39 +520,45 @@ impl Store {
         Ok(index)
     }
 
-    /// Every index object that is not superseded, decoded. An object that disappears while
-    /// being read (a prune replaced it) makes the listing start over.
+    /// Every index object that is not superseded, decoded (tables in full).
     pub fn load_index_files(&self) -> anyhow::Result<Vec<(Id, IndexFile)>> {
+        Ok(self.load_index_parts(false)?.files)
+    }
+
+    /// The index for a push: index objects in memory, consolidated tables read in part (their
+    /// headers now, a page per lookup later), so what a push reads and holds follows what it
+    /// pushes rather than what the store holds.
+    pub fn load_push_index(&self) -> anyhow::Result<Index> {
+        let IndexParts { files, tables, loaded_bytes } = self.load_index_parts(true)?;
+        let mut index = self.index_of(files)?;
+        index.loaded_bytes = loaded_bytes;
+        for t in tables {
+            index.add_table(t);
+        }
+        Ok(index)
+    }
+
+    /// The live index objects, decoded, and (when `lazy`) the tables of at least
+    /// [`LAZY_TABLE_BYTES`] opened in part. An object that disappears while being read (a
+    /// prune replaced it) makes the listing start over.
+    fn load_index_parts(&self, lazy: bool) -> anyhow::Result<IndexParts> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let objects = self.backend.list("index/")?;
-            let loaded: Vec<anyhow::Result<Option<(Id, IndexFile)>>> = objects
-                .par_iter()
-                .map(|o| -> anyhow::Result<Option<(Id, IndexFile)>> {
-                    let name = o.key.trim_start_matches("index/");
-                    let id =
-                        Id::parse(name).map_err(|e| anyhow::anyhow!("stray object {} in the store: {e}", o.key))?;
-                    let bytes = match self.backend.get(&o.key) {
-                        Ok(b) => b,
-                        Err(BackendError::NotFound(_)) => return Ok(None),
-                        Err(e) => return Err(e.into()),
-                    };
-                    if Id::of(&bytes) != id {
-                        return Err(Damaged(format!(
-                            "index object {} is damaged (content does not match its name)",
-                            o.key
-                        ))
-                        .into());
-                    }
-                    Ok(Some((id, self.decode_index(ObjectKind::Index, &o.key, &bytes)?)))
-                })
-                .collect();
+            let loaded: Vec<anyhow::Result<Option<IndexPart>>> =
+                objects.par_iter().map(|o| self.load_index_part(o, lazy)).collect();
             let mut files = Vec::with_capacity(loaded.len());
+            let mut tables = Vec::new();
             let mut vanished = false;
+            let mut bytes = 0;
             for r in loaded {
                 match r? {
-                    Some(f) => files.push(f),
+                    Some(IndexPart::File(id, f, len)) => {
+                        files.push((id, f));
+                        bytes += len;
+                    }
+                    Some(IndexPart::Table(id, t)) => tables.push((id, t)),
                     None => vanished = true,
                 }
             }
@@ -540,12 +566,50 @@ impl Store {
                 if vanished {
                     bail!("index objects keep disappearing while being read: is a prune running? try again");
                 }
-                let superseded: std::collections::HashSet<Id> =
-                    files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+                let superseded: std::collections::HashSet<Id> = files
+                    .iter()
+                    .flat_map(|(_, f)| f.supersedes.iter())
+                    .chain(tables.iter().flat_map(|(_, t)| t.header.supersedes.iter()))
+                    .copied()
+                    .collect();
                 files.retain(|(id, _)| !superseded.contains(id));
-                return Ok(files);
+                tables.retain(|(id, _)| !superseded.contains(id));
+                let tables = tables.into_iter().map(|(_, t)| *t).collect();
+                return Ok(IndexParts { files, tables, loaded_bytes: bytes });
             }
         }
+    }
+
+    fn load_index_part(&self, o: &ObjectInfo, lazy: bool) -> anyhow::Result<Option<IndexPart>> {
+        let name = o.key.trim_start_matches("index/");
+        let id = Id::parse(name).map_err(|e| anyhow::anyhow!("stray object {} in the store: {e}", o.key))?;
+        let missing_is_none = |r: Result<Vec<u8>, BackendError>| match r {
+            Ok(b) => Ok(Some(b)),
+            Err(BackendError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        };
+        if lazy && o.size >= LAZY_TABLE_BYTES {
+            let Some(first) = missing_is_none(self.backend.get_range(&o.key, 0, 12))? else {
+                return Ok(None);
+            };
+            if table::is_table(&first) {
+                return match TableReader::open(self.backend.clone(), self.crypto.clone(), &o.key, o.size) {
+                    Ok(t) => Ok(Some(IndexPart::Table(id, Box::new(t)))),
+                    Err(e) if self.backend.stat(&o.key)?.is_none() => {
+                        tracing::debug!(key = %o.key, error = %format!("{e:#}"), "index table vanished while opened");
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+        }
+        let Some(bytes) = missing_is_none(self.backend.get(&o.key))? else {
+            return Ok(None);
+        };
+        if Id::of(&bytes) != id {
+            return Err(Damaged(format!("index object {} is damaged (content does not match its name)", o.key)).into());
+        }
+        Ok(Some(IndexPart::File(id, self.decode_index(ObjectKind::Index, &o.key, &bytes)?, bytes.len() as u64)))
     }
 
     /// The packs pending prunes have marked for deletion, with their entries.
@@ -578,6 +642,18 @@ impl Store {
         Ok((id, if written { bytes.len() as u64 } else { 0 }))
     }
 
+    /// Writes a consolidated index (see [`table`]) of `packs` that replaces the index objects
+    /// `supersedes`; returns its id and size. Like [`Store::write_index`], it also supersedes
+    /// one random id, so no two tables are identical.
+    pub fn write_table(&self, supersedes: &[Id], packs: &[(Id, Vec<PackEntry>)]) -> anyhow::Result<(Id, u64)> {
+        let mut supersedes = supersedes.to_vec();
+        supersedes.push(Id::random());
+        let bytes = table::encode(&self.crypto, &supersedes, packs);
+        let id = Id::of(&bytes);
+        let written = self.put(&format!("index/{id}"), &bytes)?;
+        Ok((id, if written { bytes.len() as u64 } else { 0 }))
+    }
+
     /// An index object's stored bytes (index objects, and the index of a prune plan).
     pub fn encode_index(&self, kind: ObjectKind, file: &IndexFile) -> Vec<u8> {
         self.seal_object(kind, &file.encode()).into_owned()
@@ -585,6 +661,9 @@ impl Store {
 
     /// Opens and decodes an index object read from `key`.
     pub fn decode_index(&self, kind: ObjectKind, key: &str, bytes: &[u8]) -> anyhow::Result<IndexFile> {
+        if kind == ObjectKind::Index && table::is_table(bytes) {
+            return table::decode_full(&self.crypto, bytes).with_context(|| format!("index table {key}"));
+        }
         let plain = self.open_object(kind, key, bytes)?;
         IndexFile::decode(&plain).with_context(|| format!("index object {key}"))
     }
@@ -595,11 +674,12 @@ impl Store {
     /// reports it.
     pub fn adopt_unindexed_packs(&self, index: &mut Index) -> anyhow::Result<usize> {
         let packs = self.backend.list("packs/")?;
+        let in_tables = index.table_pack_ids()?;
         let orphans: Vec<_> = packs
             .into_iter()
             .filter_map(|o| {
                 let id = Id::parse(o.key.rsplit('/').next()?).ok()?;
-                (!index.contains_pack(&id)).then_some((id, o))
+                (!index.contains_pack(&id) && !in_tables.contains(&id)).then_some((id, o))
             })
             .collect();
         if orphans.is_empty() {
@@ -731,18 +811,16 @@ impl<'a> BlobReader<'a> {
 
     /// The plaintext of a blob, hash checked.
     pub fn read(&self, id: &Id) -> anyhow::Result<Vec<u8>> {
-        let loc = self.index.get(id).with_context(|| format!("blob {id} is not in the index"))?;
-        let pack = self.index.pack_id(loc);
-        let entry = self.index.entry(id).expect("present");
-        let stored = if loc.kind == BlobKind::Tree {
+        let (pack, entry) = self.index.locate(id)?.with_context(|| format!("blob {id} is not in the index"))?;
+        let stored = if entry.kind == BlobKind::Tree {
             let data = self.cached_pack(pack)?;
-            let (s, e) = (loc.offset as usize, (loc.offset + loc.length) as usize);
+            let (s, e) = (entry.offset as usize, (entry.offset + entry.length) as usize);
             if e > data.len() {
                 bail!("pack {pack} is shorter than its index says");
             }
             data[s..e].to_vec()
         } else {
-            self.store.backend.get_range(&pack::pack_key(&pack), loc.offset as u64, loc.length as u64)?
+            self.store.backend.get_range(&pack::pack_key(&pack), entry.offset as u64, entry.length as u64)?
         };
         pack::decode_blob(&self.store.crypto, &entry, &stored).with_context(|| format!("in pack {pack}"))
     }

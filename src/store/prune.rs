@@ -41,9 +41,6 @@ use std::time::{Duration, Instant};
 
 pub const PLAN_PREFIX: &str = "prune/";
 
-/// Packs per consolidated index object.
-const PACKS_PER_INDEX: usize = 2000;
-
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
     pub dry_run: bool,
@@ -100,6 +97,9 @@ pub struct PruneReport {
     pub index_objects_before: usize,
     pub index_objects_after: usize,
     pub locks_removed: usize,
+    /// Packs no index listed (left by a push that died before indexing them), indexed now so
+    /// this prune judges them like any pack.
+    pub packs_adopted: usize,
     /// Bytes of packs the index lists, after this run.
     pub store_bytes: u64,
     /// Object Lock: unused packs kept because their retention has not passed.
@@ -228,6 +228,10 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> anyhow::Result<PruneReport> 
 fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport) -> anyhow::Result<()> {
     let me = lock.holder();
     if !opts.dry_run {
+        // Adopt before the expired locks go: a dead push's lock is what makes pushes look.
+        let mut index = store.load_index().context("cannot read the index: nothing deleted")?;
+        report.packs_adopted = store.adopt_unindexed_packs(&mut index)?;
+        drop(index);
         report.locks_removed = lock::remove_expired(store, Utc::now(), opts.ttl)?;
     }
     let pending_packs = settle_plans(store, opts, report)?;
@@ -257,7 +261,8 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
         let index = seen.files.iter().map(|(id, _)| format!("index/{id}"));
         extend_retention(store, live_packs.chain(live_snapshots).chain(index), report)?;
     }
-    let consolidate = seen.files.len() > 8;
+    // Consolidated into one table as soon as there are two objects: what pushes read in part.
+    let consolidate = seen.files.len() > 1;
     if opts.dry_run || (marked.is_empty() && !consolidate) {
         report.index_objects_after = seen.files.len();
         if opts.dry_run {
@@ -488,18 +493,12 @@ fn rewrite_index(
     } else {
         seen.files.iter().map(|(id, _)| *id).collect()
     };
-    let mut chunks: Vec<IndexFile> =
-        keep.chunks(PACKS_PER_INDEX).map(|c| IndexFile { supersedes: vec![], packs: c.to_vec() }).collect();
-    if locked {
-        match chunks.last_mut() {
-            Some(last) => last.supersedes = old.clone(),
-            None => chunks.push(IndexFile { supersedes: old.clone(), packs: vec![] }),
-        }
-    }
+    // One table for everything kept (a push reads it in part, see `table`); it supersedes the
+    // objects it replaces, so a reader that still lists them ignores them.
     let mut written = HashSet::new();
-    for file in &chunks {
+    if !keep.is_empty() || locked {
         lock.check()?;
-        written.insert(store.write_index(file)?.0);
+        written.insert(store.write_table(&old, &keep)?.0);
     }
     let mut retained = 0;
     for id in old.iter().filter(|id| !written.contains(id)) {

@@ -100,6 +100,7 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Regular files that changed while they were read.
     pub files_changed_during_read: AtomicU64,
+    pub index_bytes_read: AtomicU64,
     /// Bytes of the packs this push stored.
     pub pack_bytes: AtomicU64,
 }
@@ -127,6 +128,7 @@ impl Counters {
             packs_uploaded: g(&self.packs_uploaded),
             errors: g(&self.errors),
             files_changed_during_read: g(&self.files_changed_during_read),
+            index_bytes_read: g(&self.index_bytes_read),
             duration_seconds,
         }
     }
@@ -199,6 +201,9 @@ struct Pusher<'a> {
     excludes: GlobSet,
     abort: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// Packs handed to the store, and packs listed by an index object this push wrote.
+    packs_sent: AtomicU64,
+    packs_indexed: AtomicU64,
 }
 
 impl Pusher<'_> {
@@ -286,6 +291,7 @@ impl Pusher<'_> {
                 // The same bytes as a pack a prune is deleting: make this one different.
                 pack = salted(self.store, pack);
             }
+            self.packs_sent.fetch_add(1, Ordering::SeqCst);
             match self.store.put(&pack_key(&pack.id), &pack.bytes) {
                 Ok(written) => {
                     if written {
@@ -315,10 +321,30 @@ impl Pusher<'_> {
             return Ok(());
         }
         let (_, written) = self.store.write_index(file).context("cannot write index")?;
+        self.packs_indexed.fetch_add(file.packs.len() as u64, Ordering::SeqCst);
         add(&self.counters.bytes_uploaded, written);
         let n = self.counters.index_written.fetch_add(1, Ordering::SeqCst) + 1;
         crate::test_hooks::crashpoint("index", n);
         Ok(())
+    }
+
+    /// After a failure: indexes the packs stored since the last index object, so the next push
+    /// reuses them. When a pack may be stored without an index (the index could not be
+    /// written, or a pack's upload failed after it may have landed), the lock is left behind
+    /// to tell the next push to look for unindexed packs.
+    fn index_what_was_stored(&self, lock: &Lock) {
+        let rest = std::mem::take(&mut *self.index_buf.lock().unwrap());
+        if let Err(e) = self.write_index(&rest) {
+            tracing::warn!(packs = rest.packs.len(), error = %format!("{e:#}"), "stored packs not indexed");
+        }
+        let (sent, indexed) = (self.packs_sent.load(Ordering::SeqCst), self.packs_indexed.load(Ordering::SeqCst));
+        if sent > indexed {
+            tracing::info!(
+                packs = sent - indexed,
+                "packs may be stored without an index: the lock stays until it expires, so the next push looks for them"
+            );
+            lock.leave_behind();
+        }
     }
 
     fn excluded(&self, rel: &Path, name: &OsStr) -> bool {
@@ -659,10 +685,14 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
     let source_name = opts.source_name.clone().unwrap_or_else(|| canonical.to_string_lossy().into_owned());
     let excludes = build_excludes(&opts.excludes)?;
 
-    let mut index = store.load_index()?;
-    let adopted = store.adopt_unindexed_packs(&mut index)?;
-    if adopted > 0 {
-        tracing::info!(packs = adopted, "indexed packs left by an interrupted push");
+    let mut index = store.load_push_index()?;
+    // Packs no index lists are left only by a push that died (its lock is still there) or by
+    // one running now; listing every pack costs what the store holds, so only then.
+    if super::lock::others_present(store.backend().as_ref(), lock.holder())? {
+        let adopted = store.adopt_unindexed_packs(&mut index)?;
+        if adopted > 0 {
+            tracing::info!(packs = adopted, "indexed packs left by an interrupted push");
+        }
     }
     let parent = find_parent(store, &opts.parent, &source_name, kind)?;
 
@@ -673,7 +703,11 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
         let parent_root = pusher.parent_root(parent.as_ref().map(|(_, snap)| snap));
         pusher.archive_root(source, kind, &meta, &name, parent_root.as_ref())
     });
-    if let Some(msg) = pusher.failure.lock().unwrap().take() {
+    let failure = pusher.failure.lock().unwrap().take();
+    if failure.is_some() || walked.is_err() {
+        pusher.index_what_was_stored(lock);
+    }
+    if let Some(msg) = failure {
         bail!("push failed: {msg}");
     }
     let (tree, root_node) = walked?;
@@ -683,6 +717,7 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
     crate::test_hooks::pausepoint();
     lock.check()?;
     let (warnings, changed, changed_total) = pusher.findings();
+    counters.index_bytes_read.store(index.loaded_bytes + index.table_reads().0, Ordering::Relaxed);
     let snapshot = Snapshot {
         version: super::FORMAT_VERSION,
         time: chrono::Utc::now(),
@@ -770,6 +805,8 @@ impl<'a> Pusher<'a> {
             excludes,
             abort: AtomicBool::new(false),
             failure: Mutex::new(None),
+            packs_sent: AtomicU64::new(0),
+            packs_indexed: AtomicU64::new(0),
         }
     }
 }

@@ -109,6 +109,10 @@ pub struct PushStats {
     /// counted; the snapshot names at most [`CHANGED_DURING_READ_MAX`].
     #[serde(default)]
     pub files_changed_during_read: u64,
+    /// Bytes of the store's index the push read: index objects in full, and of consolidated
+    /// tables only the header and the pages its lookups needed.
+    #[serde(default)]
+    pub index_bytes_read: u64,
     pub duration_seconds: f64,
 }
 
