@@ -199,6 +199,16 @@ pub enum Command {
     /// verify and prune report the packs missing).
     #[command(hide = true)]
     SyntheticIndex(SyntheticIndexArgs),
+    /// Benchmarks only: time each stage of a push alone (read, FastCDC, BLAKE3, zstd, AES-GCM)
+    /// on one thread over the same data, the machine's limit for a push of it.
+    #[command(hide = true)]
+    EngineLimits(EngineLimitsArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct EngineLimitsArgs {
+    /// A directory or a file.
+    pub source: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -211,6 +221,9 @@ pub struct SyntheticIndexArgs {
     /// Blobs per made-up pack (32: 512 KiB chunks in 16 MiB packs).
     #[arg(long, default_value_t = 32)]
     pub per_pack: u32,
+    /// Also this many snapshots of other sources (copies of the store's first snapshot).
+    #[arg(long, default_value_t = 0)]
+    pub snapshots: u32,
 }
 
 #[derive(Args, Clone)]

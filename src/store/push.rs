@@ -30,8 +30,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-/// Files up to this size are read whole; larger ones stream through segments of this size.
+/// Files up to this size are read whole; larger ones stream.
 const SEGMENT: usize = 16 << 20;
+/// The segments a large file streams through, two at a time (see `Pusher::stream_chunks`).
+const STREAM_SEGMENT: usize = 8 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub enum ParentChoice {
@@ -470,44 +472,21 @@ impl Pusher<'_> {
         }
         let mut f = File::open(path).map_err(EntryError::Source)?;
         let before = node.clone();
-        let mut size = 0u64;
-        if !stream && node.size <= SEGMENT as u64 {
+        let size = if !stream && node.size <= SEGMENT as u64 {
             let mut buf = Vec::with_capacity(node.size as usize + 1);
             f.read_to_end(&mut buf).map_err(EntryError::Source)?;
-            size = buf.len() as u64;
-            add(&self.counters.bytes_read, size);
+            add(&self.counters.bytes_read, buf.len() as u64);
             let mut start = 0;
             for end in self.store.chunker().cut_points(&buf, true) {
                 node.content.push(self.store_chunk(&buf[start..end])?);
                 start = end;
             }
+            buf.len() as u64
         } else {
-            let max = self.store.chunker().max_size();
-            let mut buf: Vec<u8> = Vec::with_capacity(SEGMENT + max);
-            loop {
-                self.check_abort()?;
-                let eof = fill(&mut f, &mut buf, SEGMENT + max).map_err(EntryError::Source)?;
-                let cuts = self.store.chunker().cut_points(&buf, eof);
-                let bounds: Vec<(usize, usize)> = cuts
-                    .iter()
-                    .scan(0, |s, &e| {
-                        let r = (*s, e);
-                        *s = e;
-                        Some(r)
-                    })
-                    .collect();
-                let ids: Vec<Id> =
-                    bounds.par_iter().map(|&(s, e)| self.store_chunk(&buf[s..e])).collect::<anyhow::Result<_>>()?;
-                node.content.extend(ids);
-                let consumed = cuts.last().copied().unwrap_or(0);
-                size += consumed as u64;
-                add(&self.counters.bytes_read, consumed as u64);
-                buf.drain(..consumed);
-                if eof {
-                    break;
-                }
-            }
-        }
+            let (read, content) = self.stream_chunks(&mut f)?;
+            node.content.extend(content);
+            read
+        };
         // A block device (`stream`) has no size in its metadata, and its times do not follow
         // writes to it: only regular files are checked.
         if !stream {
@@ -520,6 +499,45 @@ impl Pusher<'_> {
         add(&self.counters.files, 1);
         add(&self.counters.bytes_total, size);
         Ok(())
+    }
+
+    /// Chunks a large file or a device segment by segment: while the chunks of one segment are
+    /// hashed, compressed and sealed in parallel, the next segment is read and cut. Two
+    /// buffers of [`STREAM_SEGMENT`] take turns (as much memory as one segment of twice the
+    /// size). Returns the bytes read and the chunk ids.
+    fn stream_chunks(&self, f: &mut File) -> Result<(u64, Vec<Id>), EntryError> {
+        let chunker = self.store.chunker();
+        let cap = STREAM_SEGMENT + chunker.max_size();
+        let read_and_cut = |f: &mut File, carry: &[u8], mut buf: Vec<u8>| -> io::Result<(Vec<u8>, bool, Vec<usize>)> {
+            buf.clear();
+            buf.extend_from_slice(carry);
+            let eof = fill(f, &mut buf, cap)?;
+            let cuts = chunker.cut_points(&buf, eof);
+            Ok((buf, eof, cuts))
+        };
+        let (mut buf, mut eof, mut cuts) = read_and_cut(f, &[], Vec::with_capacity(cap)).map_err(EntryError::Source)?;
+        let mut spare = Vec::with_capacity(cap);
+        let (mut size, mut content) = (0u64, Vec::new());
+        loop {
+            self.check_abort()?;
+            let consumed = cuts.last().copied().unwrap_or(0);
+            let bounds: Vec<(usize, usize)> =
+                std::iter::once(0).chain(cuts.iter().copied()).zip(cuts.iter().copied()).collect();
+            let (ids, next) = rayon::join(
+                || bounds.par_iter().map(|&(s, e)| self.store_chunk(&buf[s..e])).collect::<anyhow::Result<Vec<Id>>>(),
+                || (!eof).then(|| read_and_cut(&mut *f, &buf[consumed..], std::mem::take(&mut spare))).transpose(),
+            );
+            content.extend(ids?);
+            size += consumed as u64;
+            add(&self.counters.bytes_read, consumed as u64);
+            match next.map_err(EntryError::Source)? {
+                Some((next_buf, next_eof, next_cuts)) => {
+                    spare = std::mem::replace(&mut buf, next_buf);
+                    (eof, cuts) = (next_eof, next_cuts);
+                }
+                None => return Ok((size, content)),
+            }
+        }
     }
 
     fn flush_packs(&self) -> anyhow::Result<()> {
