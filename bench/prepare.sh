@@ -4,11 +4,14 @@
 #   bench/prepare.sh [--data DIR] [--skip-install] [--force]
 #
 # Steps:
-#   1. apt-get install restic linux-source-6.1 postgresql postgresql-contrib e2fsprogs time
+#   1. apt-get install linux-source-6.1 postgresql postgresql-contrib e2fsprogs time
 #      (only when something is missing; apt-get update is run once in that case)
 #   2. DIR/linux     extracted /usr/src/linux-source-6.1.tar.xz (~1.3 GB, ~78k files)
 #      DIR/pgdata    PostgreSQL 15 data directory after `pgbench -i -s 50`, server stopped
 #      DIR/ext4.img  1 GiB ext4 image filled (mkfs.ext4 -d) with ~600 MB of linux/drivers
+#      DIR/small     300,000 small files (~520 MB) cut from linux/Documentation (smallfiles.py)
+#   ("growing", the fifth dataset of run.sh, is pgdata changed between ten pushes.)
+#   3. the peers: bench/peers.sh (restic, Kopia, rustic built from their sources)
 #
 # Each dataset is built in a temporary name and renamed at the end, so an
 # existing final name means "done" and is skipped (use --force to rebuild).
@@ -31,7 +34,7 @@ log() { printf '[prepare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 [[ $(id -u) -eq 0 ]] || { echo "prepare.sh must run as root (apt-get, su postgres)" >&2; exit 1; }
 
 # ---------------------------------------------------------------- step 1
-PKGS=(restic linux-source-6.1 postgresql postgresql-contrib e2fsprogs time)
+PKGS=(linux-source-6.1 postgresql postgresql-contrib e2fsprogs time)
 if [[ $INSTALL -eq 1 ]]; then
   missing=()
   for p in "${PKGS[@]}"; do
@@ -48,7 +51,7 @@ fi
 
 PGBIN=/usr/lib/postgresql/15/bin
 LINUX_TAR=/usr/src/linux-source-6.1.tar.xz
-for f in "$LINUX_TAR" "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PGBIN/pgbench" /usr/bin/restic /sbin/mkfs.ext4 /usr/bin/time; do
+for f in "$LINUX_TAR" "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PGBIN/pgbench" /sbin/mkfs.ext4 /usr/bin/time; do
   [[ -e $f ]] || { echo "missing $f (run without --skip-install)" >&2; exit 1; }
 done
 
@@ -126,8 +129,22 @@ else
   log "ext4.img: present"
 fi
 
+# ---------------------------------------------------------------- small
+if [[ ! -d $DATA/small ]]; then
+  log "building small (300,000 files from linux/Documentation)"
+  rm -rf "$DATA/small.tmp"
+  python3 "$(dirname "$0")/smallfiles.py" "$DATA/linux/Documentation" "$DATA/small.tmp" --files 300000 --seed 42 >&2
+  mv "$DATA/small.tmp" "$DATA/small"
+else
+  log "small: present"
+fi
+
+if [[ $INSTALL -eq 1 ]]; then
+  "$(dirname "$0")/peers.sh"
+fi
+
 log "datasets in $DATA:"
-for d in linux pgdata; do
+for d in linux pgdata small; do
   printf '  %-9s %12s bytes %7s files\n' "$d" "$(du -sb "$DATA/$d" | cut -f1)" "$(find "$DATA/$d" -type f | wc -l)" >&2
 done
 printf '  %-9s %12s bytes (apparent), %s bytes allocated\n' ext4.img \

@@ -14,7 +14,7 @@ import os
 import stat
 import sys
 
-TOOLS = ("push-operator", "restic")
+TOOLS = ("push-operator", "restic", "kopia", "kopia-zstd", "rustic")
 OPS = (
     ("initial", "a. initial push"),
     ("nochange", "b. no-change push"),
@@ -215,8 +215,13 @@ def ok_num(r, key):
     return r.get(key)
 
 
-def cmd_render(args):
-    outdir = args[0]
+PO = "push-operator"
+# Peers that compress (the 1.5x target) and the one that does not (Kopia as Velero runs it).
+COMPRESSING = ("restic", "kopia-zstd", "rustic")
+GROWING_OPS = tuple(f"v{v:02d}" for v in range(2, 100))
+
+
+def load(outdir):
     with open(os.path.join(outdir, "meta.json")) as f:
         meta = json.load(f)
     recs = []
@@ -229,162 +234,235 @@ def cmd_render(args):
     for r in recs:
         groups.setdefault((r.get("dataset"), r.get("tool"), r.get("op")), []).append(r)
     by = {k: aggregate(v) for k, v in groups.items()}
+    # "growing": the nine pushes after the first, summed into one "change" row per tool.
+    for (d, t, op) in list(by):
+        if op == "v02":
+            parts = [by[(d, t, o)] for o in GROWING_OPS if (d, t, o) in by]
+            if all(p.get("rc") in (0, None) for p in parts):
+                by[(d, t, "change")] = {
+                    "seconds": sum(p["seconds"] or 0 for p in parts),
+                    "cpu_seconds": sum(p["cpu_seconds"] or 0 for p in parts),
+                    "max_rss_kib": max(p["max_rss_kib"] or 0 for p in parts),
+                    "other_cpu_seconds": sum(p.get("other_cpu_seconds") or 0 for p in parts),
+                    "rc": 0,
+                    "pushes": len(parts),
+                }
+            else:
+                by[(d, t, "change")] = {"rc": next(p["rc"] for p in parts if p.get("rc") not in (0, None))}
+    return meta, recs, groups, by
 
-    def store_of(d, tool, op):
-        """Store size recorded after step `op` (None when not measured)."""
-        return (by.get((d, tool, op)) or {}).get("store_bytes")
+
+def cell(r, nproc):
+    """'s (CPU s, RSS MiB)' of one measurement."""
+    if r is None:
+        return "—"
+    if r.get("rc") not in (0, None):
+        return f"FAIL(rc={r.get('rc')})"
+    return f"{fmt_s(r, nproc)} ({fmt_cpu(r)}, {fmt_mib(r.get('max_rss_kib'))})"
+
+
+def times(a, b):
+    """b / a as 'N.NN×' (how many times a is faster or smaller)."""
+    return ratio(b, a)
+
+
+def targets(by, datasets, tools):
+    """Each target of the issue, per dataset: (label, {dataset: (text, met)})."""
+    peers = [t for t in tools if t != PO]
+    rows = []
+
+    def val(d, t, op, key):
+        return ok_num(by.get((d, t, op)), key)
+
+    def best(d, ts, op, key):
+        vs = [(val(d, t, op, key), t) for t in ts]
+        vs = [(v, t) for v, t in vs if v is not None]
+        return min(vs) if vs else (None, None)
+
+    def row(label, fn):
+        rows.append((label, {d: fn(d) for d in datasets}))
+
+    def speedup(d, op, ts, need):
+        b, who = best(d, ts, op, "seconds")
+        a = val(d, PO, op, "seconds")
+        if a is None or b is None:
+            return ("—", None)
+        x = b / a if a > 0 else float("inf")
+        return (f"{x:.2f}× ({who})", x >= need)
+
+    comp = [t for t in peers if t in COMPRESSING]
+    if comp:
+        row("initial push ≥ 1.5× the fastest compressing peer", lambda d: speedup(d, "initial", comp, 1.5))
+    if "kopia" in peers:
+        row("initial push ≥ 1× Kopia without compression", lambda d: speedup(d, "initial", ["kopia"], 1.0))
+    if "restic" in peers:
+        row("initial push ≥ 2× restic", lambda d: speedup(d, "initial", ["restic"], 2.0))
+    if peers:
+        row("no-change push ≥ 3× the fastest peer", lambda d: speedup(d, "nochange", peers, 3.0))
+        row("push after a change ≥ 1× the fastest peer (no target; shown)", lambda d: speedup(d, "change", peers, 1.0))
+        row("restore ≥ 2× the fastest peer", lambda d: speedup(d, "restore", peers, 2.0))
+
+        def size(d):
+            b, who = best(d, peers, "store", "store_bytes")
+            a = val(d, PO, "store", "store_bytes")
+            if a is None or b is None:
+                return ("—", None)
+            return (f"{a / b:.2f}× ({who})", a <= b)
+
+        row("store size ≤ the smallest peer's", size)
+
+        def rss(d):
+            worst = None
+            for op in ("initial", "nochange", "change", "restore"):
+                b, who = best(d, peers, op, "max_rss_kib")
+                a = val(d, PO, op, "max_rss_kib")
+                if a is None or b is None:
+                    continue
+                x = a / b
+                if worst is None or x > worst[0]:
+                    worst = (x, op, who)
+            if worst is None:
+                return ("—", None)
+            return (f"{worst[0]:.2f}× ({worst[1]}, {worst[2]})", worst[0] <= 1.0)
+
+        row("peak RSS ≤ the smallest peer's (worst operation)", rss)
+    return rows
+
+
+def cmd_render(args):
+    outdir = args[0]
+    meta, recs, groups, by = load(outdir)
     datasets = meta.get("datasets_run") or sorted({r["dataset"] for r in recs})
     tools = meta.get("tools_run") or list(TOOLS)
-    po, rs = "push-operator", "restic"
-
-    L = []
-    L.append("# push-operator vs restic")
-    L.append("")
-    vers = "; ".join(f"{t}: {meta.get('versions', {}).get(t, '—')}" for t in tools)
-    dsz = "; ".join(
-        f"{d}: {fmt_bytes(meta['dataset_info'][d]['bytes'])}"
-        + (f", {meta['dataset_info'][d]['files']} files" if meta['dataset_info'][d].get('files') is not None else "")
-        for d in datasets if d in meta.get("dataset_info", {})
-    )
-    L.append(
-        f"**{meta.get('date')}** · nproc {meta.get('nproc')} · {meta.get('cpu', '')} · "
-        f"{meta.get('mem', '')} · kernel {meta.get('kernel')} · {vers} · datasets: {dsz} · "
-        f"change: mutate.py {meta.get('percent')}% seed {meta.get('seed')}"
-        + (f" · {meta.get('repeat')} runs each: median (min–max)" if (meta.get('repeat') or 1) > 1 else " · 1 run each")
-    )
-    L.append("")
-    L.append(
-        "Wall seconds, CPU seconds and peak RSS from `/usr/bin/time -f '%e %M %U %S'`, page cache warm, local "
-        "directory store. Ratios: restic / push-operator for time (>1: push-operator faster), "
-        "push-operator / restic for RSS and store size (<1: push-operator smaller)."
-    )
-    L.append("")
-    L.append("## Time and memory")
-    L.append("")
+    peers = [t for t in tools if t != PO]
     nproc = meta.get("nproc") or 1
+    backend = meta.get("backend", "local")
+
+    L = [f"# push-operator and its peers ({'local directory stores' if backend == 'local' else 'S3: one local SeaweedFS'})", ""]
+    vers = "; ".join(f"{t}: {meta.get('versions', {}).get(t, '—')}" for t in tools)
+    info = meta.get("dataset_info", {})
+    dsz = "; ".join(
+        f"{d}: {fmt_bytes(info[d]['bytes'])}" + (f", {info[d]['files']} files" if info[d].get("files") is not None else "")
+        for d in datasets if d in info
+    )
+    L.append(
+        f"**{meta.get('date')}** · nproc {meta.get('nproc')} · {meta.get('cpu', '')} · {meta.get('mem', '')} · "
+        f"kernel {meta.get('kernel')} · {vers} · datasets: {dsz} · change: mutate.py {meta.get('percent')}% "
+        f"(growing: {meta.get('growing_versions')} versions)"
+        + (f" · {meta.get('repeat')} runs each: median (min–max)" if (meta.get("repeat") or 1) > 1 else " · 1 run each")
+    )
+    L.append("")
+    L.append("## Targets (ratios in this run)")
+    L.append("")
+    L.append("| target | " + " | ".join(datasets) + " |")
+    L.append("|---|" + "---|" * len(datasets))
+    for label, cells in targets(by, datasets, tools):
+        out = []
+        for d in datasets:
+            text, met = cells[d]
+            out.append(text + ("" if met is None else (" ✓" if met else " ✗")))
+        L.append(f"| {label} | " + " | ".join(out) + " |")
+    L.append("")
+    L.append("Speed: the peer's seconds / push-operator's (>1: push-operator faster), naming the peer "
+             "compared (the fastest of those the target names). Size and RSS: push-operator's / the "
+             "smallest peer's (≤1 met).")
+    L.append("")
+    L.append("## Every measurement: wall s (CPU s, peak RSS MiB)")
+    L.append("")
+    ops = (("initial", "initial push"), ("nochange", "no-change push"), ("change", "push after a change"),
+           ("restore", "restore latest"), ("prune", "forget all but latest + prune"))
+    L.append("| dataset | operation | " + " | ".join(tools) + " |")
+    L.append("|---|---|" + "---:|" * len(tools))
     flagged = False
-    L.append("| dataset | operation | push-operator s | restic s | time restic/p-o | push-operator CPU s | restic CPU s | push-operator RSS MiB | restic RSS MiB | RSS p-o/restic |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for d in datasets:
-        for op, label in OPS:
-            a, b = by.get((d, po, op)), by.get((d, rs, op))
-            if a is None and b is None:
+        for op, label in ops:
+            rs = [by.get((d, t, op)) for t in tools]
+            if all(r is None for r in rs):
                 continue
-            flagged = flagged or busy(a, nproc) or busy(b, nproc)
-            L.append(
-                f"| {d} | {label} | {fmt_s(a, nproc)} | {fmt_s(b, nproc)} | "
-                f"{ratio(ok_num(b, 'seconds'), ok_num(a, 'seconds'))} | "
-                f"{fmt_cpu(a)} | {fmt_cpu(b)} | "
-                f"{fmt_mib(ok_num(a, 'max_rss_kib'))} | {fmt_mib(ok_num(b, 'max_rss_kib'))} | "
-                f"{ratio(ok_num(a, 'max_rss_kib'), ok_num(b, 'max_rss_kib'))} |"
-            )
+            flagged = flagged or any(busy(r, nproc) for r in rs)
+            if op == "change" and d == "growing":
+                label = f"{(meta.get('growing_versions') or 10) - 1} pushes after changes (sum; RSS max)"
+            L.append(f"| {d} | {label} | " + " | ".join(cell(r, nproc) for r in rs) + " |")
     L.append("")
-    L.append("CPU s: user + system seconds of the command (all its threads).")
     if flagged:
-        L.append(
-            f"\\* other processes used more than {BUSY_SHARE:.0%} of the machine's CPU during this "
-            "measurement (`other_cpu_seconds` in results.jsonl): the machine was not quiet, so the wall "
-            "time is inflated (CPU s less so)."
-        )
-    L.append("")
-    L.append("## Store size after c (`du -sb`)")
-    L.append("")
-    L.append("| dataset | dataset size | push-operator | restic | size p-o/restic | store/dataset p-o | store/dataset restic |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|")
-    for d in datasets:
-        ds_bytes = meta.get("dataset_info", {}).get(d, {}).get("bytes")
-        sa, sb = store_of(d, po, "store"), store_of(d, rs, "store")
-        L.append(
-            f"| {d} | {fmt_bytes(ds_bytes)} | {fmt_bytes(sa)} | {fmt_bytes(sb)} | {ratio(sa, sb)} | "
-            f"{ratio(sa, ds_bytes)} | {ratio(sb, ds_bytes)} |"
-        )
-    L.append("")
-    L.append("## Store size after e (forget all but the latest snapshot, prune)")
-    L.append("")
-    L.append("| dataset | push-operator before | push-operator after | restic before | restic after | after p-o/restic |")
-    L.append("|---|---:|---:|---:|---:|---:|")
-    for d in datasets:
-        if by.get((d, po, "prune")) is None and by.get((d, rs, "prune")) is None:
-            continue
-        sa, sb = store_of(d, po, "prune"), store_of(d, rs, "prune")
-        L.append(
-            f"| {d} | {fmt_bytes(store_of(d, po, 'store'))} | {fmt_bytes(sa)} | "
-            f"{fmt_bytes(store_of(d, rs, 'store'))} | {fmt_bytes(sb)} | {ratio(sa, sb)} |"
-        )
-    L.append("")
-    L.append("## Bytes added to the store by each push")
-    L.append("")
-    L.append("push-operator: `bytes_new` / `bytes_uploaded` from `push --json`; restic: `data_added` from `backup --json` (restic 0.14 counts it before compression; the store-size columns show what was written).")
-    L.append("")
-    L.append("| dataset | push | push-operator bytes_new | push-operator bytes_uploaded | push-operator chunks new/reused | restic data_added (raw) | store after (p-o) | store after (restic) |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|")
-    for d in datasets:
-        for op, label in OPS[:3]:
-            a, b = by.get((d, po, op)), by.get((d, rs, op))
-            if a is None and b is None:
-                continue
-            ao = (a or {}).get("output") or {}
-            bo = (b or {}).get("output") or {}
-            if not isinstance(ao, dict):
-                ao = {}
-            if not isinstance(bo, dict):
-                bo = {}
-            chunks = "—"
-            if ao.get("chunks_new") is not None:
-                chunks = f"{ao.get('chunks_new')}/{ao.get('chunks_reused')}"
+        L.append(f"\\* other processes used more than {BUSY_SHARE:.0%} of the machine's CPU during this measurement.")
+        L.append("")
+    if peers:
+        L.append("## Ratios to every peer: the peer's time / push-operator's, push-operator's RSS / the peer's")
+        L.append("")
+        L.append("| dataset | operation | " + " | ".join(f"{p} time | {p} RSS" for p in peers) + " |")
+        L.append("|---|---|" + "---:|---:|" * len(peers))
+        for d in datasets:
+            for op, label in ops[:4]:
+                a = by.get((d, PO, op))
+                if a is None:
+                    continue
+                cells = []
+                for p in peers:
+                    b = by.get((d, p, op))
+                    cells.append(times(ok_num(a, "seconds"), ok_num(b, "seconds")))
+                    cells.append(ratio(ok_num(a, "max_rss_kib"), ok_num(b, "max_rss_kib")))
+                L.append(f"| {d} | {label} | " + " | ".join(cells) + " |")
+        L.append("")
+    lim = [(d, by.get((d, PO, "limits")), by.get((d, PO, "initial"))) for d in datasets]
+    lim = [(d, l, a) for d, l, a in lim if l and isinstance(l.get("output"), dict) and a]
+    if lim:
+        L.append("## Distance to the machine's limit")
+        L.append("")
+        L.append("Each stage of a push alone, on one thread, over the same data (`push-operator engine-limits`: "
+                 "the files read from the page cache, FastCDC, keyed BLAKE3, zstd level 3, AES-256-GCM); the sum "
+                 "divided by the cores is the fastest a push of it could be on this machine.")
+        L.append("")
+        L.append("| dataset | read s | FastCDC s | BLAKE3 s | zstd s | AES-GCM s | sum s | sum / cores s | initial push s | push / bound |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for d, l, a in lim:
+            o = l["output"]
             L.append(
-                f"| {d} | {label} | {fmt_bytes(ao.get('bytes_new'))} | {fmt_bytes(ao.get('bytes_uploaded'))} | "
-                f"{chunks} | {fmt_bytes(bo.get('data_added'))} | "
-                f"{fmt_bytes(store_of(d, po, op))} | {fmt_bytes(store_of(d, rs, op))} |"
+                f"| {d} | {o['read_s']:.2f} | {o['fastcdc_s']:.2f} | {o['blake3_s']:.2f} | {o['zstd_s']:.2f} | "
+                f"{o['seal_s']:.2f} | {o['sum_s']:.2f} | {o['bound_s']:.2f} | {a['seconds']:.2f} | "
+                f"{a['seconds'] / o['bound_s']:.2f}× |"
             )
-    L.append("")
+        L.append("")
+    if backend == "local":
+        L.append("## Store size after the last push, and after forget + prune (`du -sb`)")
+        L.append("")
+        L.append("| dataset | dataset | " + " | ".join(tools) + " | push-operator / smallest peer |")
+        L.append("|---|---:|" + "---:|" * len(tools) + "---:|")
+        for d in datasets:
+            sizes = [(by.get((d, t, "store")) or {}).get("store_bytes") for t in tools]
+            after = [(by.get((d, t, "prune")) or {}).get("store_bytes") for t in tools]
+            ps = [v for t, v in zip(tools, sizes) if t != PO and v]
+            mine = sizes[tools.index(PO)] if PO in tools else None
+            L.append(
+                f"| {d} | {fmt_bytes(info.get(d, {}).get('bytes'))} | "
+                + " | ".join(f"{fmt_bytes(a)} → {fmt_bytes(b)}" for a, b in zip(sizes, after))
+                + f" | {ratio(mine, min(ps) if ps else None)} |"
+            )
+        L.append("")
     L.append("## Restore check")
     L.append("")
-    L.append("Content: `diff -rq --no-dereference` (trees) or `cmp` (image) against the mutated working copy. "
-             "Metadata (informational): type, mode, uid/gid, file size, mtime (ns, files and dirs), symlink target.")
+    L.append("Content: `diff -rq --no-dereference` (trees) or `cmp` (image) against the working copy. "
+             "Metadata: type, mode, uid/gid, size, mtime (ns; files and dirs), symlink target.")
     L.append("")
-    L.append("| dataset | tool | content | metadata |")
-    L.append("|---|---|---|---|")
+    L.append("| dataset | " + " | ".join(tools) + " |")
+    L.append("|---|" + "---|" * len(tools))
     for d in datasets:
+        cells = []
         for t in tools:
             r = by.get((d, t, "restore"))
             if r is None:
+                cells.append("—")
                 continue
             m = r.get("meta_check") or {}
-            if isinstance(m, dict) and m:
-                if m.get("ok"):
-                    mtxt = f"ok ({m.get('entries')} entries)"
-                else:
-                    bad = {k: v for k, v in (m.get("mismatch") or {}).items() if v}
-                    parts = [f"{k} {v}" for k, v in bad.items()]
-                    if m.get("missing"):
-                        parts.append(f"missing {m['missing']}")
-                    if m.get("extra"):
-                        parts.append(f"extra {m['extra']}")
-                    mtxt = f"differs of {m.get('entries')}: " + ", ".join(parts)
-            else:
-                mtxt = "—"
-            L.append(f"| {d} | {t} | {r.get('check', '—')} | {mtxt} |")
+            meta_ok = isinstance(m, dict) and m.get("ok")
+            bad = ""
+            if isinstance(m, dict) and m and not meta_ok:
+                mism = {k: v for k, v in (m.get("mismatch") or {}).items() if v}
+                bad = "; metadata differs: " + ", ".join(f"{k} {v}" for k, v in mism.items())
+            cells.append(f"{r.get('check', '—')}{bad}")
+        L.append(f"| {d} | " + " | ".join(cells) + " |")
     L.append("")
-    muts = [by[k] for k in groups if k[2] == "mutate"]
-    if muts:
-        L.append("## The 1% change")
-        L.append("")
-        for r in muts:
-            o = r.get("output") or {}
-            if o.get("kind") == "directory":
-                L.append(
-                    f"- {r['dataset']}: {fmt_bytes(o.get('bytes_written'))} written "
-                    f"({o.get('ranges_written')} ranges in {o.get('files_changed')} of {o.get('files_total')} files, "
-                    f"{len(o.get('files_added') or [])} files added)"
-                )
-            else:
-                L.append(
-                    f"- {r['dataset']}: {fmt_bytes(o.get('bytes_written'))} written "
-                    f"({o.get('blocks_written')} scattered 4 KiB blocks)"
-                )
-        L.append("")
-    L.append(f"Raw records: `results.jsonl`; tool output and stderr: `logs/`.")
+    L.append("Raw records: `results.jsonl`; each command, its output and stderr: `logs/`.")
     L.append("")
     with open(os.path.join(outdir, "results.md"), "w") as f:
         f.write("\n".join(L))
