@@ -4,6 +4,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 
 #[test]
 fn full_tree_round_trip_and_incremental_pushes() {
@@ -186,4 +187,33 @@ fn single_file_and_block_device_sources() {
     let out2 = tmp.path().join("from-device.img");
     ok(run(&["restore", r["snapshot"].as_str().unwrap(), "--store", store_s, "--target", out2.to_str().unwrap()]));
     assert_eq!(fs::read(&out2).unwrap(), content);
+}
+
+/// A pack of small files fills more files than a process may open: the restore keeps only a
+/// few open at a time (2,000 files in one pack, restored under `ulimit -n 128`).
+#[test]
+fn a_restore_of_many_small_files_stays_under_the_open_file_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for d in 0..4 {
+        fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for i in 0..500 {
+            fs::write(src.join(format!("d{d}/f{i:03}")), format!("small file {d}/{i}")).unwrap();
+        }
+    }
+    let store = tmp.path().join("store");
+    ok(run(&["push", src.to_str().unwrap(), "--store", store.to_str().unwrap()]));
+    let out = tmp.path().join("out");
+    let mut c = cli();
+    c.env("RAYON_NUM_THREADS", "2").args([
+        "-c",
+        r#"ulimit -n 128 && exec "$0" restore latest --store "$1" --target "$2""#,
+        BIN,
+        store.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    let mut sh = Command::new("sh");
+    sh.args(c.get_args()).envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    ok(sh.output().unwrap());
+    assert_same_tree(&src, &out);
 }

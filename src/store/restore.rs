@@ -791,18 +791,16 @@ fn restore_pack(
             if zero {
                 continue; // the file was created at full size: this range is already a hole
             }
-            let f = match open.entry(fi) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    let p = &files[fi as usize].path;
-                    v.insert(
-                        OpenOptions::new()
-                            .write(true)
-                            .open(p)
-                            .with_context(|| format!("cannot open {}", p.display()))?,
-                    )
+            if !open.contains_key(&fi) {
+                if open.len() >= MAX_OPEN_PER_PACK {
+                    close_all(&mut open, device)?;
                 }
-            };
+                let p = &files[fi as usize].path;
+                let f =
+                    OpenOptions::new().write(true).open(p).with_context(|| format!("cannot open {}", p.display()))?;
+                open.insert(fi, f);
+            }
+            let f = &open[&fi];
             let n = if device {
                 f.write_all_at(&plain, offset).map(|_| plain.len() as u64)
             } else {
@@ -812,11 +810,21 @@ fn restore_pack(
             counters.bytes_written.fetch_add(n, Ordering::Relaxed);
         }
     }
+    close_all(&mut open, device)
+}
+
+/// Files a pack's restore keeps open at once: a pack of small files fills thousands, more
+/// than a process may open.
+const MAX_OPEN_PER_PACK: usize = 64;
+
+/// Closes the files a pack's restore opened (a device is synced first).
+fn close_all(open: &mut HashMap<u32, File>, device: bool) -> anyhow::Result<()> {
     if device {
         for f in open.values() {
             f.sync_all()?;
         }
     }
+    open.clear();
     Ok(())
 }
 
