@@ -346,6 +346,17 @@ restored_path() {  # TOOL TARGET WORK
   esac
 }
 
+# Every tool pushes WORK, timed, recorded as OP.
+push_all() {  # OP
+  local t
+  for t in $TOOLS; do
+    settle; warm "$WORK"
+    push_cmd "$t" "${ST[$t]}" "$D/cache-$t" "$WORK"
+    measure "$DS" "$t" "$1" -- "${CMD[@]}"
+    record "$DS" "$t" "$1" "store_bytes:num=$(store_bytes "${ST[$t]}")"
+  done
+}
+
 record() {  # DATASET TOOL OP [extra key=value...]
   local ds=$1 tool=$2 op=$3; shift 3
   local out=""
@@ -382,14 +393,8 @@ for REP in $(seq 1 "$REPEAT"); do
   done
 
   # a. initial push, b. no-change push: every tool sees the pristine copy.
-  for OP in initial nochange; do
-    for T in $TOOLS; do
-      settle; warm "$WORK"
-      push_cmd "$T" "${ST[$T]}" "$D/cache-$T" "$WORK"
-      measure "$DS" "$T" "$OP" -- "${CMD[@]}"
-      record "$DS" "$T" "$OP" "store_bytes:num=$(store_bytes "${ST[$T]}")"
-    done
-  done
+  push_all initial
+  push_all nochange
 
   # c. push after the change: the 1% change once, shared by all tools; "growing" repeats
   # change and push until it has VERSIONS snapshots (seeds 1, 2, ...).
@@ -400,12 +405,7 @@ for REP in $(seq 1 "$REPEAT"); do
     M_SECS=; M_RSS=; M_CPU=; M_OTHER=; M_RC=0; M_OUT=$LOGS/$DS.r$REP.$OPC.mutate.out
     record "$DS" - "mutate-$OPC"
     log "mutated ($OPC): $(cut -c1-200 "$LOGS/$DS.r$REP.$OPC.mutate.out")"
-    for T in $TOOLS; do
-      settle; warm "$WORK"
-      push_cmd "$T" "${ST[$T]}" "$D/cache-$T" "$WORK"
-      measure "$DS" "$T" "$OPC" -- "${CMD[@]}"
-      record "$DS" "$T" "$OPC" "store_bytes:num=$(store_bytes "${ST[$T]}")"
-    done
+    push_all "$OPC"
   done
   # e. store size after the last push
   for T in $TOOLS; do

@@ -57,7 +57,7 @@ impl IndexFile {
             bail!("not an index object (bad magic)");
         }
         let body = zstd::stream::decode_all(&bytes[8..]).context("index object does not decompress")?;
-        let mut r = Reader { b: &body, pos: 0 };
+        let mut r = Reader::new(&body, "index object");
         let mut f = IndexFile::default();
         for _ in 0..r.u32()? {
             f.supersedes.push(r.id()?);
@@ -85,27 +85,36 @@ impl IndexFile {
     }
 }
 
-struct Reader<'a> {
+/// Reads little-endian fields of an index object or a table header.
+pub(super) struct Reader<'a> {
     b: &'a [u8],
-    pos: usize,
+    pub pos: usize,
+    what: &'static str,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> anyhow::Result<&[u8]> {
+impl<'a> Reader<'a> {
+    pub fn new(b: &'a [u8], what: &'static str) -> Reader<'a> {
+        Reader { b, pos: 0, what }
+    }
+
+    pub fn take(&mut self, n: usize) -> anyhow::Result<&'a [u8]> {
         if self.pos + n > self.b.len() {
-            bail!("index object is truncated");
+            bail!("{} is truncated", self.what);
         }
         let s = &self.b[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
     }
-    fn u8(&mut self) -> anyhow::Result<u8> {
+    pub fn u8(&mut self) -> anyhow::Result<u8> {
         Ok(self.take(1)?[0])
     }
-    fn u32(&mut self) -> anyhow::Result<u32> {
+    pub fn u32(&mut self) -> anyhow::Result<u32> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
-    fn id(&mut self) -> anyhow::Result<Id> {
+    pub fn u64(&mut self) -> anyhow::Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    pub fn id(&mut self) -> anyhow::Result<Id> {
         Ok(Id(self.take(32)?.try_into().unwrap()))
     }
 }

@@ -24,9 +24,9 @@
 use super::backend::Backend;
 use super::crypto::{Crypto, ObjectKind, Sealed};
 use super::id::Id;
-use super::index::IndexFile;
+use super::index::{IndexFile, Reader};
 use super::pack::{BlobKind, Compression, PackEntry, pack_len};
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -179,7 +179,7 @@ fn parse_header(crypto: &Crypto, head_len: u64, sealed: &[u8]) -> anyhow::Result
     ensure!(plain.len() >= 32, "index table header is truncated");
     let (body, check) = plain.split_at(plain.len() - 32);
     ensure!(blake3::hash(body).as_bytes() == check, "index table header is damaged (checksum)");
-    let mut r = Cursor { b: body, pos: 0 };
+    let mut r = Reader::new(body, "index table header");
     let version = r.u32()?;
     ensure!(version == VERSION, "index table version {version} is not known to this program: upgrade it");
     let entries = r.u64()?;
@@ -188,7 +188,7 @@ fn parse_header(crypto: &Crypto, head_len: u64, sealed: &[u8]) -> anyhow::Result
     let n_sup = r.u32()? as usize;
     let mut supersedes = Vec::with_capacity(n_sup.min(1 << 20));
     for _ in 0..n_sup {
-        supersedes.push(Id(r.take(32)?.try_into().expect("32 bytes")));
+        supersedes.push(r.id()?);
     }
     let entry_pages = entries.div_ceil(PER_PAGE as u64) as usize;
     let pack_pages = (packs as usize).div_ceil(PER_PAGE);
@@ -415,28 +415,6 @@ fn binary_search(page: &[u8], count: usize, id: &Id) -> Option<usize> {
         }
     }
     None
-}
-
-struct Cursor<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> anyhow::Result<&[u8]> {
-        if self.pos + n > self.b.len() {
-            bail!("index table header is truncated");
-        }
-        let s = &self.b[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-    fn u32(&mut self) -> anyhow::Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self) -> anyhow::Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
 }
 
 #[cfg(test)]
