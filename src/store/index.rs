@@ -241,9 +241,9 @@ impl Index {
         Ok(out)
     }
 
-    /// Bytes of the tables read in part so far, and how many pages.
-    pub fn table_reads(&self) -> (u64, u64) {
-        self.tables.iter().fold((0, 0), |(b, p), t| (b + t.bytes_read(), p + t.pages_read()))
+    /// Bytes of the tables read in part so far.
+    pub fn table_bytes_read(&self) -> u64 {
+        self.tables.iter().map(|t| t.bytes_read()).sum()
     }
 
     /// Builds the index from decoded index objects, dropping the superseded ones.

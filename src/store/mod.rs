@@ -636,9 +636,14 @@ impl Store {
     pub fn write_index(&self, file: &IndexFile) -> anyhow::Result<(Id, u64)> {
         let mut file = file.clone();
         file.supersedes.push(Id::random());
-        let bytes = self.encode_index(ObjectKind::Index, &file);
-        let id = Id::of(&bytes);
-        let written = self.put(&format!("index/{id}"), &bytes)?;
+        self.put_index_object(&self.encode_index(ObjectKind::Index, &file))
+    }
+
+    /// Stores an index object (or table) under its content id; returns the id and the bytes
+    /// written (0 when it was already there).
+    fn put_index_object(&self, bytes: &[u8]) -> anyhow::Result<(Id, u64)> {
+        let id = Id::of(bytes);
+        let written = self.put(&format!("index/{id}"), bytes)?;
         Ok((id, if written { bytes.len() as u64 } else { 0 }))
     }
 
@@ -648,10 +653,7 @@ impl Store {
     pub fn write_table(&self, supersedes: &[Id], packs: &[(Id, Vec<PackEntry>)]) -> anyhow::Result<(Id, u64)> {
         let mut supersedes = supersedes.to_vec();
         supersedes.push(Id::random());
-        let bytes = table::encode(&self.crypto, &supersedes, packs);
-        let id = Id::of(&bytes);
-        let written = self.put(&format!("index/{id}"), &bytes)?;
-        Ok((id, if written { bytes.len() as u64 } else { 0 }))
+        self.put_index_object(&table::encode(&self.crypto, &supersedes, packs))
     }
 
     /// An index object's stored bytes (index objects, and the index of a prune plan).

@@ -735,7 +735,7 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
     crate::test_hooks::pausepoint();
     lock.check()?;
     let (warnings, changed, changed_total) = pusher.findings();
-    counters.index_bytes_read.store(index.loaded_bytes + index.table_reads().0, Ordering::Relaxed);
+    counters.index_bytes_read.store(index.loaded_bytes + index.table_bytes_read(), Ordering::Relaxed);
     let snapshot = Snapshot {
         version: super::FORMAT_VERSION,
         time: chrono::Utc::now(),

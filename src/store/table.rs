@@ -233,6 +233,11 @@ fn open_page<'a>(
     Ok(crypto.open(Sealed::Object(ObjectKind::IndexPage), sealed)?)
 }
 
+/// The first `count` (at most a page's) pack ids of a pack page.
+fn pack_page_ids(plain: &[u8], count: usize) -> impl Iterator<Item = Id> + '_ {
+    plain.chunks_exact(32).take(count.min(PER_PAGE)).map(|c| Id(c.try_into().expect("32 bytes")))
+}
+
 fn parse_entry(b: &[u8]) -> anyhow::Result<(u32, PackEntry)> {
     let u = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
     Ok((
@@ -263,10 +268,7 @@ pub fn decode_full(crypto: &Crypto, bytes: &[u8]) -> anyhow::Result<IndexFile> {
     let mut pack_ids = Vec::with_capacity(h.packs as usize);
     for (n, hash) in h.pack_hashes.iter().enumerate() {
         let plain = open_page(crypto, hash, page(h.pack_page_at(n), h.pack_page_len))?;
-        let left = h.packs as usize - pack_ids.len();
-        for id in plain.chunks_exact(32).take(left.min(PER_PAGE)) {
-            pack_ids.push(Id(id.try_into().expect("32 bytes")));
-        }
+        pack_ids.extend(pack_page_ids(&plain, h.packs as usize - pack_ids.len()));
     }
     let mut by_pack: Vec<Vec<PackEntry>> = vec![Vec::new(); pack_ids.len()];
     let mut left = h.entries as usize;
@@ -295,8 +297,8 @@ pub struct TableReader {
     crypto: Arc<Crypto>,
     key: String,
     pub header: Header,
-    pack_pages: Mutex<HashMap<usize, Arc<Vec<Id>>>>,
-    entry_pages: Mutex<HashMap<usize, Arc<Vec<u8>>>>,
+    pack_pages: PageCache<Vec<Id>>,
+    entry_pages: PageCache<Vec<u8>>,
     bytes_read: AtomicU64,
     pages_read: AtomicU64,
 }
@@ -318,8 +320,8 @@ impl TableReader {
             crypto,
             key: key.to_string(),
             header,
-            pack_pages: Mutex::new(HashMap::new()),
-            entry_pages: Mutex::new(HashMap::new()),
+            pack_pages: PageCache::new(PACK_PAGES_CACHED),
+            entry_pages: PageCache::new(ENTRY_PAGES_CACHED),
             bytes_read: AtomicU64::new(head),
             pages_read: AtomicU64::new(0),
         })
@@ -348,18 +350,8 @@ impl TableReader {
     }
 
     fn entry_page(&self, n: usize) -> anyhow::Result<Arc<Vec<u8>>> {
-        if let Some(p) = self.entry_pages.lock().unwrap().get(&n) {
-            return Ok(p.clone());
-        }
         let h = &self.header;
-        let page = Arc::new(self.read_page(h.entry_page_at(n), h.entry_page_len, &h.entry_hashes[n])?);
-        let mut cache = self.entry_pages.lock().unwrap();
-        if cache.len() >= ENTRY_PAGES_CACHED {
-            let any = *cache.keys().next().expect("full");
-            cache.remove(&any);
-        }
-        cache.insert(n, page.clone());
-        Ok(page)
+        self.entry_pages.get_or_read(n, || self.read_page(h.entry_page_at(n), h.entry_page_len, &h.entry_hashes[n]))
     }
 
     /// The id of the pack at position `n`.
@@ -367,18 +359,11 @@ impl TableReader {
         let h = &self.header;
         ensure!(n < h.packs, "index table {}: no pack {n}", self.key);
         let page_no = n as usize / PER_PAGE;
-        if let Some(p) = self.pack_pages.lock().unwrap().get(&page_no) {
-            return Ok(p[n as usize % PER_PAGE]);
-        }
-        let plain = self.read_page(h.pack_page_at(page_no), h.pack_page_len, &h.pack_hashes[page_no])?;
-        let ids: Arc<Vec<Id>> = Arc::new(plain.chunks_exact(32).map(|c| Id(c.try_into().expect("32 bytes"))).collect());
-        let id = ids[n as usize % PER_PAGE];
-        let mut cache = self.pack_pages.lock().unwrap();
-        if cache.len() >= PACK_PAGES_CACHED {
-            cache.clear();
-        }
-        cache.insert(page_no, ids);
-        Ok(id)
+        let ids = self.pack_pages.get_or_read(page_no, || {
+            let plain = self.read_page(h.pack_page_at(page_no), h.pack_page_len, &h.pack_hashes[page_no])?;
+            Ok(pack_page_ids(&plain, PER_PAGE).collect())
+        })?;
+        Ok(ids[n as usize % PER_PAGE])
     }
 
     /// Every pack the table lists.
@@ -387,8 +372,7 @@ impl TableReader {
         let mut out = Vec::with_capacity(h.packs as usize);
         for (n, hash) in h.pack_hashes.iter().enumerate() {
             let plain = self.read_page(h.pack_page_at(n), h.pack_page_len, hash)?;
-            let left = h.packs as usize - out.len();
-            out.extend(plain.chunks_exact(32).take(left.min(PER_PAGE)).map(|c| Id(c.try_into().expect("32 bytes"))));
+            out.extend(pack_page_ids(&plain, h.packs as usize - out.len()));
         }
         Ok(out)
     }
@@ -400,6 +384,40 @@ impl TableReader {
 
     pub fn pages_read(&self) -> u64 {
         self.pages_read.load(Ordering::Relaxed)
+    }
+}
+
+/// One cached page: empty until its first reader has read it.
+type Slot<T> = Arc<Mutex<Option<Arc<T>>>>;
+
+/// Pages read from a table, at most `cap` kept. Each page is read once even when several
+/// threads ask for it at the same moment: the first reads it while the others wait on its slot.
+struct PageCache<T> {
+    slots: Mutex<HashMap<usize, Slot<T>>>,
+    cap: usize,
+}
+
+impl<T> PageCache<T> {
+    fn new(cap: usize) -> PageCache<T> {
+        PageCache { slots: Mutex::new(HashMap::new()), cap }
+    }
+
+    fn get_or_read(&self, n: usize, read: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<Arc<T>> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap();
+            if slots.len() >= self.cap && !slots.contains_key(&n) {
+                let any = *slots.keys().next().expect("full");
+                slots.remove(&any);
+            }
+            slots.entry(n).or_default().clone()
+        };
+        let mut page = slot.lock().unwrap();
+        if let Some(p) = &*page {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(read()?);
+        *page = Some(p.clone());
+        Ok(p)
     }
 }
 
