@@ -595,3 +595,44 @@ fn a_push_into_a_consolidated_store_reads_the_table_in_part() {
     assert_restores(&f.store, "latest", &f.src, f.tmp.path());
     assert_verified(&f.store);
 }
+
+#[test]
+fn a_push_after_a_prune_finds_its_parent_in_the_catalogue_without_reading_every_snapshot() {
+    let f = fixture();
+    fs::write(f.src.join("a"), text_bytes(7, 200_000)).unwrap();
+    let other = f.tmp.path().join("other");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("b"), "another source").unwrap();
+    for _ in 0..3 {
+        push_dir(&f.store, &other, "other");
+    }
+    let first = push_dir(&f.store, &f.src, "src");
+    assert_eq!(first.snapshot.stats.snapshot_objects_read, 3, "no catalogue yet: every snapshot is read");
+
+    let r = prune(&f.store, &quick()).unwrap();
+    assert!(r.catalog_written, "{r:?}");
+    assert_eq!(f.store.backend().list("catalog/").unwrap().len(), 1);
+
+    fs::write(f.src.join("c"), "new").unwrap();
+    let second = push_dir(&f.store, &f.src, "src");
+    assert_eq!(second.snapshot.stats.snapshot_objects_read, 0, "{:?}", second.snapshot.stats);
+    assert_eq!(second.snapshot.parent, Some(first.id), "the parent came from the catalogue");
+    assert_eq!(second.snapshot.stats.files_unchanged, 1, "a was not read again");
+    let third = push_dir(&f.store, &f.src, "src");
+    assert_eq!(third.snapshot.stats.snapshot_objects_read, 1, "only the snapshot written since");
+    assert_eq!(third.snapshot.parent, Some(second.id));
+
+    // Forgotten snapshots leave the listing at once; the next prune writes a catalogue of the rest.
+    forget(&f.store, &keep_last(1)).unwrap();
+    let listed: Vec<_> = f.store.list_snapshots().unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(listed.len(), 2, "one per source: {listed:?}");
+    assert!(listed.contains(&third.id));
+    let r = prune(&f.store, &quick()).unwrap();
+    assert!(r.catalog_written, "{r:?}");
+    let l = f.store.snapshot_listing().unwrap();
+    assert_eq!((l.read_alone, l.stale, l.catalogs.len()), (0, 0, 1));
+    assert_eq!(l.snapshots.iter().map(|(id, _)| *id).collect::<Vec<_>>(), listed);
+    assert_verified(&f.store);
+    assert_restores(&f.store, "latest", &f.src, f.tmp.path());
+    assert!(!prune(&f.store, &quick()).unwrap().catalog_written, "nothing changed since");
+}

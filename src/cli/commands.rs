@@ -318,6 +318,10 @@ fn synthetic_index(a: SyntheticIndexArgs) -> anyhow::Result<ExitCode> {
         })?;
         println!("{} snapshots of other sources", a.snapshots);
     }
+    // What the prune that wrote such a table would leave too: a catalogue of the snapshots.
+    let listing = s.snapshot_listing()?;
+    s.refresh_catalog(&listing)?;
+    println!("snapshot catalogue of {} snapshots", listing.snapshots.len());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -44,6 +44,8 @@ pub enum ObjectKind {
     IndexTable,
     /// One page of a consolidated index.
     IndexPage,
+    /// A snapshot catalogue (see [`super::catalog`]).
+    Catalog,
 }
 
 impl ObjectKind {
@@ -57,6 +59,7 @@ impl ObjectKind {
             ObjectKind::PruneReady => 7,
             ObjectKind::IndexTable => 8,
             ObjectKind::IndexPage => 9,
+            ObjectKind::Catalog => 10,
         }
     }
 }

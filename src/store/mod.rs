@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod catalog;
 pub mod chunker;
 pub mod compress;
 pub mod crypto;
@@ -723,30 +724,9 @@ impl Store {
         pack::parse_trailer(&self.crypto, &trailer, size)
     }
 
-    /// Every snapshot, oldest first.
+    /// Every snapshot, oldest first (through the catalogues: see [`catalog`]).
     pub fn list_snapshots(&self) -> anyhow::Result<Vec<(Id, Snapshot)>> {
-        let objects = self.backend.list("snapshots/")?;
-        let mut snaps: Vec<(Id, Snapshot)> = objects
-            .par_iter()
-            .map(|o| -> anyhow::Result<(Id, Snapshot)> {
-                let id = Id::parse(o.key.trim_start_matches("snapshots/"))
-                    .map_err(|e| anyhow::anyhow!("stray object {} in the store: {e}", o.key))?;
-                let bytes = self.backend.get(&o.key)?;
-                if Id::of(&bytes) != id {
-                    return Err(Damaged(format!(
-                        "snapshot {} is damaged (content does not match its name)",
-                        id.short()
-                    ))
-                    .into());
-                }
-                let bytes = self.open_object(ObjectKind::Snapshot, &o.key, &bytes)?;
-                let snap: Snapshot = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("snapshot {} does not parse", id.short()))?;
-                Ok((id, snap))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        snaps.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(snaps)
+        Ok(self.snapshot_listing()?.snapshots)
     }
 
     /// Resolves `latest`, a full id or a unique prefix.

@@ -26,6 +26,7 @@
 
 use super::audit::{self, Action, AuditRecord, Outcome};
 use super::backend::BackendError;
+use super::catalog::Listing;
 use super::crypto::ObjectKind;
 use super::id::Id;
 use super::index::{Index, IndexFile};
@@ -108,6 +109,10 @@ pub struct PruneReport {
     pub retained_until: Option<DateTime<Utc>>,
     /// Object Lock: objects whose retention this run extended.
     pub retention_extended: usize,
+    /// A new snapshot catalogue was written (snapshots were written or forgotten since the
+    /// last one): what pushes list their parents from.
+    #[serde(default)]
+    pub catalog_written: bool,
     pub messages: Vec<String>,
 }
 
@@ -236,6 +241,10 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     }
     let pending_packs = settle_plans(store, opts, report)?;
     let seen = Seen::read(store, report)?;
+    if !opts.dry_run {
+        lock.check()?;
+        report.catalog_written = store.refresh_catalog(&seen.listing)?;
+    }
     let overhead = store.crypto().overhead();
     let d = decide(&seen.entries_of, &pending_packs, |p, e| seen.reads_from(p, e), opts.max_unused, overhead);
     report.store_bytes = d.store_bytes;
@@ -257,7 +266,7 @@ fn run(store: &Store, opts: &PruneOptions, lock: &Lock, report: &mut PruneReport
     if !opts.dry_run {
         // Packs with a referenced blob that stay: not the unused ones (retained or not).
         let live_packs = seen.entries_of.keys().filter(|p| !unused.contains(p) && !marked.contains(p)).map(pack_key);
-        let live_snapshots = seen.snaps.iter().map(|(id, _)| super::snapshot::snapshot_key(id));
+        let live_snapshots = seen.listing.snapshots.iter().map(|(id, _)| super::snapshot::snapshot_key(id));
         let index = seen.files.iter().map(|(id, _)| format!("index/{id}"));
         extend_retention(store, live_packs.chain(live_snapshots).chain(index), report)?;
     }
@@ -317,7 +326,8 @@ struct Seen {
     /// question "which pack is this blob read from": live entries come first, so a blob in a
     /// live pack is never located in a doomed one.
     read_index: Index,
-    snaps: Vec<(Id, Snapshot)>,
+    /// The snapshots, and the catalogues they were listed through.
+    listing: Listing,
     /// Every blob a snapshot references.
     used: HashSet<Id>,
     entries_of: BTreeMap<Id, Vec<PackEntry>>,
@@ -328,9 +338,9 @@ impl Seen {
         let files = store.load_index_files().context("cannot read the index: nothing deleted")?;
         report.index_objects_before = files.len();
         let read_index = store.index_of(files.clone()).context("cannot read the index: nothing deleted")?;
-        let snaps = store.list_snapshots().context("cannot read the snapshots: nothing deleted")?;
-        report.snapshots = snaps.len();
-        let used = referenced(store, &read_index, &snaps.iter().collect::<Vec<_>>())?;
+        let listing = store.snapshot_listing().context("cannot read the snapshots: nothing deleted")?;
+        report.snapshots = listing.snapshots.len();
+        let used = referenced(store, &read_index, &listing.snapshots.iter().collect::<Vec<_>>())?;
         report.blobs_used = used.len();
         let mut entries_of: BTreeMap<Id, Vec<PackEntry>> = BTreeMap::new();
         for (_, f) in &files {
@@ -339,7 +349,7 @@ impl Seen {
             }
         }
         report.packs = entries_of.len();
-        Ok(Seen { files, read_index, snaps, used, entries_of })
+        Ok(Seen { files, read_index, listing, used, entries_of })
     }
 
     /// Whether blob `e` of `pack` is referenced and read from this pack (other copies of a
@@ -410,7 +420,7 @@ fn mark(store: &Store, me: Id, seen: &Seen, marked: &[Id]) -> anyhow::Result<Pla
         id: Id::random(),
         created: Utc::now(),
         holder: me,
-        snapshots: seen.snaps.iter().map(|(id, _)| *id).collect(),
+        snapshots: seen.listing.snapshots.iter().map(|(id, _)| *id).collect(),
         packs: marked.to_vec(),
         bytes: marked.iter().map(|p| pack_len(&seen.entries_of[p], overhead)).sum(),
     };

@@ -103,6 +103,7 @@ pub struct Counters {
     /// Regular files that changed while they were read.
     pub files_changed_during_read: AtomicU64,
     pub index_bytes_read: AtomicU64,
+    pub snapshot_objects_read: AtomicU64,
     /// Bytes of the packs this push stored.
     pub pack_bytes: AtomicU64,
 }
@@ -131,6 +132,7 @@ impl Counters {
             errors: g(&self.errors),
             files_changed_during_read: g(&self.files_changed_during_read),
             index_bytes_read: g(&self.index_bytes_read),
+            snapshot_objects_read: g(&self.snapshot_objects_read),
             duration_seconds,
         }
     }
@@ -712,7 +714,7 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
             tracing::info!(packs = adopted, "indexed packs left by an interrupted push");
         }
     }
-    let parent = find_parent(store, &opts.parent, &source_name, kind)?;
+    let parent = find_parent(store, &opts.parent, &source_name, kind, counters)?;
 
     let (tx, rx) = crossbeam_channel::bounded::<SealedPack>(1);
     let pusher = Pusher::new(store, &index, opts, counters, excludes, tx);
@@ -761,20 +763,22 @@ fn push_locked(store: &Store, opts: &PushOptions, counters: &Counters, lock: &Lo
 }
 
 /// The snapshot whose files a push compares against (unchanged files are not read again): the
-/// one named, or the newest of the same source and kind.
+/// one named, or the newest of the same source and kind. The listing reads the snapshot
+/// catalogue and only the snapshots written since.
 fn find_parent(
     store: &Store,
     choice: &ParentChoice,
     source_name: &str,
     kind: SourceKind,
+    counters: &Counters,
 ) -> anyhow::Result<Option<(Id, Snapshot)>> {
-    Ok(match choice {
-        ParentChoice::None => None,
-        ParentChoice::Snapshot(spec) => Some(store.find_snapshot(spec)?),
-        ParentChoice::Auto => {
-            store.list_snapshots()?.into_iter().rev().find(|(_, s)| s.source == source_name && s.kind == kind)
-        }
-    })
+    let listing = match choice {
+        ParentChoice::None => return Ok(None),
+        ParentChoice::Snapshot(spec) => return Ok(Some(store.find_snapshot(spec)?)),
+        ParentChoice::Auto => store.snapshot_listing()?,
+    };
+    counters.snapshot_objects_read.store(listing.read_alone as u64, Ordering::Relaxed);
+    Ok(listing.snapshots.into_iter().rev().find(|(_, s)| s.source == source_name && s.kind == kind))
 }
 
 /// The label a snapshot gets. Whatever the caller said: a snapshot that holds torn files is

@@ -113,6 +113,10 @@ pub struct PushStats {
     /// tables only the header and the pages its lookups needed.
     #[serde(default)]
     pub index_bytes_read: u64,
+    /// Snapshot objects the push read to find its parent: those no catalogue holds (written
+    /// since the last prune), not every snapshot of the store.
+    #[serde(default)]
+    pub snapshot_objects_read: u64,
     pub duration_seconds: f64,
 }
 

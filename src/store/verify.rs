@@ -137,6 +137,7 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
         damaged.extend(read_packs(store, &index, &packs, percent, &mut report));
     }
     let snaps = load_snapshots(store, &mut report)?;
+    report.problems.extend(store.check_catalogs(&snaps)?);
     check_snapshots(store, &index, &damaged, &snaps, &mut report);
     Ok(report)
 }
