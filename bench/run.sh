@@ -395,6 +395,18 @@ for REP in $(seq 1 "$REPEAT"); do
   # a. initial push, b. no-change push: every tool sees the pristine copy.
   push_all initial
   push_all nochange
+  # b'. push-operator's no-change push with a raw key (PUSH_OPERATOR_KEY in the Repository's
+  # Secret, what the workers get when the Secret holds a key): no key derivation.
+  if [[ " $TOOLS " == *" push-operator "* ]]; then
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$D/raw.key"
+    "$BIN" key add --store "$(repo_of push-operator "${ST[push-operator]}")" --new-key-file "$D/raw.key" \
+      >"$LOGS/$DS.r$REP.push-operator.keyadd.out" 2>&1
+    settle; warm "$WORK"
+    CMD=(env -u PUSH_OPERATOR_PASSWORD "$BIN" push "$WORK" --store "$(repo_of push-operator "${ST[push-operator]}")"
+      --key-file "$D/raw.key" --json)
+    measure "$DS" push-operator nochange-key -- "${CMD[@]}"
+    record "$DS" push-operator nochange-key "store_bytes:num=$(store_bytes "${ST[push-operator]}")"
+  fi
 
   # c. push after the change: the 1% change once, shared by all tools; "growing" repeats
   # change and push until it has VERSIONS snapshots (seeds 1, 2, ...).
