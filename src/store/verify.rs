@@ -300,17 +300,9 @@ fn load_snapshots(store: &Store, report: &mut VerifyReport) -> anyhow::Result<Ve
     let mut snaps: Vec<(Id, Snapshot)> = Vec::new();
     for o in backend.list("snapshots/")? {
         let name = o.key.trim_start_matches("snapshots/").to_string();
-        let parsed = backend.get(&o.key).map_err(|e| e.to_string()).and_then(|b| {
-            let id = Id::parse(&name)?;
-            if Id::of(&b) != id {
-                return Err("content does not match its name".to_string());
-            }
-            let plain = store.open_object(ObjectKind::Snapshot, &o.key, &b).map_err(|e| format!("{e:#}"))?;
-            serde_json::from_slice::<Snapshot>(&plain).map(|s| (id, s)).map_err(|e| e.to_string())
-        });
-        match parsed {
+        match Id::parse(&name).map_err(anyhow::Error::msg).and_then(|id| Ok((id, store.read_snapshot(&id)?))) {
             Ok(s) => snaps.push(s),
-            Err(e) => report.problems.push(format!("snapshot {name:.8} is damaged: {e}")),
+            Err(e) => report.problems.push(format!("snapshot {name:.8} cannot be read: {e:#}")),
         }
     }
     snaps.sort_by_key(|a| a.1.time);
