@@ -11,7 +11,7 @@
 use super::crypto::ObjectKind;
 use super::id::Id;
 use super::snapshot::{Snapshot, snapshot_key};
-use super::{Damaged, Store};
+use super::{Store, check_name};
 use anyhow::Context;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -113,9 +113,7 @@ impl Store {
     pub fn read_snapshot(&self, id: &Id) -> anyhow::Result<Snapshot> {
         let key = snapshot_key(id);
         let bytes = self.backend.get(&key)?;
-        if Id::of(&bytes) != *id {
-            return Err(Damaged(format!("snapshot {} is damaged (content does not match its name)", id.short())).into());
-        }
+        check_name(&bytes, id, || format!("snapshot {}", id.short()))?;
         let bytes = self.open_object(ObjectKind::Snapshot, &key, &bytes)?;
         serde_json::from_slice(&bytes).with_context(|| format!("snapshot {} does not parse", id.short()))
     }
@@ -123,11 +121,7 @@ impl Store {
     fn read_catalog(&self, id: &Id) -> anyhow::Result<CatalogFile> {
         let key = catalog_key(id);
         let bytes = self.backend.get(&key)?;
-        if Id::of(&bytes) != *id {
-            return Err(
-                Damaged(format!("catalogue {} is damaged (content does not match its name)", id.short())).into()
-            );
-        }
+        check_name(&bytes, id, || format!("catalogue {}", id.short()))?;
         let plain = self.open_object(ObjectKind::Catalog, &key, &bytes)?;
         let json = zstd::stream::decode_all(&plain[..])
             .with_context(|| format!("catalogue {} does not decompress", id.short()))?;

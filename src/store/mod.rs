@@ -185,6 +185,15 @@ impl InitOptions {
 
 const NO_KEYS: &str = "the store is not encrypted: it has no keys (it was created with --encryption none or by a release before format 2)";
 
+/// Objects named by the hash of their bytes: `Damaged` (naming `what`) when `bytes`, read under
+/// `id`, hash to something else.
+pub(crate) fn check_name(bytes: &[u8], id: &Id, what: impl FnOnce() -> String) -> Result<(), Damaged> {
+    if Id::of(bytes) == *id {
+        return Ok(());
+    }
+    Err(Damaged(format!("{} is damaged (content does not match its name)", what())))
+}
+
 /// Data of the store that does not match its name or id (changed, truncated, replaced): the
 /// store is damaged. `push-operator verify` says where, and which snapshots it affects.
 #[derive(Debug, thiserror::Error)]
@@ -607,9 +616,7 @@ impl Store {
         let Some(bytes) = missing_is_none(self.backend.get(&o.key))? else {
             return Ok(None);
         };
-        if Id::of(&bytes) != id {
-            return Err(Damaged(format!("index object {} is damaged (content does not match its name)", o.key)).into());
-        }
+        check_name(&bytes, &id, || format!("index object {}", o.key))?;
         Ok(Some(IndexPart::File(id, self.decode_index(ObjectKind::Index, &o.key, &bytes)?, bytes.len() as u64)))
     }
 
